@@ -1,0 +1,2 @@
+//! Detect stage: hostgroups and thresholds, classification, attack lifecycle, reports.
+pub mod config;

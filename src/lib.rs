@@ -1,0 +1,39 @@
+//! flowguard: DDoS detection from router flow exports, with MITIGATOR mitigation.
+//!
+//! # Layout
+//!
+//! Data flows one way, and the folders are the stages in that order:
+//!
+//! - [`collectors`]: UDP sockets (batched receive), exporter allow-list; I/O only.
+//! - [`decode`]: NetFlow v5/v9/IPFIX and sFlow v5 datagrams → [`decode::FlowRecord`]s, with
+//!   per-exporter template and sampling state. Pure: bytes and `now` in, records out.
+//! - [`aggregate`]: protected networks, per-host per-direction sliding windows, the sharded
+//!   host table with its cap and eviction.
+//! - [`detect`]: hostgroups and thresholds, classification, attack lifecycle and reports;
+//!   emits [`model::AttackEvent`]s.
+//! - [`mitigate`]: turns attack events into MITIGATOR calls (client, planner, state file).
+//! - [`hooks`]: FastNetMon notify-script sidecar (report parser, hook CLI, event endpoint,
+//!   config import).
+//! - [`api`]: HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
+//!
+//! Shared by all: [`config`] (loading and validation), [`metrics`] (every metric name),
+//! [`model`] (the vocabulary stages exchange), [`clock`] (one notion of "now" for the live
+//! service and the offline replay). [`pipeline`] wires decode → aggregate → detect for both
+//! [`service`] (`flowguard run`) and [`replay`] (`flowguard replay`); [`cli`] is the
+//! command line.
+
+pub mod aggregate;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod collectors;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod hooks;
+pub mod metrics;
+pub mod mitigate;
+pub mod model;
+pub mod pipeline;
+pub mod replay;
+pub mod service;

@@ -1,0 +1,162 @@
+//! Every metric flowguard exports is named here, and only here.
+//!
+//! Stages receive an `Arc<Metrics>` from the service builder instead of reaching for a
+//! global registry, so tests can build a fresh one and read it back. Label values are
+//! small fixed sets (collector name, protocol version, error kind, direction, attack type,
+//! MITIGATOR op/outcome); exporter labels are bounded by `max_exporter_series`, and
+//! per-host series exist only for hosts under attack (removed when the attack ends).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Upper bound on exporters that get their own sampling-rate series; the rest are counted
+/// in `flowguard_exporter_series_overflow_total` instead of growing the registry.
+pub const MAX_EXPORTER_SERIES: usize = 256;
+
+pub struct Metrics {
+    pub registry: Registry,
+    // collect
+    pub datagrams: IntCounterVec,
+    pub flow_records: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub datagrams_dropped: IntCounterVec,
+    pub socket_drops: IntGaugeVec,
+    pub template_misses: IntCounterVec,
+    pub templates_known: IntGaugeVec,
+    pub exporter_sampling_rate: IntGaugeVec,
+    pub exporter_series_overflow: IntCounter,
+    pub counter_samples: IntCounterVec,
+    pub exporters_known: IntGaugeVec,
+    // aggregate
+    pub tracked_hosts: IntGauge,
+    pub host_evictions: IntCounterVec,
+    pub records_unprotected: IntCounter,
+    pub queue_full_drops: IntCounterVec,
+    // detect
+    pub attacks_active: IntGaugeVec,
+    pub attacks_total: IntCounterVec,
+    pub attack_host_pps: IntGaugeVec,
+    pub attack_host_bps: IntGaugeVec,
+    pub detection_pass_seconds: Histogram,
+    pub events_dropped: IntCounterVec,
+    // mitigate
+    pub mitigator_requests: IntCounterVec,
+    pub mitigator_request_duration: HistogramVec,
+    pub mitigations_active: IntGauge,
+    pub mitigation_pending_ops: IntGauge,
+    // hooks / api
+    pub hook_events: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let detection_pass_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowguard_detection_pass_seconds",
+                "Time one per-second detection pass took.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(detection_pass_seconds.clone()))
+            .expect("metric registered once");
+        let mitigator_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flowguard_mitigator_request_duration_seconds",
+                "Duration of MITIGATOR REST calls, retries included.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 10.0, 30.0,
+            ]),
+            &["op"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(mitigator_request_duration.clone()))
+            .expect("metric registered once");
+        Metrics {
+            datagrams: counter_vec(&r, "flowguard_datagrams_total", "Datagrams received, by collector and protocol version (v5, v9, ipfix, sflow5, unknown).", &["collector", "version"]),
+            flow_records: counter_vec(&r, "flowguard_flow_records_total", "Flow records and flow samples decoded, by collector and protocol version.", &["collector", "version"]),
+            decode_errors: counter_vec(&r, "flowguard_decode_errors_total", "Datagrams or records that failed to decode, by collector and error kind.", &["collector", "kind"]),
+            datagrams_dropped: counter_vec(&r, "flowguard_datagrams_dropped_total", "Datagrams dropped before decoding, by collector and reason.", &["collector", "reason"]),
+            socket_drops: gauge_vec(&r, "flowguard_socket_receive_drops", "Datagrams the kernel dropped on a collector socket (SO_RXQ_OVFL, cumulative since the socket opened).", &["collector"]),
+            template_misses: counter_vec(&r, "flowguard_template_misses_total", "NetFlow v9/IPFIX data flowsets that arrived before their template.", &["collector"]),
+            templates_known: gauge_vec(&r, "flowguard_templates_known", "NetFlow v9/IPFIX templates currently cached, by collector.", &["collector"]),
+            exporter_sampling_rate: gauge_vec(&r, "flowguard_exporter_sampling_rate", "Sampling rate (1 in N) in force per exporter.", &["collector", "exporter"]),
+            exporter_series_overflow: counter(&r, "flowguard_exporter_series_overflow_total", "Exporters not given their own series because the series cap was reached."),
+            counter_samples: counter_vec(&r, "flowguard_sflow_counter_samples_total", "sFlow counter samples received (counted, not used for detection).", &["collector"]),
+            exporters_known: gauge_vec(&r, "flowguard_exporters_known", "Exporters with template state, by collector.", &["collector"]),
+            tracked_hosts: gauge(&r, "flowguard_tracked_hosts", "Host-directions with a live window."),
+            host_evictions: counter_vec(&r, "flowguard_host_evictions_total", "Host-directions removed from the host table, by reason (idle, cap).", &["reason"]),
+            records_unprotected: counter(&r, "flowguard_records_unprotected_total", "Flow records that touched no protected host."),
+            queue_full_drops: counter_vec(&r, "flowguard_queue_full_drops_total", "Items dropped because a bounded queue between stages was full, by queue.", &["queue"]),
+            attacks_active: gauge_vec(&r, "flowguard_attacks_active", "Attacks in progress, by direction and attack type.", &["direction", "attack_type"]),
+            attacks_total: counter_vec(&r, "flowguard_attacks_total", "Attacks started, by direction and attack type.", &["direction", "attack_type"]),
+            attack_host_pps: gauge_vec(&r, "flowguard_attack_host_pps", "Packet rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
+            attack_host_bps: gauge_vec(&r, "flowguard_attack_host_bps", "Bit rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
+            detection_pass_seconds,
+            events_dropped: counter_vec(&r, "flowguard_attack_events_dropped_total", "Attack events that could not be queued, by kind.", &["event"]),
+            mitigator_requests: counter_vec(&r, "flowguard_mitigator_requests_total", "MITIGATOR REST calls, by operation and outcome.", &["op", "outcome"]),
+            mitigator_request_duration,
+            mitigations_active: gauge(&r, "flowguard_mitigations_active", "Attacks with a mitigation in force on MITIGATOR."),
+            mitigation_pending_ops: gauge(&r, "flowguard_mitigation_pending_operations", "MITIGATOR switch changes waiting to be applied (retrying)."),
+            hook_events: counter_vec(&r, "flowguard_hook_events_total", "Events received from external detectors (FastNetMon hook), by action and outcome.", &["action", "outcome"]),
+            api_requests: counter_vec(&r, "flowguard_api_requests_total", "HTTP API requests, by endpoint and status class.", &["endpoint", "status"]),
+            build_info: {
+                let g = gauge_vec(&r, "flowguard_build_info", "Always 1; labels carry the version.", &["version"]);
+                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                g
+            },
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = enc.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
