@@ -1,1 +1,170 @@
-//! placeholder
+//! The command line: parse, load config, start logging, hand over to a subcommand.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Sources};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flowguard",
+    version,
+    about = "DDoS detection from NetFlow/IPFIX/sFlow with MITIGATOR mitigation",
+    long_about = "flowguard collects NetFlow v5/v9/IPFIX and sFlow v5 from routers, keeps \
+per-host sliding-window rates for the protected networks, detects floods against per-hostgroup \
+thresholds, and drives MITIGATOR to mitigate them. Without a subcommand it runs the service.\n\n\
+Configuration: --config FILE (repeatable, later files win), or the bundled layout \
+(collectors/*.toml, thresholds/*.toml, flowguard.toml) under --config-dir (default: the current \
+directory if it has that layout, else /etc/flowguard). FLOWGUARD__SECTION__KEY environment \
+variables and --set section.key=value override files."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML); repeat to merge several, later ones win.
+    #[arg(long = "config", short = 'c', global = true, value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Directory with the bundled layout (collectors/, thresholds/, flowguard.toml).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Override one key, e.g. --set api.listen=127.0.0.1:9909 (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or flowguard=debug.
+    #[arg(long, global = true, env = "FLOWGUARD_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service: collectors, detection, mitigation and the HTTP API.
+    Run,
+    /// Replay pcap/pcapng captures of exported datagrams through the pipeline and print
+    /// attack events (and, with --totals, per-host totals) as JSON lines.
+    Replay(ReplayArgs),
+    /// Load and validate the configuration; print every problem at once.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// After the run, print one line per host and direction with sampling-scaled totals.
+    #[arg(long)]
+    pub totals: bool,
+    /// Stop at the last datagram instead of letting attacks in progress run out.
+    #[arg(long)]
+    pub no_drain: bool,
+    /// Show a progress bar (default: when stderr is a terminal).
+    #[arg(long)]
+    pub progress: Option<bool>,
+    /// Capture files (pcap or pcapng).
+    #[arg(required = true, value_name = "CAPTURE")]
+    pub captures: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckConfigArgs {
+    /// Print the effective configuration (secrets left out) as TOML.
+    #[arg(long)]
+    pub print: bool,
+}
+
+impl GlobalArgs {
+    pub fn sources(&self) -> Sources {
+        Sources {
+            files: self.config.clone(),
+            dir: self.config_dir.clone(),
+            sets: self.set.clone(),
+            env: true,
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(&self.sources())
+    }
+}
+
+pub fn init_tracing(g: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&g.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flowguard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let cfg = cli.global.load()?;
+            crate::service::run_blocking(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(a) => {
+            let cfg = cli.global.load()?;
+            let opts = crate::replay::ReplayOptions {
+                totals: a.totals,
+                no_drain: a.no_drain,
+                progress: a
+                    .progress
+                    .unwrap_or_else(|| std::io::stderr().is_terminal()),
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let s = crate::replay::run(&cfg, &a.captures, &opts, &mut out)?;
+            use std::io::Write;
+            out.flush()?;
+            eprintln!(
+                "replay: {} datagrams, {} records, {} attacks, {} undecodable, {} non-UDP packets skipped",
+                s.datagrams, s.records, s.attacks, s.undecodable, s.not_udp
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(a) => match cli.global.load() {
+            Ok(cfg) => {
+                if a.print {
+                    println!("{}", toml::to_string_pretty(&cfg)?);
+                }
+                eprintln!("configuration is valid");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+    }
+}

@@ -172,6 +172,10 @@ pub struct DetectionConfig {
     pub recent_attacks: usize,
     /// Consecutive seconds over a threshold before an attack starts.
     pub trigger_seconds: u32,
+    /// Also detect attacks sent by protected hosts (FastNetMon's
+    /// `process_outgoing_traffic`). Off by default: a protected server's own bulk
+    /// uploads are not floods.
+    pub outgoing: bool,
 }
 
 impl Default for DetectionConfig {
@@ -180,6 +184,7 @@ impl Default for DetectionConfig {
             top_sources: 10,
             recent_attacks: 1000,
             trigger_seconds: 1,
+            outgoing: false,
         }
     }
 }

@@ -1,1 +1,4 @@
-fn main() {}
+//! flowguard binary: everything lives in the library; see `flowguard::cli`.
+fn main() -> std::process::ExitCode {
+    flowguard::cli::main()
+}

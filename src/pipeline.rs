@@ -1,1 +1,558 @@
-//! placeholder
+//! decode → aggregate → detect, wired once for both the live service and `replay`.
+//!
+//! [`Pipeline::ingest`] takes decoded records and a time, routes each record to the
+//! protected hosts it touches, and applies the updates shard by shard (one lock per shard
+//! per batch). [`Pipeline::tick`] is the once-per-second detection pass; it returns the
+//! attack events it produced. Who calls them with which clock is the only difference
+//! between `flowguard run` (wall clock, collector threads, a ticker task) and `flowguard
+//! replay` (capture timestamps, one thread).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::aggregate::{Counters, HostKey, HostTable, Networks, Rates, Update};
+use crate::config::{Config, ConfigError};
+use crate::decode::{DecodeOutcome, FlowRecord};
+use crate::detect::classify::exceeded;
+use crate::detect::{Attack, Claim, Detector, Group, Observation, Transition};
+use crate::metrics::Metrics;
+use crate::model::{AttackEvent, Direction, EventKind};
+
+/// How often idle hosts are swept out of the table.
+const SWEEP_INTERVAL_MS: i64 = 10_000;
+
+pub struct Pipeline {
+    networks: Networks,
+    pub table: HostTable,
+    detector: Mutex<Detector>,
+    metrics: Arc<Metrics>,
+    window_seconds: u32,
+    idle_seconds: u32,
+    top_n: usize,
+    /// Representative address of each hostgroup, used as the "ip" of a group-total
+    /// (carpet bombing) attack: the group's first prefix.
+    group_ip: Vec<IpAddr>,
+    last_sweep_ms: AtomicI64,
+}
+
+/// Per-thread buffers for [`Pipeline::ingest`], reused across batches so the hot path
+/// does not allocate.
+pub struct Scratch {
+    per_shard: Vec<Vec<Update>>,
+}
+
+/// One host-direction in `--totals` output and the hosts API.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostTotals {
+    pub ip: IpAddr,
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub totals: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectionView {
+    pub direction: Direction,
+    pub hostgroup: String,
+    pub totals: Counters,
+    pub rates: Rates,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub ip: IpAddr,
+    pub directions: Vec<DirectionView>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
+        let protected = cfg.protected_prefixes()?;
+        let whitelist = cfg.whitelist_prefixes()?;
+        let mut groups: Vec<Group> = cfg.hostgroups.iter().map(Group::from_config).collect();
+        let mut prefixes: Vec<Vec<IpNet>> =
+            cfg.hostgroups.iter().map(|g| g.prefixes.clone()).collect();
+        let default_group = match cfg
+            .hostgroups
+            .iter()
+            .position(|g| g.name == "default" || g.prefixes.is_empty())
+        {
+            Some(i) => i,
+            None => {
+                // No default group configured: the rest of the protected networks is
+                // tracked (visible in the API) but has no thresholds.
+                groups.push(Group {
+                    name: "default".into(),
+                    incoming: Default::default(),
+                    outgoing: Default::default(),
+                    total: None,
+                    ban_time_seconds: 300,
+                });
+                prefixes.push(Vec::new());
+                groups.len() - 1
+            }
+        };
+        // A named default group's own prefixes still count as its prefixes.
+        let group_ip = prefixes
+            .iter()
+            .map(|p| {
+                p.first()
+                    .or(protected.first())
+                    .map(|n| n.network())
+                    .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+            })
+            .collect();
+        let networks = Networks::new(&protected, &prefixes, default_group as u16, &whitelist);
+        let shards = if cfg.aggregate.shards == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.aggregate.shards
+        };
+        let ngroups = groups.len();
+        Ok(Pipeline {
+            networks,
+            table: HostTable::new(
+                shards,
+                cfg.aggregate.max_tracked_hosts,
+                cfg.aggregate.window_seconds,
+                cfg.aggregate.max_flow_spread_seconds,
+                ngroups,
+            ),
+            detector: Mutex::new(Detector::new(
+                groups,
+                cfg.detection.trigger_seconds,
+                cfg.detection.outgoing,
+                cfg.detection.recent_attacks,
+            )),
+            metrics,
+            window_seconds: cfg.aggregate.window_seconds,
+            idle_seconds: cfg.aggregate.idle_timeout_seconds,
+            top_n: cfg.detection.top_sources,
+            group_ip,
+            last_sweep_ms: AtomicI64::new(0),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn networks(&self) -> &Networks {
+        &self.networks
+    }
+
+    pub fn scratch(&self) -> Scratch {
+        Scratch {
+            per_shard: (0..self.table.shards.len()).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Applies decoded records at time `now_ms`.
+    pub fn ingest(&self, recs: &[FlowRecord], now_ms: i64, s: &mut Scratch) {
+        let mut unprotected = 0u64;
+        for r in recs {
+            let mut hit = false;
+            if let Some(group) = self.networks.protected_group(r.dst) {
+                let key = HostKey {
+                    ip: r.dst,
+                    dir: Direction::Incoming,
+                };
+                s.per_shard[self.table.shard_of(&r.dst)].push(Update {
+                    key,
+                    group,
+                    rec: *r,
+                });
+                hit = true;
+            }
+            if let Some(group) = self.networks.protected_group(r.src) {
+                let key = HostKey {
+                    ip: r.src,
+                    dir: Direction::Outgoing,
+                };
+                s.per_shard[self.table.shard_of(&r.src)].push(Update {
+                    key,
+                    group,
+                    rec: *r,
+                });
+                hit = true;
+            }
+            if !hit {
+                unprotected += 1;
+            }
+        }
+        for (i, v) in s.per_shard.iter_mut().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let mut shard = self.table.shards[i].lock();
+            for u in v.iter() {
+                shard.apply(u, now_ms);
+            }
+            v.clear();
+        }
+        if unprotected > 0 {
+            self.metrics.records_unprotected.inc_by(unprotected);
+        }
+    }
+
+    /// The per-second detection pass at `now_ms`; returns the events it produced.
+    pub fn tick(&self, now_ms: i64) -> Vec<AttackEvent> {
+        let timer = self.metrics.detection_pass_seconds.start_timer();
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let mut det = self.detector.lock();
+        let active: Vec<HostKey> = det.active().map(Attack::key).collect();
+        let mut obs = Vec::new();
+        for (i, shard) in self.table.shards.iter().enumerate() {
+            let mut shard = shard.lock();
+            let mut seen = Vec::new();
+            shard.drain_dirty(|k, e| {
+                if self.networks.is_whitelisted(k.ip) {
+                    return;
+                }
+                let Some(t) = det.thresholds(e.group, k.dir) else {
+                    return;
+                };
+                let counters = e.window.sum(now_sec);
+                let rates = Rates::from_window(&counters, self.window_seconds);
+                let over = exceeded(t, &rates);
+                if over.is_some() || det.is_active(k) {
+                    seen.push(*k);
+                    obs.push(Observation {
+                        key: *k,
+                        group: e.group,
+                        counters,
+                        rates,
+                        over,
+                    });
+                }
+            });
+            // Hosts under attack that saw no traffic this second still need a look, so
+            // their attack can end.
+            for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
+                if seen.contains(k) {
+                    continue;
+                }
+                if let Some(e) = shard.get(k) {
+                    let counters = e.window.sum(now_sec);
+                    let rates = Rates::from_window(&counters, self.window_seconds);
+                    let over = det
+                        .thresholds(e.group, k.dir)
+                        .and_then(|t| exceeded(t, &rates));
+                    obs.push(Observation {
+                        key: *k,
+                        group: e.group,
+                        counters,
+                        rates,
+                        over,
+                    });
+                }
+            }
+            for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
+                let top = shard.top_sources(k, self.top_n);
+                if let Some(a) = det.get_active_mut(k) {
+                    if !top.is_empty() {
+                        a.top_sources = top;
+                    }
+                }
+            }
+        }
+        obs.extend(self.group_observations(&det, now_sec));
+        let transitions = det.observe(now_ms, &obs);
+        let mut events = Vec::new();
+        for t in transitions {
+            match t {
+                Transition::Start(k) => {
+                    let mut shard = self.table.shards[self.table.shard_of(&k.ip)].lock();
+                    shard.watch(k);
+                    let top = shard.top_sources(&k, self.top_n);
+                    drop(shard);
+                    if let Some(a) = det.get_active_mut(&k) {
+                        a.top_sources = top;
+                        events.push(a.event(EventKind::Start, now_ms));
+                    }
+                }
+                Transition::Update(k) => {
+                    if let Some(a) = det.get_active(&k) {
+                        events.push(a.event(EventKind::Update, now_ms));
+                    }
+                }
+                Transition::End(k) => {
+                    self.table.shards[self.table.shard_of(&k.ip)]
+                        .lock()
+                        .unwatch(&k);
+                    if let Some(a) = det.ended(&k) {
+                        events.push(a.event(EventKind::End, now_ms));
+                    }
+                }
+            }
+        }
+        self.count_events(&events);
+        self.sweep_if_due(now_ms, &det);
+        drop(det);
+        timer.observe_duration();
+        events
+    }
+
+    /// Hostgroup totals (incoming) against `[hostgroup.total]` thresholds.
+    fn group_observations(&self, det: &Detector, now_sec: u32) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for (gi, g) in det.groups().iter().enumerate() {
+            let Some(t) = &g.total else { continue };
+            let mut counters = Counters::default();
+            for s in &self.table.shards {
+                counters.add(&s.lock().group_sum(gi, now_sec));
+            }
+            let rates = Rates::from_window(&counters, self.window_seconds);
+            let key = HostKey {
+                ip: self.group_ip[gi],
+                dir: Direction::Incoming,
+            };
+            let over = exceeded(t, &rates);
+            if over.is_some() || det.is_active(&key) {
+                out.push(Observation {
+                    key,
+                    group: gi as u16,
+                    counters,
+                    rates,
+                    over: over.map(|_| "hostgroup_total"),
+                });
+            }
+        }
+        out
+    }
+
+    fn count_events(&self, events: &[AttackEvent]) {
+        for e in events {
+            let labels = [e.direction.as_str(), e.attack_type.as_str()];
+            let ip = e.ip.to_string();
+            match e.event {
+                EventKind::Start => {
+                    self.metrics.attacks_total.with_label_values(&labels).inc();
+                    self.metrics.attacks_active.with_label_values(&labels).inc();
+                    let hl = [ip.as_str(), e.direction.as_str()];
+                    self.metrics
+                        .attack_host_pps
+                        .with_label_values(&hl)
+                        .set(e.pps as i64);
+                    self.metrics
+                        .attack_host_bps
+                        .with_label_values(&hl)
+                        .set(e.bps as i64);
+                }
+                EventKind::Update => {
+                    let hl = [ip.as_str(), e.direction.as_str()];
+                    self.metrics
+                        .attack_host_pps
+                        .with_label_values(&hl)
+                        .set(e.pps as i64);
+                    self.metrics
+                        .attack_host_bps
+                        .with_label_values(&hl)
+                        .set(e.bps as i64);
+                }
+                EventKind::End => {
+                    self.metrics.attacks_active.with_label_values(&labels).dec();
+                    let hl = [ip.as_str(), e.direction.as_str()];
+                    // Per-host series exist only while the host is under attack.
+                    let _ = self.metrics.attack_host_pps.remove_label_values(&hl);
+                    let _ = self.metrics.attack_host_bps.remove_label_values(&hl);
+                }
+            }
+        }
+    }
+
+    fn sweep_if_due(&self, now_ms: i64, det: &Detector) {
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let pressure = self.table.shards.iter().any(|s| s.lock().refused > 0);
+        if now_ms - last < SWEEP_INTERVAL_MS && !pressure {
+            return;
+        }
+        self.last_sweep_ms.store(now_ms, Ordering::Relaxed);
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let keep = |k: &HostKey| det.is_active(k);
+        let mut tracked = 0;
+        for s in &self.table.shards {
+            let mut s = s.lock();
+            s.sweep(now_sec, self.idle_seconds, &keep);
+            self.metrics
+                .host_evictions
+                .with_label_values(&["idle"])
+                .inc_by(std::mem::take(&mut s.evicted_idle));
+            self.metrics
+                .host_evictions
+                .with_label_values(&["pressure"])
+                .inc_by(std::mem::take(&mut s.evicted_pressure));
+            self.metrics
+                .host_evictions
+                .with_label_values(&["cap_refused"])
+                .inc_by(std::mem::take(&mut s.refused));
+            tracked += s.len();
+        }
+        self.metrics.tracked_hosts.set(tracked as i64);
+    }
+
+    /// An external detector's ban/unban (FastNetMon hook); returns the events produced.
+    pub fn claim(&self, now_ms: i64, mut c: Claim) -> Vec<AttackEvent> {
+        c.group = self
+            .networks
+            .protected_group(c.key.ip)
+            .unwrap_or(self.networks.default_group);
+        let mut det = self.detector.lock();
+        let mut events = Vec::new();
+        for t in det.claim(now_ms, &c) {
+            match t {
+                Transition::Start(k) => {
+                    self.table.shards[self.table.shard_of(&k.ip)]
+                        .lock()
+                        .watch(k);
+                    if let Some(a) = det.get_active(&k) {
+                        events.push(a.event(EventKind::Start, now_ms));
+                    }
+                }
+                Transition::Update(k) => {
+                    if let Some(a) = det.get_active(&k) {
+                        events.push(a.event(EventKind::Update, now_ms));
+                    }
+                }
+                Transition::End(k) => {
+                    self.table.shards[self.table.shard_of(&k.ip)]
+                        .lock()
+                        .unwatch(&k);
+                    if let Some(a) = det.ended(&k) {
+                        events.push(a.event(EventKind::End, now_ms));
+                    }
+                }
+            }
+        }
+        self.count_events(&events);
+        events
+    }
+
+    pub fn active_attacks(&self) -> usize {
+        self.detector.lock().active().count()
+    }
+
+    /// Active attacks first (newest first), then recent ones.
+    pub fn attacks(&self) -> Vec<Attack> {
+        let det = self.detector.lock();
+        let mut v: Vec<Attack> = det.active().cloned().collect();
+        v.sort_by(|a, b| b.start_ms.cmp(&a.start_ms));
+        v.extend(det.recent().cloned());
+        v
+    }
+
+    pub fn attack(&self, id: &str) -> Option<Attack> {
+        self.detector.lock().find(id).cloned()
+    }
+
+    /// The largest ban time of any group, for draining a replay.
+    pub fn max_ban_ms(&self) -> i64 {
+        let det = self.detector.lock();
+        (0..det.groups().len())
+            .map(|g| det.ban_time_ms(g as u16))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn window_seconds(&self) -> u32 {
+        self.window_seconds
+    }
+
+    pub fn host(&self, ip: IpAddr, now_ms: i64) -> Option<HostView> {
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let det = self.detector.lock();
+        let mut directions = Vec::new();
+        for dir in Direction::ALL {
+            if let Some(e) = self.table.get(&HostKey { ip, dir }) {
+                directions.push(DirectionView {
+                    direction: dir,
+                    hostgroup: det
+                        .groups()
+                        .get(usize::from(e.group))
+                        .map(|g| g.name.clone())
+                        .unwrap_or_default(),
+                    totals: e.totals,
+                    rates: e.window.rates(now_sec),
+                });
+            }
+        }
+        (!directions.is_empty()).then_some(HostView { ip, directions })
+    }
+
+    /// Every tracked host-direction's totals, sorted by address then direction.
+    pub fn totals(&self) -> Vec<HostTotals> {
+        let mut v = Vec::new();
+        for s in &self.table.shards {
+            s.lock().for_each(|k, e| {
+                v.push(HostTotals {
+                    ip: k.ip,
+                    direction: k.dir,
+                    totals: e.totals,
+                })
+            });
+        }
+        v.sort_by(|a, b| (a.ip, a.direction).cmp(&(b.ip, b.direction)));
+        v
+    }
+
+    /// The `n` busiest host-directions by current rate.
+    pub fn top(&self, n: usize, by: TopBy, now_ms: i64) -> Vec<(HostKey, Rates)> {
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let mut v = Vec::new();
+        for s in &self.table.shards {
+            s.lock()
+                .for_each(|k, e| v.push((*k, e.window.rates(now_sec))));
+        }
+        let metric = |r: &Rates| match by {
+            TopBy::Pps => r.pps,
+            TopBy::Bps => r.bps,
+            TopBy::Flows => r.flows_per_second,
+        };
+        v.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopBy {
+    Pps,
+    Bps,
+    Flows,
+}
+
+/// Counts one decoded datagram in the collect metrics.
+pub fn count_decode(m: &Metrics, collector: &str, oc: &DecodeOutcome) {
+    let version = oc.version.map_or("unknown", |v| v.label());
+    m.datagrams.with_label_values(&[collector, version]).inc();
+    if oc.records > 0 {
+        m.flow_records
+            .with_label_values(&[collector, version])
+            .inc_by(oc.records as u64);
+    }
+    if let Some(e) = oc.error {
+        m.decode_errors
+            .with_label_values(&[collector, e.label()])
+            .inc();
+    }
+    if oc.skipped > 0 {
+        m.decode_errors
+            .with_label_values(&[collector, "record_skipped"])
+            .inc_by(oc.skipped as u64);
+    }
+    if oc.template_misses > 0 {
+        m.template_misses
+            .with_label_values(&[collector])
+            .inc_by(oc.template_misses as u64);
+    }
+    if oc.counter_samples > 0 {
+        m.counter_samples
+            .with_label_values(&[collector])
+            .inc_by(oc.counter_samples as u64);
+    }
+}

@@ -1,1 +1,164 @@
-//! placeholder
+//! Decode stage: exported datagrams → [`FlowRecord`]s.
+//!
+//! Owns per-exporter decoding state (NetFlow v9/IPFIX templates, learned sampling rates,
+//! IPFIX system-init times) and nothing else: it does no I/O and reads no clock. Callers
+//! pass the datagram, its source address and `now`; records come out with packets and
+//! bytes already scaled by the sampling rate in force.
+//!
+//! Bad input never panics: a datagram that fails part-way yields the records decoded
+//! before the failure plus an error kind, which the caller counts.
+
+pub mod netflow;
+pub mod packet;
+pub mod sflow;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+pub use netflow::NetflowDecoder;
+pub use sflow::SflowDecoder;
+
+/// One flow record or flow sample, protocol-neutral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6, ...).
+    pub protocol: u8,
+    /// TCP flags (OR of all packets of a NetFlow record; one packet's for sFlow).
+    pub tcp_flags: u8,
+    /// The packets are IP fragments (see `netflow` and `sflow` for how each knows).
+    pub fragment: bool,
+    /// Packets, scaled by the sampling rate.
+    pub packets: u64,
+    /// Bytes (IP length), scaled by the sampling rate.
+    pub bytes: u64,
+    /// Flow records this stands for: 1 for a NetFlow/IPFIX record, 0 for an sFlow sample
+    /// (sFlow has no notion of flows).
+    pub flows: u32,
+    /// How long before the datagram was exported the flow's last packet was seen, in ms,
+    /// by the exporter's own clock. Anchoring on the exporter's clock difference (not its
+    /// absolute time) makes placement immune to exporter clock skew.
+    pub end_age_ms: u32,
+    /// first..last switched span in ms (0 for sFlow samples and one-packet flows).
+    pub duration_ms: u32,
+}
+
+impl Default for FlowRecord {
+    fn default() -> Self {
+        FlowRecord {
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            src_port: 0,
+            dst_port: 0,
+            protocol: 0,
+            tcp_flags: 0,
+            fragment: false,
+            packets: 0,
+            bytes: 0,
+            flows: 0,
+            end_age_ms: 0,
+            duration_ms: 0,
+        }
+    }
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+impl FlowRecord {
+    /// SYN without ACK: a connection attempt that never completed.
+    pub fn is_syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.tcp_flags & TCP_SYN != 0 && self.tcp_flags & TCP_ACK == 0
+    }
+}
+
+/// Protocol version of a datagram, as labelled in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    V5,
+    V9,
+    Ipfix,
+    Sflow5,
+    Unknown,
+}
+
+impl Version {
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::V5 => "v5",
+            Version::V9 => "v9",
+            Version::Ipfix => "ipfix",
+            Version::Sflow5 => "sflow5",
+            Version::Unknown => "unknown",
+        }
+    }
+
+    /// Recognises the export protocol from the first bytes of a UDP payload.
+    pub fn sniff(payload: &[u8]) -> Version {
+        if payload.len() >= 4 && payload[..4] == [0, 0, 0, 5] {
+            return Version::Sflow5;
+        }
+        match payload.get(..2) {
+            Some([0, 5]) => Version::V5,
+            Some([0, 9]) => Version::V9,
+            Some([0, 10]) => Version::Ipfix,
+            _ => Version::Unknown,
+        }
+    }
+}
+
+/// Why (part of) a datagram was not decoded; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeErrorKind {
+    Truncated,
+    BadVersion,
+    Malformed,
+    UnsupportedHeader,
+}
+
+impl DecodeErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeErrorKind::Truncated => "truncated",
+            DecodeErrorKind::BadVersion => "bad_version",
+            DecodeErrorKind::Malformed => "malformed",
+            DecodeErrorKind::UnsupportedHeader => "unsupported_header",
+        }
+    }
+}
+
+/// What decoding one datagram produced besides the records themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeOutcome {
+    pub version: Option<Version>,
+    pub records: usize,
+    /// Data flowsets that arrived before their template (v9/IPFIX).
+    pub template_misses: usize,
+    /// sFlow counter samples (counted, not used).
+    pub counter_samples: usize,
+    /// Records skipped inside an otherwise good datagram (e.g. an undecodable sFlow
+    /// header).
+    pub skipped: usize,
+    pub error: Option<DecodeErrorKind>,
+    /// Sampling rate applied to this datagram's records (the last one, if several).
+    pub sampling_rate: Option<u32>,
+}
+
+/// Sampling-rate overrides from config, applied before anything learned from the wire.
+#[derive(Debug, Clone, Default)]
+pub struct SamplingOverrides {
+    pub collector: Option<u32>,
+    pub per_exporter: std::collections::HashMap<IpAddr, u32>,
+}
+
+impl SamplingOverrides {
+    pub fn for_exporter(&self, exporter: IpAddr) -> Option<u32> {
+        self.per_exporter.get(&exporter).copied().or(self.collector)
+    }
+}

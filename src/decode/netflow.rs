@@ -1,0 +1,488 @@
+//! NetFlow v5, v9 and IPFIX decoding on top of `netflow_parser`.
+//!
+//! Templates are scoped per exporter as RFC 3954 §5.1 / RFC 7011 §3.1 require (exporter
+//! address + source id / observation domain) by the crate's `AutoScopedParser`, whose
+//! exporter count is capped (LRU). This module adds what the crate leaves to us:
+//! the sampling table learned from options data per exporter scope, IPFIX
+//! `systemInitTimeMilliseconds` for sysUpTime-relative timestamps, and the mapping of a
+//! record's fields onto a [`FlowRecord`].
+//!
+//! Fragments: NetFlow has no per-packet view. A record counts as fragments when the
+//! exporter says so (`fragmentFlags` with MF set, or a non-zero `fragmentOffset`), or
+//! when a TCP/UDP record has both ports 0: exporters such as softflowd (and most routers)
+//! file non-first fragments, which carry no L4 header, under ports 0/0.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use netflow_parser::variable_versions::field_value::FieldValue;
+use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
+use netflow_parser::variable_versions::ipfix::{FlowSetBody as IpfixBody, IPFix};
+use netflow_parser::variable_versions::v9::lookup::V9Field;
+use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
+use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket};
+
+use super::{
+    DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP, PROTO_UDP,
+};
+
+/// Exporter scopes whose sampling/init-time state we keep; beyond this the oldest
+/// learned entries are dropped (they are re-learned from the next options record).
+const MAX_SCOPES: usize = 10_000;
+
+/// Largest end age we believe; more means a broken exporter clock, and the record is
+/// treated as ending at export time.
+const MAX_END_AGE_MS: u64 = 3_600_000;
+
+/// The scope options data applies to: exporter address and source id / domain.
+type ScopeKey = (IpAddr, u32);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ScopeState {
+    sampling_rate: Option<u32>,
+    /// IPFIX systemInitTimeMilliseconds (Unix ms).
+    system_init_ms: Option<u64>,
+}
+
+pub struct NetflowDecoder {
+    parser: AutoScopedParser,
+    scopes: HashMap<ScopeKey, ScopeState>,
+    overrides: SamplingOverrides,
+}
+
+impl NetflowDecoder {
+    pub fn new(overrides: SamplingOverrides) -> Self {
+        NetflowDecoder {
+            parser: AutoScopedParser::new(),
+            scopes: HashMap::new(),
+            overrides,
+        }
+    }
+
+    /// Exporter scopes with template state.
+    pub fn exporters(&self) -> usize {
+        self.parser.source_count()
+    }
+
+    /// Templates cached over all exporters.
+    pub fn templates_known(&self) -> usize {
+        let v9: usize = self
+            .parser
+            .v9_info()
+            .iter()
+            .map(|(_, i)| i.v9.current_size + i.ipfix.current_size)
+            .sum();
+        let ipfix: usize = self
+            .parser
+            .ipfix_info()
+            .iter()
+            .map(|(_, i)| i.v9.current_size + i.ipfix.current_size)
+            .sum();
+        v9 + ipfix
+    }
+
+    /// Sampling rate in force for an exporter address (any scope), for metrics.
+    pub fn sampling_rate_of(&self, exporter: IpAddr) -> u32 {
+        if let Some(r) = self.overrides.for_exporter(exporter) {
+            return r;
+        }
+        self.scopes
+            .iter()
+            .filter(|((a, _), _)| *a == exporter)
+            .filter_map(|(_, s)| s.sampling_rate)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Decodes one datagram from `from`, appending records to `out`.
+    pub fn decode(
+        &mut self,
+        from: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<FlowRecord>,
+    ) -> DecodeOutcome {
+        let mut oc = DecodeOutcome {
+            version: Some(Version::sniff(payload)),
+            ..DecodeOutcome::default()
+        };
+        if !matches!(oc.version, Some(Version::V5 | Version::V9 | Version::Ipfix)) {
+            oc.error = Some(if payload.len() < 2 {
+                DecodeErrorKind::Truncated
+            } else {
+                DecodeErrorKind::BadVersion
+            });
+            return oc;
+        }
+        let result = self.parser.parse_from_source(from, payload);
+        let before = out.len();
+        for pkt in &result.packets {
+            match pkt {
+                NetflowPacket::V5(v5) => self.v5(from.ip(), v5, out, &mut oc),
+                NetflowPacket::V9(v9) => self.v9(from.ip(), v9, out, &mut oc),
+                NetflowPacket::IPFix(ipfix) => self.ipfix(from.ip(), ipfix, out, &mut oc),
+                _ => oc.skipped += 1,
+            }
+        }
+        oc.records = out.len() - before;
+        if let Some(e) = result.error {
+            oc.error = Some(match e {
+                NetflowError::Incomplete { .. } => DecodeErrorKind::Truncated,
+                NetflowError::UnsupportedVersion { .. } => DecodeErrorKind::BadVersion,
+                _ => DecodeErrorKind::Malformed,
+            });
+        }
+        oc
+    }
+
+    fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
+        if self.scopes.len() >= MAX_SCOPES && !self.scopes.contains_key(&key) {
+            // Hard cap against spoofed sources: forget an arbitrary entry; a real
+            // exporter re-announces its options within its refresh interval.
+            if let Some(k) = self.scopes.keys().next().copied() {
+                self.scopes.remove(&k);
+            }
+        }
+        self.scopes.entry(key).or_default()
+    }
+
+    fn rate(&self, exporter: IpAddr, scope: u32, in_record: Option<u32>) -> u32 {
+        self.overrides
+            .for_exporter(exporter)
+            .or(in_record)
+            .or_else(|| {
+                self.scopes
+                    .get(&(exporter, scope))
+                    .and_then(|s| s.sampling_rate)
+            })
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    fn v5(
+        &mut self,
+        exporter: IpAddr,
+        v5: &netflow_parser::static_versions::v5::V5,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) {
+        let h = &v5.header;
+        // Top two bits are the mode, the low 14 the interval (Cisco v5 layout).
+        let interval = u32::from(h.sampling_interval & 0x3FFF);
+        let wire = (interval > 1).then_some(interval);
+        let rate = self.rate(exporter, 0, wire);
+        oc.sampling_rate = Some(rate);
+        for f in &v5.flowsets {
+            let mut r = FlowRecord {
+                src: IpAddr::V4(f.src_addr),
+                dst: IpAddr::V4(f.dst_addr),
+                src_port: f.src_port,
+                dst_port: f.dst_port,
+                protocol: f.protocol_number,
+                tcp_flags: f.tcp_flags,
+                packets: u64::from(f.d_pkts) * u64::from(rate),
+                bytes: u64::from(f.d_octets) * u64::from(rate),
+                flows: 1,
+                ..FlowRecord::default()
+            };
+            set_times(&mut r, h.sys_up_time, f.first, f.last);
+            r.fragment = ports_zero_fragment(&r);
+            out.push(r);
+        }
+    }
+
+    fn v9(&mut self, exporter: IpAddr, v9: &V9, out: &mut Vec<FlowRecord>, oc: &mut DecodeOutcome) {
+        let scope = v9.header.source_id;
+        // Options first: a datagram may carry the sampling options and the data it
+        // applies to together.
+        for fs in &v9.flowsets {
+            if let V9Body::OptionsData(od) = &fs.body {
+                for rec in &od.fields {
+                    let f =
+                        Fields::collect(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)));
+                    if let Some(rate) = f.sampling_rate() {
+                        self.scope_mut((exporter, scope)).sampling_rate = Some(rate);
+                    }
+                }
+            }
+        }
+        for fs in &v9.flowsets {
+            match &fs.body {
+                V9Body::Data(d) => {
+                    for rec in &d.fields {
+                        let f = Fields::collect(rec.iter().map(|(k, v)| (v9_id(k), v)));
+                        let rate = self.rate(exporter, scope, f.sampling_rate());
+                        oc.sampling_rate = Some(rate);
+                        if let Some(mut r) = f.record(rate) {
+                            match (f.first, f.last) {
+                                (Some(first), Some(last)) => set_times(
+                                    &mut r,
+                                    v9.header.sys_up_time,
+                                    first as u32,
+                                    last as u32,
+                                ),
+                                _ => {}
+                            }
+                            out.push(r);
+                        } else {
+                            oc.skipped += 1;
+                        }
+                    }
+                }
+                V9Body::NoTemplate(_) => oc.template_misses += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn ipfix(
+        &mut self,
+        exporter: IpAddr,
+        msg: &IPFix,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) {
+        let scope = msg.header.observation_domain_id;
+        let export_ms = u64::from(msg.header.export_time) * 1000;
+        for fs in &msg.flowsets {
+            let recs: Vec<Fields> = match &fs.body {
+                IpfixBody::OptionsData(od) => od
+                    .fields
+                    .iter()
+                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
+                    .collect(),
+                IpfixBody::V9OptionsData(od) => od
+                    .fields
+                    .iter()
+                    .map(|rec| {
+                        Fields::collect(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)))
+                    })
+                    .collect(),
+                _ => continue,
+            };
+            for f in recs {
+                let st = self.scope_mut((exporter, scope));
+                if let Some(rate) = f.sampling_rate() {
+                    st.sampling_rate = Some(rate);
+                }
+                if let Some(init) = f.system_init_ms {
+                    st.system_init_ms = Some(init);
+                }
+            }
+        }
+        let init = self
+            .scopes
+            .get(&(exporter, scope))
+            .and_then(|s| s.system_init_ms);
+        for fs in &msg.flowsets {
+            let recs: Vec<Fields> = match &fs.body {
+                IpfixBody::Data(d) => d
+                    .fields
+                    .iter()
+                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
+                    .collect(),
+                IpfixBody::V9Data(d) => d
+                    .fields
+                    .iter()
+                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (v9_id(k), v))))
+                    .collect(),
+                IpfixBody::NoTemplate(_) => {
+                    oc.template_misses += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            for f in recs {
+                let rate = self.rate(exporter, scope, f.sampling_rate());
+                oc.sampling_rate = Some(rate);
+                let Some(mut r) = f.record(rate) else {
+                    oc.skipped += 1;
+                    continue;
+                };
+                // Absolute end/start if the record has them, else sysUpTime-relative
+                // ones with the learned init time; without either, the record ends at
+                // export time.
+                let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
+                    (Some(s), Some(e), ..) => (Some(s), Some(e)),
+                    (_, _, Some(fi), Some(la), Some(init)) => (Some(init + fi), Some(init + la)),
+                    (_, _, Some(fi), Some(la), None) => (
+                        Some(export_ms.saturating_sub(la - fi.min(la))),
+                        Some(export_ms),
+                    ),
+                    _ => (None, None),
+                };
+                if let (Some(s), Some(e)) = (start, end) {
+                    let e_age = export_ms.saturating_sub(e);
+                    r.end_age_ms = if e_age > MAX_END_AGE_MS {
+                        0
+                    } else {
+                        e_age as u32
+                    };
+                    r.duration_ms = e.saturating_sub(s).min(MAX_END_AGE_MS) as u32;
+                }
+                out.push(r);
+            }
+        }
+    }
+}
+
+fn v9_id(f: &V9Field) -> u16 {
+    u16::from(*f)
+}
+
+/// IANA element id of the IPFIX fields flowguard reads (0 for every other field).
+fn ipfix_id(f: &IPFixField) -> u16 {
+    use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as I;
+    // Enterprise-specific elements never carry the fields we read.
+    let IPFixField::IANA(f) = f else { return 0 };
+    match f {
+        I::OctetDeltaCount => 1,
+        I::PacketDeltaCount => 2,
+        I::ProtocolIdentifier => 4,
+        I::TcpControlBits => 6,
+        I::SourceTransportPort => 7,
+        I::SourceIpv4address => 8,
+        I::DestinationTransportPort => 11,
+        I::DestinationIpv4address => 12,
+        I::FlowEndSysUpTime => 21,
+        I::FlowStartSysUpTime => 22,
+        I::PostOctetDeltaCount => 23,
+        I::PostPacketDeltaCount => 24,
+        I::SourceIpv6address => 27,
+        I::DestinationIpv6address => 28,
+        I::SamplingInterval => 34,
+        I::SamplerRandomInterval => 50,
+        I::OctetTotalCount => 85,
+        I::PacketTotalCount => 86,
+        I::FragmentOffset => 88,
+        I::FlowStartSeconds => 150,
+        I::FlowEndSeconds => 151,
+        I::FlowStartMilliseconds => 152,
+        I::FlowEndMilliseconds => 153,
+        I::SystemInitTimeMilliseconds => 160,
+        I::FragmentFlags => 197,
+        I::SamplingPacketInterval => 305,
+        I::SamplingPacketSpace => 306,
+        _ => 0,
+    }
+}
+
+/// first/last are sysUpTime milliseconds; the export header's sysUpTime anchors them.
+fn set_times(r: &mut FlowRecord, sys_up_time: u32, first: u32, last: u32) {
+    let age = u64::from(sys_up_time.wrapping_sub(last));
+    r.end_age_ms = if age > MAX_END_AGE_MS { 0 } else { age as u32 };
+    let dur = u64::from(last.wrapping_sub(first));
+    r.duration_ms = if dur > MAX_END_AGE_MS { 0 } else { dur as u32 };
+}
+
+fn ports_zero_fragment(r: &FlowRecord) -> bool {
+    (r.protocol == PROTO_TCP || r.protocol == PROTO_UDP) && r.src_port == 0 && r.dst_port == 0
+}
+
+/// The fields of one v9/IPFIX record that flowguard reads, by information element id.
+#[derive(Default)]
+struct Fields {
+    bytes: Option<u64>,
+    packets: Option<u64>,
+    protocol: Option<u8>,
+    tcp_flags: Option<u8>,
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    first: Option<u64>,
+    last: Option<u64>,
+    start_abs_ms: Option<u64>,
+    end_abs_ms: Option<u64>,
+    sampling_interval: Option<u64>,
+    sampler_random_interval: Option<u64>,
+    packet_interval: Option<u64>,
+    packet_space: Option<u64>,
+    fragment_offset: Option<u64>,
+    more_fragments: Option<bool>,
+    system_init_ms: Option<u64>,
+}
+
+impl Fields {
+    fn collect<'a>(it: impl Iterator<Item = (u16, &'a FieldValue)>) -> Fields {
+        let mut f = Fields::default();
+        for (id, v) in it {
+            match id {
+                1 | 23 | 85 if f.bytes.is_none() => f.bytes = v.as_u64(),
+                2 | 24 | 86 if f.packets.is_none() => f.packets = v.as_u64(),
+                4 => f.protocol = v.as_u8(),
+                6 => {
+                    f.tcp_flags = match v {
+                        FieldValue::TcpControlBits(b, _) => Some(u16::from(*b) as u8),
+                        other => other.as_u64().map(|x| x as u8),
+                    }
+                }
+                7 => f.src_port = v.as_u64().map(|x| x as u16),
+                11 => f.dst_port = v.as_u64().map(|x| x as u16),
+                8 | 27 if f.src.is_none() => f.src = ip(v),
+                12 | 28 if f.dst.is_none() => f.dst = ip(v),
+                22 => f.first = v.as_u64(),
+                21 => f.last = v.as_u64(),
+                150 => f.start_abs_ms = v.as_u64(),
+                151 => f.end_abs_ms = v.as_u64(),
+                152 => f.start_abs_ms = v.as_u64(),
+                153 => f.end_abs_ms = v.as_u64(),
+                34 => f.sampling_interval = v.as_u64(),
+                50 => f.sampler_random_interval = v.as_u64(),
+                305 => f.packet_interval = v.as_u64(),
+                306 => f.packet_space = v.as_u64(),
+                88 => f.fragment_offset = v.as_u64(),
+                197 => {
+                    f.more_fragments = match v {
+                        FieldValue::FragmentFlags(fl) => Some(fl.more_fragments),
+                        other => other.as_u64().map(|x| x & 0x04 != 0),
+                    }
+                }
+                160 => f.system_init_ms = v.as_u64(),
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Sampling rate (1 in N) announced by this record, if any.
+    fn sampling_rate(&self) -> Option<u32> {
+        let n = self
+            .sampling_interval
+            .or(self.sampler_random_interval)
+            .or_else(|| {
+                // RFC 5477: sample `interval` packets, then skip `space` packets.
+                let i = self.packet_interval.filter(|i| *i > 0)?;
+                Some((i + self.packet_space.unwrap_or(0)) / i)
+            })?;
+        (n >= 1).then_some(n.min(u64::from(u32::MAX)) as u32)
+    }
+
+    fn record(&self, rate: u32) -> Option<FlowRecord> {
+        let (src, dst) = (self.src?, self.dst?);
+        let packets = self.packets.unwrap_or(0);
+        let mut r = FlowRecord {
+            src,
+            dst,
+            src_port: self.src_port.unwrap_or(0),
+            dst_port: self.dst_port.unwrap_or(0),
+            protocol: self.protocol.unwrap_or(0),
+            tcp_flags: self.tcp_flags.unwrap_or(0),
+            packets: packets.saturating_mul(u64::from(rate)),
+            bytes: self.bytes.unwrap_or(0).saturating_mul(u64::from(rate)),
+            flows: 1,
+            ..FlowRecord::default()
+        };
+        r.fragment = self.more_fragments == Some(true)
+            || self.fragment_offset.is_some_and(|o| o > 0)
+            || ports_zero_fragment(&r);
+        Some(r)
+    }
+}
+
+fn ip(v: &FieldValue) -> Option<IpAddr> {
+    match v {
+        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
+        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
