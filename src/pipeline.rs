@@ -206,8 +206,10 @@ impl Pipeline {
         let mut det = self.detector.lock();
         let active: Vec<HostKey> = det.active().map(Attack::key).collect();
         let mut obs = Vec::new();
+        let mut tracked = 0usize;
         for (i, shard) in self.table.shards.iter().enumerate() {
             let mut shard = shard.lock();
+            tracked += shard.len();
             let mut seen = Vec::new();
             shard.drain_dirty(|k, e| {
                 if self.networks.is_whitelisted(k.ip) {
@@ -291,6 +293,7 @@ impl Pipeline {
             }
         }
         self.count_events(&events);
+        self.metrics.tracked_hosts.set(tracked as i64);
         self.sweep_if_due(now_ms, &det);
         drop(det);
         timer.observe_duration();

@@ -1,4 +1,257 @@
-//! `flowguard run`: wiring of collectors, pipeline, detection ticker, mitigation and API.
-pub fn run_blocking(_cfg: crate::config::Config) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+//! `flowguard run`: builds every component from config and runs them until shutdown.
+//!
+//! Threads and tasks (see README "Threads and cores"):
+//! - one OS thread per collector socket: recvmmsg → decode → apply to the sharded host
+//!   table (the hot path; no channels, no per-record allocation);
+//! - a tokio task, the ticker: the once-per-second detection pass, aligned to wall-clock
+//!   seconds, which sends attack events on a bounded channel to mitigation;
+//! - the mitigation task (MITIGATOR client), the external-event task (FastNetMon hook),
+//!   and the HTTP API, on a small tokio runtime.
+//!
+//! Shutdown (SIGINT/SIGTERM or [`Service::shutdown`]): collectors stop within their
+//! 200 ms receive timeout, the ticker stops, the mitigation task finishes the operation
+//! in hand and persists its state, the API drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::system_now_ms;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{AttackEvent, EventKind};
+use crate::pipeline::Pipeline;
+
+/// Capacity of the detect → mitigate queue.
+pub const EVENT_QUEUE: usize = 4096;
+
+pub struct Service {
+    pub api_addr: SocketAddr,
+    pub collector_addrs: Vec<SocketAddr>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    stop_collectors: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    tasks: JoinSet<()>,
+}
+
+/// Forwards detection events to mitigation. Start and end wait for room (an end must
+/// never be lost); updates are dropped and counted when the queue is full.
+async fn forward(events: Vec<AttackEvent>, tx: &mpsc::Sender<AttackEvent>, m: &Metrics) {
+    for e in events {
+        match e.event {
+            EventKind::Start | EventKind::End => {
+                tracing::info!(
+                    attack = %e.id, ip = %e.ip, direction = %e.direction, attack_type = %e.attack_type,
+                    protocol = %e.protocol, pps = e.pps, bps = e.bps, hostgroup = %e.hostgroup,
+                    "attack {}", if e.event == EventKind::Start { "started" } else { "ended" }
+                );
+                if tx.send(e).await.is_err() {
+                    m.events_dropped.with_label_values(&["closed"]).inc();
+                }
+            }
+            EventKind::Update => {
+                if tx.try_send(e).is_err() {
+                    m.events_dropped.with_label_values(&["update"]).inc();
+                }
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Binds every socket and starts every component. Must be called inside a tokio
+    /// runtime.
+    pub async fn start(cfg: Config) -> anyhow::Result<Service> {
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Arc::new(Pipeline::new(&cfg, metrics.clone())?);
+        let shutdown = CancellationToken::new();
+        let stop_collectors = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+
+        let bound = crate::collectors::bind_all(&cfg.collectors)?;
+        let collector_addrs = bound.iter().map(|b| b.local).collect();
+        let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("api.listen {}: {e}", cfg.api.listen))?;
+        let api_addr = listener.local_addr()?;
+
+        // detect → mitigate
+        let (ev_tx, ev_rx) = mpsc::channel::<AttackEvent>(EVENT_QUEUE);
+        let mitigation =
+            start_mitigation(&cfg, metrics.clone(), ev_rx, shutdown.clone(), &mut tasks)?;
+
+        let mut threads = Vec::new();
+        for b in bound {
+            threads.push(crate::collectors::spawn(
+                b,
+                pipeline.clone(),
+                stop_collectors.clone(),
+            )?);
+        }
+
+        // The ticker: one detection pass per wall-clock second.
+        {
+            let (p, tx, m, stop) = (
+                pipeline.clone(),
+                ev_tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let now = system_now_ms();
+                    let next = (now / 1000 + 1) * 1000;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis((next - now).max(1) as u64)) => {}
+                    }
+                    let p2 = p.clone();
+                    let events = match tokio::task::spawn_blocking(move || p2.tick(next)).await {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            tracing::error!(error = %e, "detection pass failed");
+                            continue;
+                        }
+                    };
+                    forward(events, &tx, &m).await;
+                }
+            });
+        }
+
+        // External detectors (FastNetMon hook): endpoint + spool → claims → events.
+        let hook_router = start_hooks(
+            &cfg,
+            pipeline.clone(),
+            metrics.clone(),
+            ev_tx.clone(),
+            shutdown.clone(),
+            &mut tasks,
+        )?;
+
+        let state = Arc::new(crate::api::ApiState {
+            pipeline: pipeline.clone(),
+            metrics: metrics.clone(),
+            mitigation,
+            started_ms: system_now_ms(),
+        });
+        let app = crate::api::router(state).merge(hook_router);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "api server failed");
+            }
+        });
+        tracing::info!(api = %api_addr, "flowguard running");
+        Ok(Service {
+            api_addr,
+            collector_addrs,
+            pipeline,
+            metrics,
+            shutdown,
+            stop_collectors,
+            threads,
+            tasks,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.stop_collectors.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        for t in self.threads.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+type MitigationView = Arc<dyn Fn(&str) -> Option<serde_json::Value> + Send + Sync>;
+
+/// PROVISIONAL until the mitigate stage lands: drains events, logging them.
+fn start_mitigation(
+    _cfg: &Config,
+    _metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<AttackEvent>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<MitigationView>> {
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = rx.recv() => match ev {
+                    Some(e) => tracing::debug!(attack = %e.id, "event (no mitigation configured)"),
+                    None => break,
+                },
+            }
+        }
+    });
+    Ok(None)
+}
+
+/// PROVISIONAL until the hooks stage lands.
+fn start_hooks(
+    _cfg: &Config,
+    _pipeline: Arc<Pipeline>,
+    _metrics: Arc<Metrics>,
+    _tx: mpsc::Sender<AttackEvent>,
+    _shutdown: CancellationToken,
+    _tasks: &mut JoinSet<()>,
+) -> anyhow::Result<axum::Router> {
+    Ok(axum::Router::new())
+}
+
+/// `flowguard run`: start, wait for SIGINT/SIGTERM, shut down.
+pub fn run_blocking(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("flowguard-rt")
+        .build()?;
+    rt.block_on(async move {
+        let svc = Service::start(cfg).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        svc.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,1 +1,185 @@
-//! placeholder
+//! HTTP API (axum): `/metrics`, `/healthz` and the JSON API under `/api/v1`.
+//!
+//! Read-only endpoints need no token; they are meant for loopback or a management
+//! network (the default listen address is 127.0.0.1). Write endpoints (the FastNetMon
+//! event hook) live in `hooks` and require `[api] token`.
+//!
+//! | endpoint | returns |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /healthz` | `{"status":"ok", ...}` |
+//! | `GET /api/v1/hosts/{ip}` | totals and rates per direction; 404 if untracked |
+//! | `GET /api/v1/hosts?top=N&by=pps\|bps\|flows` | the busiest host-directions |
+//! | `GET /api/v1/attacks` | `{"active":[...],"recent":[...]}` with mitigation state |
+//! | `GET /api/v1/attacks/{id}` | one attack; 404 if unknown |
+//! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form |
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::clock::{rfc3339, system_now_ms};
+use crate::detect::Attack;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, TopBy};
+
+pub struct ApiState {
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    /// Mitigation state per attack id, when mitigation runs.
+    pub mitigation: Option<Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>>,
+    pub started_ms: i64,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/hosts", get(top_hosts))
+        .route("/api/v1/hosts/{ip}", get(host))
+        .route("/api/v1/attacks", get(attacks))
+        .route("/api/v1/attacks/{id}", get(attack))
+        .route("/api/v1/attacks/{id}/report.txt", get(report))
+        .with_state(state)
+}
+
+fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    s.metrics
+        .api_requests
+        .with_label_values(&[endpoint, class])
+        .inc();
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+    count(&s, "metrics", StatusCode::OK);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    count(&s, "healthz", StatusCode::OK);
+    Json(json!({
+        "status": "ok",
+        "uptime_seconds": (system_now_ms() - s.started_ms) / 1000,
+        "tracked_hosts": s.metrics.tracked_hosts.get(),
+        "attacks_active": s.pipeline.active_attacks(),
+    }))
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("{what} not found")})),
+    )
+        .into_response()
+}
+
+async fn host(State(s): State<Arc<ApiState>>, Path(ip): Path<String>) -> Response {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        count(&s, "host", StatusCode::BAD_REQUEST);
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "not an IP address"})),
+        )
+            .into_response();
+    };
+    match s.pipeline.host(ip, system_now_ms()) {
+        Some(v) => {
+            count(&s, "host", StatusCode::OK);
+            Json(v).into_response()
+        }
+        None => {
+            count(&s, "host", StatusCode::NOT_FOUND);
+            not_found("host")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    top: Option<usize>,
+    by: Option<TopBy>,
+}
+
+async fn top_hosts(State(s): State<Arc<ApiState>>, Query(q): Query<TopQuery>) -> Json<Value> {
+    count(&s, "hosts", StatusCode::OK);
+    let n = q.top.unwrap_or(10).min(1000);
+    let by = q.by.unwrap_or(TopBy::Pps);
+    let v: Vec<Value> = s
+        .pipeline
+        .top(n, by, system_now_ms())
+        .into_iter()
+        .map(|(k, r)| json!({"ip": k.ip, "direction": k.dir, "rates": r}))
+        .collect();
+    Json(Value::Array(v))
+}
+
+fn attack_json(s: &ApiState, a: &Attack) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("start".into(), json!(rfc3339(a.start_ms)));
+        m.insert("end".into(), json!(a.end_ms.map(rfc3339)));
+        m.insert("active".into(), json!(a.end_ms.is_none()));
+        let mit = s.mitigation.as_ref().and_then(|f| f(&a.id));
+        m.insert("mitigation".into(), mit.unwrap_or(Value::Null));
+    }
+    v
+}
+
+async fn attacks(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    count(&s, "attacks", StatusCode::OK);
+    let all = s.pipeline.attacks();
+    let (active, recent): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.end_ms.is_none());
+    Json(json!({
+        "active": active.iter().map(|a| attack_json(&s, a)).collect::<Vec<_>>(),
+        "recent": recent.iter().map(|a| attack_json(&s, a)).collect::<Vec<_>>(),
+    }))
+}
+
+async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+    match s.pipeline.attack(&id) {
+        Some(a) => {
+            count(&s, "attack", StatusCode::OK);
+            Json(attack_json(&s, &a)).into_response()
+        }
+        None => {
+            count(&s, "attack", StatusCode::NOT_FOUND);
+            not_found("attack")
+        }
+    }
+}
+
+async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+    match s.pipeline.attack(&id) {
+        Some(a) => {
+            count(&s, "report", StatusCode::OK);
+            (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                crate::detect::report::text(&a),
+            )
+                .into_response()
+        }
+        None => {
+            count(&s, "report", StatusCode::NOT_FOUND);
+            not_found("attack")
+        }
+    }
+}

@@ -21,6 +21,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod report;
 
 use std::collections::{HashMap, VecDeque};
 
