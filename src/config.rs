@@ -363,7 +363,9 @@ impl Config {
         let mut p = Vec::new();
         let mut ports = std::collections::HashMap::new();
         for (i, c) in self.collectors.iter().enumerate() {
-            if let Some(prev) = ports.insert(c.listen, i) {
+            // Port 0 asks the kernel for a free port: never a clash.
+            if c.listen.port() == 0 {
+            } else if let Some(prev) = ports.insert(c.listen, i) {
                 p.push(format!(
                     "collector[{i}].listen: {} is already used by collector[{prev}]",
                     c.listen

@@ -50,7 +50,7 @@ struct RingEntry {
     packets: u64,
 }
 
-const RING_LEN: usize = 8192;
+const RING_LEN: usize = 16_384;
 /// Distinct sources tracked per attacked host; later sources go to "other".
 const MAX_SOURCES: usize = 1024;
 
@@ -185,6 +185,15 @@ impl Shard {
         };
         if let Some(t) = self.watched.get_mut(&u.key) {
             t.add(peer, port, u.rec.packets);
+        }
+        // Consecutive records of one peer to one host fold into one entry, so a
+        // single-source flood does not flush everyone else out of the ring.
+        let last = (self.ring_pos + RING_LEN - 1) % RING_LEN;
+        if let Some(l) = self.ring.get_mut(last) {
+            if l.key == u.key && l.peer == peer {
+                l.packets += u.rec.packets;
+                return;
+            }
         }
         let entry = RingEntry {
             key: u.key,
