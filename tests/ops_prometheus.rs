@@ -13,7 +13,11 @@ use ops_support::*;
 
 fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|c| c.is_file())
+        })
         .unwrap_or(None);
     found.unwrap_or_else(|| {
         panic!(
@@ -77,11 +81,14 @@ fn promtool_checks_rules_config_and_alert_unit_tests() {
         .as_sequence()
         .into_iter()
         .flatten()
-        .flat_map(|g| g["alert_rule_test"].as_sequence().cloned().unwrap_or_default())
-        .map(|c| {
-            let fires = c["exp_alerts"]
+        .flat_map(|g| {
+            g["alert_rule_test"]
                 .as_sequence()
-                .is_some_and(|a| !a.is_empty());
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| {
+            let fires = c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty());
             (c["alertname"].as_str().unwrap_or("").to_string(), fires)
         })
         .collect();
@@ -103,15 +110,21 @@ fn promtool_checks_rules_config_and_alert_unit_tests() {
 #[test]
 fn promtool_rejects_a_broken_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad = read(&prometheus_dir().join("alerts.yml"))
-        .replacen("expr: up{job=\"flowguard\"} == 0", "expr: up{job=\"flowguard\" == 0", 1);
+    let bad = read(&prometheus_dir().join("alerts.yml")).replacen(
+        "expr: up{job=\"flowguard\"} == 0",
+        "expr: up{job=\"flowguard\" == 0",
+        1,
+    );
     std::fs::write(dir.path().join("alerts.yml"), bad).expect("write");
     let out = Command::new(tool("promtool"))
         .args(["check", "rules", "alerts.yml"])
         .current_dir(dir.path())
         .output()
         .expect("run promtool");
-    assert!(!out.status.success(), "promtool accepted a broken expression");
+    assert!(
+        !out.status.success(),
+        "promtool accepted a broken expression"
+    );
 }
 
 /// A real Prometheus (the Debian binary) scrapes a running flowguard every second, loads
@@ -120,7 +133,9 @@ fn promtool_rejects_a_broken_rule() {
 fn prometheus_scrapes_a_running_flowguard() {
     let prom_bin = tool("prometheus");
     let mut fg = Flowguard::start();
-    let first = fg.poll_metrics(Duration::from_secs(10), |t| t.contains("flowguard_build_info"));
+    let first = fg.poll_metrics(Duration::from_secs(10), |t| {
+        t.contains("flowguard_build_info")
+    });
     assert!(
         first.is_some(),
         "flowguard never answered GET http://{}/metrics within 10 s; its output:\n{}",
@@ -200,7 +215,10 @@ fn prometheus_scrapes_a_running_flowguard() {
     want.sort();
     let mut got = loaded.clone();
     got.sort();
-    assert_eq!(got, want, "Prometheus loaded other rules than alerts.yml declares");
+    assert_eq!(
+        got, want,
+        "Prometheus loaded other rules than alerts.yml declares"
+    );
     let errors: Vec<String> = v["data"]["groups"]
         .as_array()
         .into_iter()
