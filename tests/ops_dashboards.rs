@@ -459,3 +459,17 @@ fn hand_built_netflow_v5_decodes() {
         assert!(got.first < got.last && got.last == v5.header.sys_up_time);
     }
 }
+
+/// The configuration the live tests start flowguard with is one flowguard accepts.
+#[test]
+fn live_test_config_is_valid() {
+    let api = "127.0.0.1:1".parse().expect("addr");
+    let nf = "127.0.0.1:2".parse().expect("addr");
+    let text = test_config(api, nf, std::path::Path::new("/tmp/x"));
+    let cfg =
+        flowguard::config::Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(cfg.api.listen, api);
+    assert_eq!(cfg.collectors.len(), 1);
+    assert_eq!(cfg.collectors[0].label(), TEST_COLLECTOR);
+    assert_eq!(cfg.collectors[0].listen, nf);
+}

@@ -436,15 +436,11 @@ pub struct Flowguard {
 /// Collector name used in the test config; the metrics carry it as `collector`.
 pub const TEST_COLLECTOR: &str = "nf-test";
 
-impl Flowguard {
-    pub fn start() -> Flowguard {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let netflow = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(&state).expect("state dir");
-        let cfg = format!(
-            r#"[api]
+/// The configuration the live tests run flowguard with: API and one NetFlow collector on
+/// the given loopback addresses, 127.0.0.0/8 protected, a 1000 pps threshold.
+pub fn test_config(api: SocketAddr, netflow: SocketAddr, state: &Path) -> String {
+    format!(
+        r#"[api]
 listen = "{api}"
 
 [[collector]]
@@ -463,8 +459,18 @@ ban_time_seconds = 5
 [state]
 dir = "{}"
 "#,
-            state.display()
-        );
+        state.display()
+    )
+}
+
+impl Flowguard {
+    pub fn start() -> Flowguard {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let netflow = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let cfg = test_config(api, netflow, &state);
         let cfg_path = dir.path().join("flowguard.toml");
         std::fs::write(&cfg_path, cfg).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowguard"));
