@@ -15,6 +15,11 @@ use prometheus::{
 /// in `flowguard_exporter_series_overflow_total` instead of growing the registry.
 pub const MAX_EXPORTER_SERIES: usize = 256;
 
+/// How many ranks `flowguard_top_host_pps` / `flowguard_top_host_bps` carry per direction.
+/// The series are keyed by rank, not by address, so their number stays fixed however many
+/// hosts pass through the top list.
+pub const TOP_HOST_RANKS: usize = 10;
+
 pub struct Metrics {
     pub registry: Registry,
     // collect
@@ -34,11 +39,15 @@ pub struct Metrics {
     pub host_evictions: IntCounterVec,
     pub records_unprotected: IntCounter,
     pub queue_full_drops: IntCounterVec,
+    pub traffic_packets: IntCounterVec,
+    pub traffic_bytes: IntCounterVec,
     // detect
     pub attacks_active: IntGaugeVec,
     pub attacks_total: IntCounterVec,
     pub attack_host_pps: IntGaugeVec,
     pub attack_host_bps: IntGaugeVec,
+    pub top_host_pps: IntGaugeVec,
+    pub top_host_bps: IntGaugeVec,
     pub detection_pass_seconds: Histogram,
     pub events_dropped: IntCounterVec,
     // mitigate
@@ -130,10 +139,14 @@ impl Metrics {
             host_evictions: counter_vec(&r, "flowguard_host_evictions_total", "Host-directions removed from the host table, by reason (idle, cap).", &["reason"]),
             records_unprotected: counter(&r, "flowguard_records_unprotected_total", "Flow records that touched no protected host."),
             queue_full_drops: counter_vec(&r, "flowguard_queue_full_drops_total", "Items dropped because a bounded queue between stages was full, by queue.", &["queue"]),
+            traffic_packets: counter_vec(&r, "flowguard_traffic_packets_total", "Packets to (incoming) or from (outgoing) protected hosts, sampling applied, by direction and protocol (tcp, udp, icmp, other).", &["direction", "protocol"]),
+            traffic_bytes: counter_vec(&r, "flowguard_traffic_bytes_total", "Bytes to (incoming) or from (outgoing) protected hosts, sampling applied, by direction and protocol (tcp, udp, icmp, other).", &["direction", "protocol"]),
             attacks_active: gauge_vec(&r, "flowguard_attacks_active", "Attacks in progress, by direction and attack type.", &["direction", "attack_type"]),
             attacks_total: counter_vec(&r, "flowguard_attacks_total", "Attacks started, by direction and attack type.", &["direction", "attack_type"]),
             attack_host_pps: gauge_vec(&r, "flowguard_attack_host_pps", "Packet rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
             attack_host_bps: gauge_vec(&r, "flowguard_attack_host_bps", "Bit rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
+            top_host_pps: gauge_vec(&r, "flowguard_top_host_pps", "Packet rate of the N-th busiest protected host by packets (rank 1..=10), whatever its address; 0 when fewer hosts are seen.", &["direction", "rank"]),
+            top_host_bps: gauge_vec(&r, "flowguard_top_host_bps", "Bit rate of the N-th busiest protected host by bits (rank 1..=10), whatever its address; 0 when fewer hosts are seen.", &["direction", "rank"]),
             detection_pass_seconds,
             events_dropped: counter_vec(&r, "flowguard_attack_events_dropped_total", "Attack events that could not be queued, by kind.", &["event"]),
             mitigator_requests: counter_vec(&r, "flowguard_mitigator_requests_total", "MITIGATOR REST calls, by operation and outcome.", &["op", "outcome"]),
