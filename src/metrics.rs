@@ -164,6 +164,72 @@ impl Metrics {
         }
     }
 
+    /// Creates the zero series of every bounded label set, so dashboards and alerts see
+    /// each family (and `rate()` has a starting point) before the first event.
+    pub fn pretouch(&self, collectors: &[(String, bool)]) {
+        for (c, is_sflow) in collectors {
+            let c = c.as_str();
+            let versions: &[&str] = if *is_sflow {
+                &["sflow5"]
+            } else {
+                &["v5", "v9", "ipfix"]
+            };
+            for v in versions.iter().copied() {
+                self.datagrams.with_label_values(&[c, v]);
+                self.flow_records.with_label_values(&[c, v]);
+            }
+            for k in [
+                "truncated",
+                "bad_version",
+                "malformed",
+                "unsupported_header",
+                "record_skipped",
+            ] {
+                self.decode_errors.with_label_values(&[c, k]);
+            }
+            for r in ["not_allowed", "truncated"] {
+                self.datagrams_dropped.with_label_values(&[c, r]);
+            }
+            self.socket_drops.with_label_values(&[c]);
+            self.template_misses.with_label_values(&[c]);
+            self.templates_known.with_label_values(&[c]);
+            self.counter_samples.with_label_values(&[c]);
+            self.exporters_known.with_label_values(&[c]);
+        }
+        for r in ["idle", "pressure", "cap_refused"] {
+            self.host_evictions.with_label_values(&[r]);
+        }
+        for q in ["attack_events", "hook_events"] {
+            self.queue_full_drops.with_label_values(&[q]);
+        }
+        for e in ["update", "closed"] {
+            self.events_dropped.with_label_values(&[e]);
+        }
+        for d in crate::model::Direction::ALL {
+            for p in ["tcp", "udp", "icmp", "other"] {
+                self.traffic_packets.with_label_values(&[d.as_str(), p]);
+                self.traffic_bytes.with_label_values(&[d.as_str(), p]);
+            }
+            for t in crate::model::AttackType::ALL {
+                self.attacks_active
+                    .with_label_values(&[d.as_str(), t.as_str()]);
+                self.attacks_total
+                    .with_label_values(&[d.as_str(), t.as_str()]);
+            }
+            for rank in 1..=TOP_HOST_RANKS {
+                self.top_host_pps
+                    .with_label_values(&[d.as_str(), &rank.to_string()]);
+                self.top_host_bps
+                    .with_label_values(&[d.as_str(), &rank.to_string()]);
+            }
+        }
+        for a in ["ban", "unban", "attack_details"] {
+            for o in ["accepted", "rejected", "spooled"] {
+                self.hook_events.with_label_values(&[a, o]);
+            }
+        }
+    }
+
     /// Prometheus text exposition of every registered metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

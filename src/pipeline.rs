@@ -154,9 +154,20 @@ impl Pipeline {
     /// Applies decoded records at time `now_ms`.
     pub fn ingest(&self, recs: &[FlowRecord], now_ms: i64, s: &mut Scratch) {
         let mut unprotected = 0u64;
+        // [direction][tcp, udp, icmp, other] packets and bytes, summed per batch so the
+        // shared counters are touched once per batch, not per record.
+        let mut traffic = [[(0u64, 0u64); 4]; 2];
         for r in recs {
             let mut hit = false;
+            let proto = match r.protocol {
+                crate::decode::PROTO_TCP => 0,
+                crate::decode::PROTO_UDP => 1,
+                crate::decode::PROTO_ICMP | crate::decode::PROTO_ICMPV6 => 2,
+                _ => 3,
+            };
             if let Some(group) = self.networks.protected_group(r.dst) {
+                traffic[0][proto].0 += r.packets;
+                traffic[0][proto].1 += r.bytes;
                 let key = HostKey {
                     ip: r.dst,
                     dir: Direction::Incoming,
@@ -169,6 +180,8 @@ impl Pipeline {
                 hit = true;
             }
             if let Some(group) = self.networks.protected_group(r.src) {
+                traffic[1][proto].0 += r.packets;
+                traffic[1][proto].1 += r.bytes;
                 let key = HostKey {
                     ip: r.src,
                     dir: Direction::Outgoing,
@@ -197,6 +210,19 @@ impl Pipeline {
         if unprotected > 0 {
             self.metrics.records_unprotected.inc_by(unprotected);
         }
+        for (d, dir) in Direction::ALL.iter().enumerate() {
+            for (p, name) in ["tcp", "udp", "icmp", "other"].iter().enumerate() {
+                let (pk, by) = traffic[d][p];
+                if pk > 0 || by > 0 {
+                    let l = [dir.as_str(), name];
+                    self.metrics
+                        .traffic_packets
+                        .with_label_values(&l)
+                        .inc_by(pk);
+                    self.metrics.traffic_bytes.with_label_values(&l).inc_by(by);
+                }
+            }
+        }
     }
 
     /// The per-second detection pass at `now_ms`; returns the events it produced.
@@ -207,19 +233,21 @@ impl Pipeline {
         let active: Vec<HostKey> = det.active().map(Attack::key).collect();
         let mut obs = Vec::new();
         let mut tracked = 0usize;
+        let mut top = TopRanks::default();
         for (i, shard) in self.table.shards.iter().enumerate() {
             let mut shard = shard.lock();
             tracked += shard.len();
             let mut seen = Vec::new();
             shard.drain_dirty(|k, e| {
+                let counters = e.window.sum(now_sec);
+                let rates = Rates::from_window(&counters, self.window_seconds);
+                top.offer(k.dir, &rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
                 }
                 let Some(t) = det.thresholds(e.group, k.dir) else {
                     return;
                 };
-                let counters = e.window.sum(now_sec);
-                let rates = Rates::from_window(&counters, self.window_seconds);
                 let over = exceeded(t, &rates);
                 if over.is_some() || det.is_active(k) {
                     seen.push(*k);
@@ -294,6 +322,7 @@ impl Pipeline {
         }
         self.count_events(&events);
         self.metrics.tracked_hosts.set(tracked as i64);
+        top.publish(&self.metrics);
         self.sweep_if_due(now_ms, &det);
         drop(det);
         timer.observe_duration();
@@ -518,6 +547,44 @@ impl Pipeline {
         v.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
+    }
+}
+
+/// The busiest hosts among those with traffic in the last second (the ones a pass
+/// visits), per direction: a bounded, address-free view for dashboards.
+#[derive(Default)]
+struct TopRanks {
+    pps: [Vec<u64>; 2],
+    bps: [Vec<u64>; 2],
+}
+
+impl TopRanks {
+    fn offer(&mut self, dir: Direction, r: &Rates) {
+        let d = dir as usize;
+        for (v, x) in [(&mut self.pps[d], r.pps), (&mut self.bps[d], r.bps)] {
+            v.push(x);
+            if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                v.truncate(crate::metrics::TOP_HOST_RANKS);
+            }
+        }
+    }
+
+    fn publish(mut self, m: &Metrics) {
+        for dir in Direction::ALL {
+            let d = dir as usize;
+            self.pps[d].sort_unstable_by(|a, b| b.cmp(a));
+            self.bps[d].sort_unstable_by(|a, b| b.cmp(a));
+            for rank in 0..crate::metrics::TOP_HOST_RANKS {
+                let l = [dir.as_str(), &(rank + 1).to_string()];
+                m.top_host_pps
+                    .with_label_values(&l)
+                    .set(self.pps[d].get(rank).copied().unwrap_or(0) as i64);
+                m.top_host_bps
+                    .with_label_values(&l)
+                    .set(self.bps[d].get(rank).copied().unwrap_or(0) as i64);
+            }
+        }
     }
 }
 

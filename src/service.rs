@@ -71,6 +71,17 @@ impl Service {
     /// runtime.
     pub async fn start(cfg: Config) -> anyhow::Result<Service> {
         let metrics = Arc::new(Metrics::new());
+        metrics.pretouch(
+            &cfg.collectors
+                .iter()
+                .map(|c| {
+                    (
+                        c.label(),
+                        c.protocol == crate::config::CollectorProtocol::Sflow,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
         let pipeline = Arc::new(Pipeline::new(&cfg, metrics.clone())?);
         let shutdown = CancellationToken::new();
         let stop_collectors = Arc::new(AtomicBool::new(false));
