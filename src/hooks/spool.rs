@@ -215,6 +215,11 @@ pub async fn run_spool_drainer_every(
     shutdown: CancellationToken,
     interval: Duration,
 ) {
+    // Created by the service, so the service owns the directory and can always delete
+    // what the hook (often running as FastNetMon's user) writes into it.
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create the hook spool");
+    }
     loop {
         drain_spool(&dir, &tx, &metrics).await;
         tokio::select! {
