@@ -167,13 +167,22 @@ async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// The attacked host's rates in the direction opposite to the attack, for the report.
+fn other_direction(s: &ApiState, a: &Attack) -> crate::aggregate::Rates {
+    s.pipeline
+        .host(a.ip, system_now_ms())
+        .and_then(|h| h.directions.into_iter().find(|d| d.direction != a.direction))
+        .map(|d| d.rates)
+        .unwrap_or_default()
+}
+
 async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
     match s.pipeline.attack(&id) {
         Some(a) => {
             count(&s, "report", StatusCode::OK);
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                crate::detect::report::text(&a),
+                crate::detect::report::text(&a, &other_direction(&s, &a)),
             )
                 .into_response()
         }
