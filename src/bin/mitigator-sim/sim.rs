@@ -360,7 +360,14 @@ mod tests {
     }
 
     fn token(s: &mut Sim) -> String {
-        let a = s.api("POST", "users/session", "", None, br#"{"username":"u","password":"p"}"#, 0);
+        let a = s.api(
+            "POST",
+            "users/session",
+            "",
+            None,
+            br#"{"username":"u","password":"p"}"#,
+            0,
+        );
         a.body["data"]["token"].as_str().unwrap().to_string()
     }
 
@@ -368,14 +375,28 @@ mod tests {
     fn switch_round_trip_and_unknown_policy() {
         let mut s = sim();
         let t = token(&mut s);
-        let a = s.api("PUT", "tcp/switch", "policy=2", Some(&t), br#"{"switch":1}"#, 0);
+        let a = s.api(
+            "PUT",
+            "tcp/switch",
+            "policy=2",
+            Some(&t),
+            br#"{"switch":1}"#,
+            0,
+        );
         assert_eq!(a.status, 200);
         let a = s.api("GET", "tcp/switch", "policy=2", Some(&t), b"", 0);
         assert_eq!(a.body["data"]["switch"], 1);
         let a = s.api("GET", "tcp/switch", "policy=1", Some(&t), b"", 0);
         assert_eq!(a.body["data"]["switch"], 0);
-        assert_eq!(s.api("GET", "tcp/switch", "policy=3", Some(&t), b"", 0).status, 404);
-        assert_eq!(s.api("GET", "tcp/switch", "policy=1", None, b"", 0).status, 401);
+        assert_eq!(
+            s.api("GET", "tcp/switch", "policy=3", Some(&t), b"", 0)
+                .status,
+            404
+        );
+        assert_eq!(
+            s.api("GET", "tcp/switch", "policy=1", None, b"", 0).status,
+            401
+        );
         assert_eq!(s.log.len(), 6);
     }
 
@@ -388,8 +409,17 @@ mod tests {
             ..Default::default()
         });
         let body = br#"{"username":"u","password":"p"}"#;
-        assert_eq!(s.api("POST", "users/session", "", None, body, 0).status, 503);
-        assert_eq!(s.api("POST", "users/session", "", None, body, 0).status, 503);
-        assert_eq!(s.api("POST", "users/session", "", None, body, 0).status, 200);
+        assert_eq!(
+            s.api("POST", "users/session", "", None, body, 0).status,
+            503
+        );
+        assert_eq!(
+            s.api("POST", "users/session", "", None, body, 0).status,
+            503
+        );
+        assert_eq!(
+            s.api("POST", "users/session", "", None, body, 0).status,
+            200
+        );
     }
 }
