@@ -231,7 +231,9 @@ impl Planner {
                 // wanted, so only new blacklist entries can come of it.
                 r.restored_at = None;
                 r.updated_ms = now;
-                return self.tbl_steps(&spec, now);
+                let steps = self.tbl_steps(&spec);
+                self.bump(&id, steps.len() as u32, now);
+                return steps;
             }
         }
         let before = self.needed();
@@ -277,7 +279,7 @@ impl Planner {
             attack: None,
             op: Op::Release(k),
         }));
-        steps.extend(self.tbl_steps(&spec, now));
+        steps.extend(self.tbl_steps(&spec));
         let mine = steps
             .iter()
             .filter(|s| s.attack.as_deref() == Some(id.as_str()))
@@ -286,7 +288,8 @@ impl Planner {
         steps
     }
 
-    fn tbl_steps(&mut self, spec: &AttackSpec, now: i64) -> Vec<Step> {
+    /// The blacklist step for a live attack; the caller counts it as outstanding.
+    fn tbl_steps(&self, spec: &AttackSpec) -> Vec<Step> {
         if spec.tbl.is_empty() {
             return Vec::new();
         }
@@ -294,7 +297,6 @@ impl Planner {
             Some(r) => r.spec.policy,
             None => return Vec::new(),
         };
-        self.bump(&spec.id, 1, now);
         vec![Step {
             attack: Some(spec.id.clone()),
             op: Op::TblAdd {
@@ -308,7 +310,11 @@ impl Planner {
     /// New top sources for a live attack (Update events); nothing else changes.
     pub fn update(&mut self, spec: AttackSpec, now: i64) -> Vec<Step> {
         match self.records.get(&spec.id) {
-            Some(r) if r.live() => self.tbl_steps(&spec, now),
+            Some(r) if r.live() => {
+                let steps = self.tbl_steps(&spec);
+                self.bump(&spec.id, steps.len() as u32, now);
+                steps
+            }
             _ => Vec::new(),
         }
     }
@@ -818,6 +824,30 @@ mod tests {
         assert!(take(&mut w).iter().all(|x| x.ends_with(":1")));
         assert_eq!(p.owned().count(), 0);
         assert_eq!(p.status("a").unwrap().state, "ended");
+    }
+
+    #[test]
+    fn blacklist_steps_follow_the_switches_and_updates() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let mut a = spec("a", "192.0.2.1", 1, &["tcp"]);
+        a.tbl = vec!["198.51.100.7/32".into()];
+        let s = p.start(a.clone(), 0);
+        run(&mut p, &mut w, s);
+        assert_eq!(
+            take(&mut w),
+            ["1:toggle:1", "1:tcp:1", "1:tbl:198.51.100.7/32"]
+        );
+        assert_eq!(p.status("a").unwrap().state, "active");
+        a.tbl = vec!["198.51.100.8/32".into()];
+        let s = p.update(a.clone(), 1);
+        assert_eq!(p.status("a").unwrap().state, "active");
+        run(&mut p, &mut w, s);
+        assert_eq!(take(&mut w), ["1:tbl:198.51.100.8/32"]);
+        let s = p.end("a", 2);
+        run(&mut p, &mut w, s);
+        assert_eq!(p.status("a").unwrap().state, "ended");
+        assert!(p.update(a, 3).is_empty());
     }
 
     #[test]

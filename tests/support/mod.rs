@@ -143,7 +143,10 @@ impl Sim {
         let t = self.login().await;
         let r = self
             .http
-            .put(format!("{}/api/v4/{name}/switch?policy={policy}", self.base))
+            .put(format!(
+                "{}/api/v4/{name}/switch?policy={policy}",
+                self.base
+            ))
             .header("X-Auth-Token", t)
             .json(&serde_json::json!({"switch": u8::from(on)}))
             .send()
@@ -173,7 +176,8 @@ pub fn calls(log: &[Value]) -> Vec<String> {
                 s.push_str(q);
             }
             if r["method"] == "PUT" {
-                let b: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+                let b: Value =
+                    serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
                 s.push_str(&format!(" {}", b["switch"]));
             }
             s.push_str(&format!(" -> {}", r["status"]));

@@ -70,6 +70,10 @@ struct Cli {
     /// Policy ids that exist, comma-separated, ranges allowed (1-10,42).
     #[arg(long, default_value = "1-10")]
     policies: String,
+    /// Start with this switch on, as POLICY:NAME (e.g. 1:toggle); repeatable. Stands for an
+    /// appliance that kept its configuration across a restart.
+    #[arg(long = "on", value_name = "POLICY:NAME")]
+    on: Vec<String>,
 }
 
 type Shared = Arc<Mutex<sim::Sim>>;
@@ -173,11 +177,15 @@ fn tls_acceptor(cert_out: Option<PathBuf>) -> anyhow::Result<(tokio_rustls::TlsA
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let policies = parse_policies(&cli.policies).map_err(anyhow::Error::msg)?;
-    let shared: Shared = Arc::new(Mutex::new(sim::Sim::new(
-        cli.username.clone(),
-        cli.password.clone(),
-        policies,
-    )));
+    let mut state = sim::Sim::new(cli.username.clone(), cli.password.clone(), policies);
+    for o in &cli.on {
+        let (p, name) = o
+            .split_once(':')
+            .and_then(|(p, n)| Some((p.parse::<u32>().ok()?, n)))
+            .ok_or_else(|| anyhow::anyhow!("--on {o}: expected POLICY:NAME"))?;
+        state.set_switch(p, name, true);
+    }
+    let shared: Shared = Arc::new(Mutex::new(state));
     let app = Router::new().fallback(handle).with_state(shared);
     let tls = if cli.tls {
         let (acc, path) = tls_acceptor(cli.cert_out.clone())?;

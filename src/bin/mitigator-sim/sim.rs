@@ -107,6 +107,13 @@ impl Sim {
         }
     }
 
+    pub fn set_switch(&mut self, policy: u32, name: &str, on: bool) {
+        self.switches
+            .entry(Some(policy))
+            .or_default()
+            .insert(name.to_string(), u8::from(on));
+    }
+
     pub fn log_json(&self) -> Value {
         serde_json::to_value(&self.log).unwrap_or(Value::Null)
     }
