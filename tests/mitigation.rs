@@ -523,3 +523,69 @@ async fn https_with_ca_file_works_and_verification_is_on_by_default() {
     st.wait_state("c", "active").await;
     st.stop().await;
 }
+
+#[tokio::test]
+async fn timeouts_and_5xx_are_retried_but_4xx_is_not() {
+    let sim = Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let c = MitigatorConfig {
+        request_timeout_seconds: 0.4,
+        retries: 3,
+        ..cfg(&sim)
+    };
+    let st = start(c, dir.path());
+    st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
+    st.wait_state("a", "active").await;
+    let skip = sim.log().await.len();
+    sim.fault(json!({"status": 503})).await;
+    sim.fault(json!({"latency_ms": 1500})).await;
+    st.send(syn(EventKind::End, "a", "127.0.0.10")).await;
+    st.wait_state("a", "ended").await;
+    let log = sim.log().await;
+    assert_eq!(
+        calls(&log[skip..]),
+        [
+            "GET tcp/switch?policy=1 -> 503",
+            "GET tcp/switch?policy=1 -> 200", // answered too late: a timeout for the client
+            "GET tcp/switch?policy=1 -> 200",
+            "PUT tcp/switch?policy=1 0 -> 200",
+            "GET toggle/switch?policy=1 -> 200",
+            "PUT toggle/switch?policy=1 0 -> 200",
+        ]
+    );
+    let m = st.metrics.render();
+    assert!(
+        m.contains("flowguard_mitigator_requests_total{op=\"get_switch\",outcome=\"timeout\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "flowguard_mitigator_requests_total{op=\"get_switch\",outcome=\"server_error\"} 1"
+        ),
+        "{m}"
+    );
+
+    // A 4xx is final: no second attempt, the attack shows it, the next step goes on.
+    let skip = sim.log().await.len();
+    sim.fault(json!({"status": 404})).await;
+    st.send(syn(EventKind::Start, "b", "127.0.0.10")).await;
+    st.wait_state("b", "failed").await;
+    wait_for(5, "tcp on", || async { sim.switch(1, "tcp").await == 1 }).await;
+    let log = sim.log().await;
+    assert_eq!(
+        calls(&log[skip..]),
+        [
+            "GET toggle/switch?policy=1 -> 404",
+            "GET tcp/switch?policy=1 -> 200",
+            "PUT tcp/switch?policy=1 1 -> 200",
+        ]
+    );
+    assert!(st
+        .h
+        .status("b")
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("404"));
+    st.stop().await;
+}
