@@ -69,8 +69,11 @@ impl MitigationHandle {
     }
 }
 
-/// Starts the mitigate worker. Restores the state file from `state_dir` (not in dry run)
-/// and reconciles it against MITIGATOR before handling new events.
+/// Starts the mitigate worker (call from inside a tokio runtime). Validates `cfg`,
+/// restores the state file from `state_dir` (not in dry run) and reconciles it against
+/// MITIGATOR before handling new events. The task ends when `shutdown` is cancelled,
+/// after saving the state file; a closed `rx` alone does not stop it, so queued
+/// switch-offs still get applied.
 pub fn spawn(
     cfg: MitigatorConfig,
     state_dir: PathBuf,
