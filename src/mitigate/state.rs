@@ -1,0 +1,177 @@
+//! The mitigation state file: which attacks are being mitigated and which switches
+//! flowguard itself switched on, so that a restart (or a crash) neither forgets an active
+//! mitigation nor leaves one on forever.
+//!
+//! Owns the file format and its atomic replacement (temp file, fsync, rename, fsync of the
+//! directory); it does not decide anything: the planner reads and produces
+//! [`PersistedState`].
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside `[state] dir`.
+pub const FILE_NAME: &str = "mitigation.json";
+const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a mitigation state file: {msg}")]
+    Corrupt { path: PathBuf, msg: String },
+}
+
+/// One switch: `name` is `toggle` (the policy's protection) or a countermeasure's API name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SwitchKey {
+    pub policy: u32,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedAttack {
+    pub id: String,
+    pub ip: IpAddr,
+    pub policy: u32,
+    pub countermeasures: Vec<String>,
+    pub started_ms: i64,
+}
+
+/// What survives a restart: the attacks still in force and the switches flowguard owns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub version: u32,
+    pub attacks: Vec<PersistedAttack>,
+    /// Switches flowguard switched on (or is about to): only these are ever switched off.
+    pub owned: Vec<SwitchKey>,
+}
+
+/// The state file of one state directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(dir: impl Into<PathBuf>) -> StateStore {
+        StateStore { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// The saved state; `None` when there is no file yet.
+    pub fn load(&self) -> Result<Option<PersistedState>, StateError> {
+        let path = self.path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let st: PersistedState =
+            serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+        if st.version != VERSION {
+            return Err(StateError::Corrupt {
+                path,
+                msg: format!("version {} (expected {VERSION})", st.version),
+            });
+        }
+        Ok(Some(st))
+    }
+
+    /// Moves an unreadable file aside (keeping it for the operator) and returns where.
+    pub fn quarantine(&self, now_ms: i64) -> Result<PathBuf, StateError> {
+        let to = self.dir.join(format!("{FILE_NAME}.corrupt-{now_ms}"));
+        std::fs::rename(self.path(), &to).map_err(|source| StateError::Io {
+            path: self.path(),
+            source,
+        })?;
+        Ok(to)
+    }
+
+    /// Replaces the file atomically: a reader (or a restart after a crash) sees either the
+    /// old or the new content, never a torn one.
+    pub fn save(&self, st: &PersistedState) -> Result<(), StateError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let mut st = st.clone();
+        st.version = VERSION;
+        let body = serde_json::to_vec_pretty(&st).map_err(|e| StateError::Corrupt {
+            path: self.path(),
+            msg: e.to_string(),
+        })?;
+        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&body).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, self.path()).map_err(io(&tmp))?;
+        // The rename itself must reach the disk too, or a power loss could bring back the
+        // old file.
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_then_load_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("sub"));
+        assert_eq!(store.load().unwrap(), None);
+        let st = PersistedState {
+            version: 0,
+            attacks: vec![PersistedAttack {
+                id: "a1".into(),
+                ip: "192.0.2.1".parse().unwrap(),
+                policy: 3,
+                countermeasures: vec!["tcp".into()],
+                started_ms: 5,
+            }],
+            owned: vec![SwitchKey {
+                policy: 3,
+                name: "toggle".into(),
+            }],
+        };
+        store.save(&st).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.attacks, st.attacks);
+        assert_eq!(back.owned, st.owned);
+        assert_eq!(back.version, VERSION);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [FILE_NAME]);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_and_can_be_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), b"{not json").unwrap();
+        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+        let to = store.quarantine(42).unwrap();
+        assert!(to.exists());
+        assert_eq!(store.load().unwrap(), None);
+    }
+}
