@@ -62,6 +62,21 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Load and validate the configuration; print every problem at once.
     CheckConfig(CheckConfigArgs),
+    /// Hooks for other detectors: `flowguard hook fastnetmon <IP> <direction> <pps> <action>`
+    /// is a drop-in FastNetMon notify_script_path.
+    #[command(subcommand)]
+    Hook(HookCommand),
+    /// Print the flowguard configuration matching a FastNetMon fastnetmon.conf.
+    ImportFastnetmon(crate::hooks::cli::ImportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HookCommand {
+    /// FastNetMon notify script: reads the report on stdin, sends ban/unban to the running
+    /// service (POST /api/v1/events/fastnetmon with [api] token), or spools it under
+    /// [state] dir/spool when the service is unreachable. Exit 0: delivered, spooled or
+    /// ignored; 2: usage; 3: rejected by the service; 4: cannot spool.
+    Fastnetmon(crate::hooks::cli::HookArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +166,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "replay: {} datagrams, {} records, {} attacks, {} undecodable, {} non-UDP packets skipped",
                 s.datagrams, s.records, s.attacks, s.undecodable, s.not_udp
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hook(HookCommand::Fastnetmon(a)) => {
+            let cfg = match cli.global.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    // The event cannot even be spooled without the config: say so loudly.
+                    eprintln!("flowguard hook: cannot load configuration, event for {} {} NOT delivered: {e}", a.ip, a.action);
+                    std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).ok();
+                    return Ok(ExitCode::from(5));
+                }
+            };
+            Ok(crate::hooks::cli::run_hook(&cfg, &a, &mut std::io::stdin()))
+        }
+        Command::ImportFastnetmon(a) => {
+            print!("{}", crate::hooks::cli::run_import(&a)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(a) => match cli.global.load() {

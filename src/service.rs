@@ -30,6 +30,8 @@ use crate::pipeline::Pipeline;
 
 /// Capacity of the detect → mitigate queue.
 pub const EVENT_QUEUE: usize = 4096;
+/// Capacity of the hook endpoint → detect queue (full → 503, the hook spools).
+pub const HOOK_QUEUE: usize = 1024;
 
 pub struct Service {
     pub api_addr: SocketAddr,
@@ -145,7 +147,8 @@ impl Service {
             ev_tx.clone(),
             shutdown.clone(),
             &mut tasks,
-        )?;
+        )
+        .await?;
 
         let state = Arc::new(crate::api::ApiState {
             pipeline: pipeline.clone(),
@@ -193,38 +196,90 @@ impl Service {
 
 type MitigationView = Arc<dyn Fn(&str) -> Option<serde_json::Value> + Send + Sync>;
 
-/// PROVISIONAL until the mitigate stage lands: drains events, logging them.
+/// Starts the mitigate stage; returns the API's view of mitigation state per attack.
 fn start_mitigation(
-    _cfg: &Config,
-    _metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<AttackEvent>,
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<AttackEvent>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Option<MitigationView>> {
+    let (handle, join) = crate::mitigate::spawn(
+        cfg.mitigator.clone(),
+        cfg.state.dir.clone(),
+        metrics,
+        rx,
+        shutdown,
+    )?;
     tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                ev = rx.recv() => match ev {
-                    Some(e) => tracing::debug!(attack = %e.id, "event (no mitigation configured)"),
-                    None => break,
-                },
-            }
+        if let Err(e) = join.await {
+            tracing::error!(error = %e, "mitigation task failed");
         }
     });
-    Ok(None)
+    Ok(Some(Arc::new(move |id: &str| {
+        handle.status(id).and_then(|s| serde_json::to_value(s).ok())
+    })))
 }
 
-/// PROVISIONAL until the hooks stage lands.
-fn start_hooks(
-    _cfg: &Config,
-    _pipeline: Arc<Pipeline>,
-    _metrics: Arc<Metrics>,
-    _tx: mpsc::Sender<AttackEvent>,
-    _shutdown: CancellationToken,
-    _tasks: &mut JoinSet<()>,
+/// Starts the FastNetMon hook: spool drainer, event consumer; returns the endpoint's
+/// router. External events become claims on the same attacks flowguard's own detection
+/// manages, so a hook event and our own detection of one flood are one attack.
+async fn start_hooks(
+    cfg: &Config,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    ev_tx: mpsc::Sender<AttackEvent>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<axum::Router> {
-    Ok(axum::Router::new())
+    use crate::hooks::{spool, ExternalEvent, HookAction};
+    let (tx, mut rx) = mpsc::channel::<ExternalEvent>(HOOK_QUEUE);
+    {
+        let (m, stop) = (metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = rx.recv() => match ev { Some(e) => e, None => break },
+                };
+                let (attack_type, protocol) = ev.classified();
+                tracing::info!(event = %ev.summary(), "external detector event");
+                let claim = crate::detect::Claim {
+                    key: crate::aggregate::HostKey {
+                        ip: ev.ip,
+                        dir: ev.direction,
+                    },
+                    ban: ev.action != HookAction::Unban,
+                    attack_type,
+                    protocol,
+                    pps: ev.pps,
+                    group: 0,
+                };
+                let events = pipeline.claim(system_now_ms(), claim);
+                forward(events, &ev_tx, &m).await;
+            }
+        });
+    }
+    let dir = spool::spool_dir(&cfg.state.dir);
+    // Whatever hooks spooled while the service was down goes first.
+    let n = spool::drain_spool(&dir, &tx, &metrics).await;
+    if n > 0 {
+        tracing::info!(events = n, "delivered spooled hook events");
+    }
+    tasks.spawn(spool::run_spool_drainer(
+        dir,
+        tx.clone(),
+        metrics.clone(),
+        shutdown,
+    ));
+    Ok(crate::hooks::endpoint::router(
+        crate::hooks::endpoint::HookEndpoint {
+            token: cfg.api.token.clone(),
+            tx,
+            metrics,
+            max_body_bytes: cfg.api.max_body_bytes,
+        },
+    ))
 }
 
 /// `flowguard run`: start, wait for SIGINT/SIGTERM, shut down.

@@ -171,7 +171,11 @@ async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
 fn other_direction(s: &ApiState, a: &Attack) -> crate::aggregate::Rates {
     s.pipeline
         .host(a.ip, system_now_ms())
-        .and_then(|h| h.directions.into_iter().find(|d| d.direction != a.direction))
+        .and_then(|h| {
+            h.directions
+                .into_iter()
+                .find(|d| d.direction != a.direction)
+        })
         .map(|d| d.rates)
         .unwrap_or_default()
 }
