@@ -223,6 +223,21 @@ impl Metrics {
                     .with_label_values(&[d.as_str(), &rank.to_string()]);
             }
         }
+        // The op and outcome sets of src/mitigate/client.rs.
+        for op in ["login", "get_switch", "put_switch", "tbl_add", "ping"] {
+            self.mitigator_request_duration.with_label_values(&[op]);
+            for o in [
+                "ok",
+                "unauthorized",
+                "misdirected",
+                "client_error",
+                "server_error",
+                "timeout",
+                "transport_error",
+            ] {
+                self.mitigator_requests.with_label_values(&[op, o]);
+            }
+        }
         for a in ["ban", "unban", "attack_details"] {
             for o in ["accepted", "rejected", "spooled"] {
                 self.hook_events.with_label_values(&[a, o]);

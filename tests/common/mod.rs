@@ -86,3 +86,89 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+/// A minimal HTTP/1.0 GET on loopback (tests avoid a client dependency): status, body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Child(pub std::process::Child, pub &'static str);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SIGTERM first so exporters flush and daemons clean up; then make sure.
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..20 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(name: &'static str, cmd: &mut std::process::Command) -> Child {
+    let c = cmd
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    Child(c, name)
+}
+
+/// Polls `f` every 200 ms until it returns Some, for at most `secs` seconds.
+pub fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Starts `target/.../flowguard run --config <file>` and waits for its API.
+pub fn start_flowguard(config: &str, dir: &std::path::Path, api: std::net::SocketAddr) -> Child {
+    let cfg = dir.join("flowguard.toml");
+    std::fs::write(&cfg, config).expect("write config");
+    let log = std::fs::File::create(dir.join("flowguard.log")).expect("log file");
+    let child = spawn(
+        "flowguard",
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowguard"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stderr(log),
+    );
+    wait_for(20, || {
+        http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "flowguard did not come up; log: {}",
+            std::fs::read_to_string(dir.join("flowguard.log")).unwrap_or_default()
+        )
+    });
+    child
+}

@@ -1,0 +1,340 @@
+//! Real exporters, real floods, the real binary: softflowd (NetFlow v5, v9, IPFIX) and
+//! pmacctd's sfprobe (sFlow) watch `lo` while hping3 sends bounded floods to loopback
+//! addresses; `flowguard run` must count exactly what was sent (within sampling error for
+//! sFlow), and an ICMP flood must switch MITIGATOR (the simulator) on and off again.
+//!
+//! Needs root (hping3 raw sockets, pcap on lo) and the Debian packages the README's test
+//! command installs. Traffic: loopback only, every flood bounded by count and `timeout`.
+
+mod common;
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{free_tcp_port, free_udp_port, http_get, spawn, start_flowguard, wait_for, Child};
+use serde_json::Value;
+
+/// Floods on one interface disturb each other: one live test at a time.
+static LIVE: Mutex<()> = Mutex::new(());
+
+fn ready() -> bool {
+    let tools = ["softflowd", "softflowctl", "pmacctd", "hping3"]
+        .iter()
+        .all(|t| common::require_tool(t));
+    if !common::is_root() {
+        if std::env::var("FLOWGUARD_SKIP_REAL_TOOLS").as_deref() == Ok("1") {
+            return false;
+        }
+        panic!("live exporter tests need root (hping3, pcap on lo); set FLOWGUARD_SKIP_REAL_TOOLS=1 to skip");
+    }
+    tools
+}
+
+fn softflowd(
+    dir: &Path,
+    version: u8,
+    port: u16,
+    filter: &str,
+    extra: &[&str],
+) -> (Child, std::path::PathBuf) {
+    let ctl = dir.join(format!("sf{version}-{port}.ctl"));
+    let child = spawn(
+        "softflowd",
+        Command::new("softflowd")
+            .args([
+                "-i",
+                "lo",
+                "-v",
+                &version.to_string(),
+                "-n",
+                &format!("127.0.0.1:{port}"),
+                "-d",
+            ])
+            .args(["-t", "maxlife=1", "-t", "expint=1"])
+            .args(extra)
+            .arg("-p")
+            .arg(dir.join(format!("sf{version}-{port}.pid")))
+            .arg("-c")
+            .arg(&ctl)
+            .arg(filter)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    (child, ctl)
+}
+
+fn pmacctd(dir: &Path, port: u16, filter: &str, rate: u32) -> Child {
+    let conf = dir.join(format!("pm-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "daemonize: false\npcap_interface: lo\npcap_filter: {filter}\nplugins: sfprobe\n\
+             sfprobe_receiver: 127.0.0.1:{port}\nsfprobe_agentip: 127.0.0.1\nsampling_rate: {rate}\n"
+        ),
+    )
+    .unwrap();
+    spawn(
+        "pmacctd",
+        Command::new("pmacctd")
+            .arg("-f")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+/// Runs hping3 to a loopback address, bounded by count and a hard timeout.
+fn hping3(args: &[&str], target: &str) {
+    assert!(target.starts_with("127."), "floods go to loopback only");
+    let st = Command::new("timeout")
+        .args(["-s", "INT", "30", "hping3"])
+        .args(args)
+        .arg(target)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run hping3");
+    // hping3 exits 0 (or 1 when some probes got no reply, which floods never do).
+    assert!(st.code().is_some(), "hping3 killed: {st:?}");
+}
+
+fn host(api: SocketAddr, ip: &str) -> Option<Value> {
+    let (s, b) = http_get(api, &format!("/api/v1/hosts/{ip}")).ok()?;
+    (s == 200).then(|| serde_json::from_str(&b).ok()).flatten()
+}
+
+fn incoming(api: SocketAddr, ip: &str, field: &str) -> u64 {
+    host(api, ip)
+        .and_then(|h| {
+            h["directions"]
+                .as_array()?
+                .iter()
+                .find(|d| d["direction"] == "incoming")
+                .and_then(|d| d["totals"][field].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn real_exporters_totals_match_what_hping3_sent() {
+    let _g = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let (nf, sf) = (free_udp_port(), free_udp_port());
+    let _fg = start_flowguard(
+        &format!(
+            r#"
+[api]
+listen = "{api}"
+[[collector]]
+protocol = "netflow"
+listen = "127.0.0.1:{nf}"
+[[collector]]
+protocol = "sflow"
+listen = "127.0.0.1:{sf}"
+[networks]
+protected = ["127.0.0.40/29"]
+[state]
+dir = "{}"
+"#,
+            dir.path().display()
+        ),
+        dir.path(),
+        api,
+    );
+    // One exporter per target so each total comes from one export format.
+    let (_a, ctl5) = softflowd(dir.path(), 5, nf, "dst host 127.0.0.41", &[]);
+    let (_b, ctl9) = softflowd(dir.path(), 9, nf, "dst host 127.0.0.42", &[]);
+    let (_c, ctl10) = softflowd(dir.path(), 10, nf, "dst host 127.0.0.43", &[]);
+    let _d = pmacctd(dir.path(), sf, "dst host 127.0.0.44", 10);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    hping3(
+        &[
+            "--udp", "-p", "5353", "-d", "64", "-i", "u500", "-c", "2000",
+        ],
+        "127.0.0.41",
+    );
+    hping3(
+        &["-S", "-p", "80", "-i", "u500", "-c", "2000"],
+        "127.0.0.42",
+    );
+    hping3(
+        &["--icmp", "-d", "36", "-i", "u500", "-c", "2000"],
+        "127.0.0.43",
+    );
+    hping3(
+        &["--udp", "-p", "53", "-d", "100", "-i", "u250", "-c", "6000"],
+        "127.0.0.44",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for ctl in [&ctl5, &ctl9, &ctl10] {
+        // Export every flow still in softflowd's table now.
+        let _ = Command::new("softflowctl")
+            .arg("-c")
+            .arg(ctl)
+            .arg("expire-all")
+            .status();
+    }
+    let settled = wait_for(30, || {
+        let v = [
+            incoming(api, "127.0.0.41", "udp_packets"),
+            incoming(api, "127.0.0.42", "tcp_packets"),
+            incoming(api, "127.0.0.43", "icmp_packets"),
+        ];
+        (v == [2000, 2000, 2000]).then_some(v)
+    });
+    let got = [
+        (
+            "127.0.0.41",
+            "udp_packets",
+            incoming(api, "127.0.0.41", "udp_packets"),
+        ),
+        (
+            "127.0.0.41",
+            "udp_bytes",
+            incoming(api, "127.0.0.41", "udp_bytes"),
+        ),
+        (
+            "127.0.0.42",
+            "tcp_syn_packets",
+            incoming(api, "127.0.0.42", "tcp_syn_packets"),
+        ),
+        (
+            "127.0.0.43",
+            "icmp_packets",
+            incoming(api, "127.0.0.43", "icmp_packets"),
+        ),
+        (
+            "127.0.0.43",
+            "icmp_bytes",
+            incoming(api, "127.0.0.43", "icmp_bytes"),
+        ),
+    ];
+    assert!(
+        settled.is_some(),
+        "NetFlow totals never reached what was sent: {got:?}"
+    );
+    // Unsampled NetFlow: exact, bytes are IP lengths (UDP 20+8+64, ICMP 20+8+36).
+    assert_eq!(got[1].2, 2000 * 92, "{got:?}");
+    assert_eq!(got[2].2, 2000, "every SYN is a SYN without ACK: {got:?}");
+    assert_eq!(got[4].2, 2000 * 64, "{got:?}");
+    // sFlow 1 in 10: ~600 samples of 6000 packets, standard error ~4 %; allow 20 %.
+    let est = wait_for(10, || {
+        let v = incoming(api, "127.0.0.44", "udp_packets");
+        (v > 4000).then_some(v)
+    })
+    .unwrap_or_else(|| incoming(api, "127.0.0.44", "udp_packets"));
+    assert!(
+        (4800..=7200).contains(&est),
+        "sFlow estimate {est} for 6000 sent"
+    );
+    let bytes = incoming(api, "127.0.0.44", "udp_bytes") as f64 / est as f64;
+    assert!(
+        (bytes - 128.0).abs() < 0.5,
+        "sFlow bytes per packet {bytes} (IP length 128)"
+    );
+}
+
+#[test]
+fn icmp_flood_switches_policy_and_acl_on_then_off() {
+    let _g = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let sim = support::Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let nf = free_udp_port();
+    let _fg = start_flowguard(
+        &format!(
+            r#"
+[api]
+listen = "{api}"
+[[collector]]
+protocol = "netflow"
+listen = "127.0.0.1:{nf}"
+[networks]
+protected = ["127.0.0.48/29"]
+[[hostgroup]]
+name = "default"
+threshold_pps = 2000
+ban_time_seconds = 3
+[mitigator]
+url = "{}"
+username = "{}"
+password = "{}"
+default_policy = 1
+[state]
+dir = "{}"
+"#,
+            sim.base,
+            support::USER,
+            support::PASS,
+            dir.path().display()
+        ),
+        dir.path(),
+        api,
+    );
+    let (_sf, _ctl) = softflowd(dir.path(), 9, nf, "dst host 127.0.0.49", &["-t", "icmp=1"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let t0 = std::time::Instant::now();
+    // ~10 000 pps for 4 s, to loopback.
+    hping3(&["--icmp", "-i", "u100", "-c", "40000"], "127.0.0.49");
+    let switches = || -> Vec<String> {
+        http_get(sim.addr, "/sim/log")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<Vec<Value>>(&b).ok())
+            .map(|l| {
+                support::calls(&l)
+                    .into_iter()
+                    .filter(|c| c.starts_with("PUT"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let on = wait_for(20, || {
+        let s = switches();
+        (s.iter()
+            .any(|c| c.starts_with("PUT toggle/switch?policy=1 1"))
+            && s.iter().any(|c| c.starts_with("PUT acl/switch?policy=1 1")))
+        .then_some(s)
+    });
+    assert!(
+        on.is_some(),
+        "policy and acl not switched on; calls: {:?}; log: {}",
+        switches(),
+        std::fs::read_to_string(dir.path().join("flowguard.log")).unwrap_or_default()
+    );
+    let on_after = t0.elapsed();
+    // After the flood: window (5 s) + ban time (3 s) + export delay.
+    let off = wait_for(40, || {
+        let s = switches();
+        (s.iter()
+            .any(|c| c.starts_with("PUT toggle/switch?policy=1 0")))
+        .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("never switched off: {:?}", switches()));
+    let order: Vec<&str> = off
+        .iter()
+        .map(|c| c.split(" -> ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "PUT toggle/switch?policy=1 1",
+            "PUT acl/switch?policy=1 1",
+            "PUT acl/switch?policy=1 0",
+            "PUT toggle/switch?policy=1 0"
+        ],
+        "exact switch sequence"
+    );
+    eprintln!("ICMP flood: MITIGATOR switched on {on_after:?} after the flood began");
+}
