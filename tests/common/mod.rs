@@ -172,3 +172,57 @@ pub fn start_flowguard(config: &str, dir: &std::path::Path, api: std::net::Socke
     });
     child
 }
+
+/// A minimal HTTP/1.0 POST of a JSON body with an optional bearer token: status, body.
+pub fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sends every UDP payload of a pcap to `to`, as fast as possible (the capture's own
+/// order). Returns the number of datagrams sent.
+pub fn send_capture(path: &std::path::Path, to: std::net::SocketAddr) -> usize {
+    let f = std::fs::File::open(path).expect("open capture");
+    let mut r = pcap_file::pcap::PcapReader::new(f).expect("pcap");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let mut n = 0;
+    while let Some(Ok(p)) = r.next_packet() {
+        if let Ok(s) = etherparse::SlicedPacket::from_ethernet(&p.data) {
+            if let Some(etherparse::TransportSlice::Udp(u)) = s.transport {
+                let _ = sock.send_to(u.payload(), to);
+                n += 1;
+                if n % 200 == 0 {
+                    // Let the collector keep up on a loaded 2-core machine.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    n
+}
