@@ -626,3 +626,185 @@ pub fn count_decode(m: &Metrics, collector: &str, oc: &DecodeOutcome) {
             .inc_by(oc.counter_samples as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{PROTO_ICMPV6, PROTO_UDP};
+    use crate::model::AttackType;
+
+    fn pipeline(toml: &str) -> Pipeline {
+        let cfg = Config::from_toml_str(toml).unwrap();
+        Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn udp(src: &str, dst: &str, packets: u64) -> FlowRecord {
+        FlowRecord {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: 5353,
+            dst_port: 53,
+            protocol: PROTO_UDP,
+            packets,
+            bytes: packets * 100,
+            flows: 1,
+            ..FlowRecord::default()
+        }
+    }
+
+    /// Feeds `per_second(sec)` records for seconds t0.., ticking after each second;
+    /// returns every event.
+    fn run(
+        p: &Pipeline,
+        secs: i64,
+        per_second: impl Fn(i64) -> Vec<FlowRecord>,
+    ) -> Vec<AttackEvent> {
+        let t0 = 1_800_000_000_000i64;
+        let mut s = p.scratch();
+        let mut ev = Vec::new();
+        for i in 0..secs {
+            p.ingest(&per_second(i), t0 + i * 1000 + 500, &mut s);
+            ev.extend(p.tick(t0 + (i + 1) * 1000));
+        }
+        ev
+    }
+
+    #[test]
+    fn carpet_bombing_over_a_24_is_caught_by_the_group_total() {
+        let p = pipeline(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "web"
+            prefixes = ["192.0.2.0/24"]
+            threshold_pps = 1000
+            ban_time_seconds = 3
+            [hostgroup.total]
+            threshold_pps = 50000
+            "#,
+        );
+        // 254 hosts × 400 pps: each under 1000, together 101 600 pps.
+        let ev = run(&p, 12, |i| {
+            if i < 6 {
+                (1..255)
+                    .map(|h| udp("198.51.100.9", &format!("192.0.2.{h}"), 400))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        });
+        let starts: Vec<_> = ev.iter().filter(|e| e.event == EventKind::Start).collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "one group attack, no per-host one: {starts:?}"
+        );
+        let s = starts[0];
+        assert_eq!(s.ip, "192.0.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (s.hostgroup.as_str(), s.attack_type),
+            ("web", AttackType::UdpFlood)
+        );
+        assert!(ev.iter().any(|e| e.event == EventKind::End && e.id == s.id));
+    }
+
+    #[test]
+    fn most_specific_hostgroup_decides_the_thresholds() {
+        let p = pipeline(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 1000
+            [[hostgroup]]
+            name = "dns"
+            prefixes = ["192.0.2.53/32"]
+            threshold_pps = 100000
+            "#,
+        );
+        // 5000 pps to each: over the default threshold, under the dns one.
+        let ev = run(&p, 3, |_| {
+            vec![
+                udp("198.51.100.9", "192.0.2.53", 5000),
+                udp("198.51.100.9", "192.0.2.80", 5000),
+            ]
+        });
+        let started: Vec<_> = ev
+            .iter()
+            .filter(|e| e.event == EventKind::Start)
+            .map(|e| (e.ip.to_string(), e.hostgroup.clone()))
+            .collect();
+        assert_eq!(
+            started,
+            vec![("192.0.2.80".to_string(), "default".to_string())]
+        );
+    }
+
+    #[test]
+    fn ipv6_icmp_flood_and_whitelist() {
+        let p = pipeline(
+            r#"
+            [networks]
+            protected = ["2001:db8::/32"]
+            whitelist = ["2001:db8::beef/128"]
+            [[hostgroup]]
+            name = "default"
+            threshold_icmp_pps = 1000
+            "#,
+        );
+        let icmp6 = |dst: &str| FlowRecord {
+            protocol: PROTO_ICMPV6,
+            src_port: 0,
+            dst_port: 0,
+            ..udp("2001:db8:ffff::1", dst, 20_000)
+        };
+        let ev = run(&p, 3, |_| {
+            vec![icmp6("2001:db8::1"), icmp6("2001:db8::beef")]
+        });
+        let starts: Vec<_> = ev.iter().filter(|e| e.event == EventKind::Start).collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "the whitelisted host never starts one: {starts:?}"
+        );
+        assert_eq!(starts[0].ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(starts[0].attack_type, AttackType::IcmpFlood);
+        assert_eq!(starts[0].protocol, crate::model::Protocol::Icmp);
+        // Still tracked, visible in the API.
+        assert!(p
+            .host("2001:db8::beef".parse().unwrap(), 1_800_000_003_000)
+            .is_some());
+    }
+
+    #[test]
+    fn the_text_report_parses_back_with_fastnetmons_labels() {
+        let p = pipeline(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 1000
+            "#,
+        );
+        run(&p, 3, |_| vec![udp("198.51.100.9", "192.0.2.7", 30_000)]);
+        let a = p.attacks().into_iter().next().expect("an attack");
+        let text = crate::detect::report::text(&a, &Rates::default());
+        let r = crate::hooks::fastnetmon::parse_report(&text);
+        assert_eq!(r.ip, Some(a.ip));
+        assert_eq!(r.attack_type, Some(AttackType::UdpFlood));
+        assert_eq!(r.protocol, Some(crate::model::Protocol::Udp));
+        assert_eq!(r.direction.as_deref(), Some("incoming"));
+        assert_eq!(r.initial_attack_power, Some(a.initial.pps));
+        assert_eq!(r.total_incoming_pps, Some(a.initial.pps));
+        assert_eq!(r.incoming_udp_pps, Some(a.initial.udp_pps));
+        assert_eq!(
+            r.total_incoming_traffic_mbps,
+            Some(a.initial.bps / 1_000_000)
+        );
+        assert!(text.contains("Top sources"), "{text}");
+        assert!(text.contains("198.51.100.9"), "{text}");
+    }
+}
