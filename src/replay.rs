@@ -245,26 +245,31 @@ fn read_capture(
     match magic {
         [0x0a, 0x0d, 0x0d, 0x0a] => {
             let mut r = PcapNgReader::new(reader)?;
-            let mut links: Vec<DataLink> = Vec::new();
+            // (link type, ticks per second) per interface.
+            let mut links: Vec<(DataLink, u128)> = Vec::new();
             let mut n = 0u64;
             while let Some(block) = r.next_block() {
                 let block = block?;
                 match block {
-                    Block::InterfaceDescription(idb) => links.push(idb.linktype),
+                    Block::InterfaceDescription(idb) => {
+                        links.push((idb.linktype, ticks_per_second(&idb.options)));
+                    }
                     Block::EnhancedPacket(epb) => {
                         n += epb.data.len() as u64;
-                        let link = links
+                        let (link, tps) = links
                             .get(epb.interface_id as usize)
                             .copied()
-                            .unwrap_or(DataLink::ETHERNET);
-                        let ts = epb.timestamp.as_millis() as i64;
+                            .unwrap_or((DataLink::ETHERNET, 1_000_000));
+                        // pcap-file hands the raw timestamp ticks over as nanoseconds; the
+                        // interface's if_tsresol says what a tick is (default: 1 µs).
+                        let ts = (epb.timestamp.as_nanos() * 1000 / tps) as i64;
                         match udp_of(link, &epb.data, ts) {
                             Some(d) => f(d, n)?,
                             None => *not_udp += 1,
                         }
                     }
                     Block::SimplePacket(spb) => {
-                        let link = links.first().copied().unwrap_or(DataLink::ETHERNET);
+                        let link = links.first().map_or(DataLink::ETHERNET, |l| l.0);
                         // Simple packet blocks carry no timestamp; they cannot drive the clock.
                         match udp_of(link, &spb.data, 0) {
                             Some(_) | None => *not_udp += 1,
@@ -294,6 +299,25 @@ fn read_capture(
         _ => bail!("not a pcap or pcapng file"),
     }
     Ok(())
+}
+
+/// Timestamp ticks per second of a pcapng interface (`if_tsresol` is 10^-v, or 2^-v
+/// with the top bit set; absent means microseconds).
+fn ticks_per_second(
+    opts: &[pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption],
+) -> u128 {
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption as O;
+    for o in opts {
+        if let O::IfTsResol(v) = o {
+            let e = u32::from(v & 0x7f);
+            return if v & 0x80 != 0 {
+                1u128 << e.min(64)
+            } else {
+                10u128.pow(e.min(18))
+            };
+        }
+    }
+    1_000_000
 }
 
 fn udp_of(link: DataLink, data: &[u8], ts_ms: i64) -> Option<Datagram> {

@@ -175,3 +175,31 @@ fn attack_ends_after_ban_time_on_the_capture_clock() {
     let d = parse(e).duration_since(parse(s)).unwrap().as_secs();
     assert!((5..=12).contains(&d), "lasted {d} s");
 }
+
+#[test]
+fn pcapng_gives_the_same_events_and_times_as_pcap() {
+    // pcapng timestamps are ticks of the interface's resolution (µs unless if_tsresol
+    // says otherwise); dumpcap, which made the shared vectors, writes pcapng.
+    if !common::require_tool("editcap") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ng = dir.path().join("nf5.pcapng");
+    let st = std::process::Command::new("editcap")
+        .args(["-F", "pcapng"])
+        .arg(common::vectors().join("v-softflowd-nf5.pcap"))
+        .arg(&ng)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cfg = Config::from_toml_str(&common::check_config(3000)).unwrap();
+    let mut out = Vec::new();
+    run(&cfg, &[ng], &ReplayOptions::default(), &mut out).unwrap();
+    let from_ng: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let from_pcap = replay("v-softflowd-nf5.pcap", false);
+    assert_eq!(from_ng, from_pcap);
+}
