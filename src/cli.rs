@@ -68,6 +68,17 @@ pub enum Command {
     Hook(HookCommand),
     /// Print the flowguard configuration matching a FastNetMon fastnetmon.conf.
     ImportFastnetmon(crate::hooks::cli::ImportArgs),
+    /// See the whole mission on loopback: starts mitigator-sim and flowguard, replays a
+    /// bundled capture of real NetFlow exports of three floods at its real pace, and prints
+    /// each attack and MITIGATOR call as it happens.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Replay speed (1 = the capture's real pace).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +190,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             Ok(crate::hooks::cli::run_hook(&cfg, &a, &mut std::io::stdin()))
+        }
+        Command::Demo(a) => {
+            crate::demo::run(a.speed)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::ImportFastnetmon(a) => {
             print!("{}", crate::hooks::cli::run_import(&a)?);

@@ -15,6 +15,7 @@
 //! - [`hooks`]: FastNetMon notify-script sidecar (report parser, hook CLI, event endpoint,
 //!   config import).
 //! - [`api`]: HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
+//! - [`demo`]: `flowguard demo`, the whole mission on loopback.
 //!
 //! Shared by all: [`config`] (loading and validation), [`metrics`] (every metric name),
 //! [`model`] (the vocabulary stages exchange), [`clock`] (one notion of "now" for the live
@@ -29,6 +30,7 @@ pub mod clock;
 pub mod collectors;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod detect;
 pub mod hooks;
 pub mod metrics;
