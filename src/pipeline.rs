@@ -472,7 +472,7 @@ impl Pipeline {
     pub fn attacks(&self) -> Vec<Attack> {
         let det = self.detector.lock();
         let mut v: Vec<Attack> = det.active().cloned().collect();
-        v.sort_by(|a, b| b.start_ms.cmp(&a.start_ms));
+        v.sort_by_key(|a| std::cmp::Reverse(a.start_ms));
         v.extend(det.recent().cloned());
         v
     }
@@ -527,7 +527,7 @@ impl Pipeline {
                 })
             });
         }
-        v.sort_by(|a, b| (a.ip, a.direction).cmp(&(b.ip, b.direction)));
+        v.sort_by_key(|a| (a.ip, a.direction));
         v
     }
 

@@ -194,7 +194,7 @@ impl Service {
     }
 }
 
-type MitigationView = Arc<dyn Fn(&str) -> Option<serde_json::Value> + Send + Sync>;
+use crate::api::MitigationView;
 
 /// Starts the mitigate stage; returns the API's view of mitigation state per attack.
 fn start_mitigation(

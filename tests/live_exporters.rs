@@ -7,7 +7,6 @@
 //! command installs. Traffic: loopback only, every flood bounded by count and `timeout`.
 
 mod common;
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

@@ -8,7 +8,6 @@
 //! config, ports and ban time changed).
 
 mod common;
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;

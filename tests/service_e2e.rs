@@ -3,7 +3,6 @@
 //! hook event plus flowguard's own detection of the same flood being one attack.
 
 mod common;
-#[allow(dead_code)]
 mod support;
 
 use std::io::Write;

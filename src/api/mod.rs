@@ -30,11 +30,14 @@ use crate::detect::Attack;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, TopBy};
 
+/// Mitigation state of an attack by id, as JSON (None when unknown).
+pub type MitigationView = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
+
 pub struct ApiState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     /// Mitigation state per attack id, when mitigation runs.
-    pub mitigation: Option<Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>>,
+    pub mitigation: Option<MitigationView>,
     pub started_ms: i64,
 }
 

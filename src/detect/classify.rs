@@ -7,6 +7,7 @@
 //! 3. ICMP (v4 or v6) ≥ half → `icmp_flood`;
 //! 4. UDP ≥ half → `udp_flood`;
 //! 5. otherwise `unknown`.
+//!
 //! The protocol is the one of the winning class (for fragments, the protocol most of
 //! them carry), or for `unknown` whichever of tcp/udp/icmp has the majority, else
 //! `unknown`. FastNetMon applies a similar majority rule with a 90 % share; half is

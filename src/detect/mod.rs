@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(d.get_active(&key("192.0.2.1")).unwrap().peak_pps, 8000);
         let under = obs(&d, "192.0.2.1", 10);
         assert!(
-            d.observe(14_000, &[under.clone()]).is_empty(),
+            d.observe(14_000, std::slice::from_ref(&under)).is_empty(),
             "9 s under < ban time"
         );
         assert_eq!(
@@ -455,10 +455,10 @@ mod tests {
     fn never_ends_while_over_and_retriggers_as_a_new_attack() {
         let mut d = Detector::new(vec![group(1000, 2)], 1, false, 10);
         let over = obs(&d, "192.0.2.1", 5000);
-        d.observe(1_000, &[over.clone()]);
+        d.observe(1_000, std::slice::from_ref(&over));
         for t in 2..20 {
             assert!(d
-                .observe(t * 1000, &[over.clone()])
+                .observe(t * 1000, std::slice::from_ref(&over))
                 .iter()
                 .all(|t| !matches!(t, Transition::End(_))));
         }
@@ -478,10 +478,10 @@ mod tests {
     fn trigger_seconds_needs_consecutive_passes() {
         let mut d = Detector::new(vec![group(1000, 2)], 3, false, 10);
         let over = obs(&d, "192.0.2.1", 5000);
-        assert!(d.observe(1_000, &[over.clone()]).is_empty());
+        assert!(d.observe(1_000, std::slice::from_ref(&over)).is_empty());
         assert!(d.observe(2_000, &[]).is_empty()); // a gap resets the count
-        assert!(d.observe(3_000, &[over.clone()]).is_empty());
-        assert!(d.observe(4_000, &[over.clone()]).is_empty());
+        assert!(d.observe(3_000, std::slice::from_ref(&over)).is_empty());
+        assert!(d.observe(4_000, std::slice::from_ref(&over)).is_empty());
         assert_eq!(d.observe(5_000, &[over]).len(), 1);
     }
 
