@@ -338,18 +338,7 @@ dir = "{}"
     let t0 = std::time::Instant::now();
     // ~10 000 pps for 4 s, to loopback.
     hping3(&["--icmp", "-i", "u100", "-c", "40000"], "127.0.0.49");
-    let switches = || -> Vec<String> {
-        http_get(sim.addr, "/sim/log")
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<Vec<Value>>(&b).ok())
-            .map(|l| {
-                support::calls(&l)
-                    .into_iter()
-                    .filter(|c| c.starts_with("PUT"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let switches = || common::sim_switch_puts(sim.addr);
     let on = wait_for(20, || {
         let s = switches();
         (s.iter()

@@ -150,19 +150,7 @@ dir = "{}"
         .status()
         .unwrap();
     assert!(st.code().is_some());
-    let switches = || -> Vec<String> {
-        http_get(sim.addr, "/sim/log")
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<Vec<Value>>(&b).ok())
-            .map(|l| {
-                support::calls(&l)
-                    .into_iter()
-                    .filter(|c| c.starts_with("PUT"))
-                    .map(|c| c.split(" -> ").next().unwrap_or("").to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let switches = || common::sim_switch_puts(sim.addr);
     let diag = || {
         format!(
             "calls: {:?}\nnotify calls:\n{}\nhook log:\n{}\nflowguard log:\n{}",

@@ -56,22 +56,14 @@ dir = "{}"
 
 /// PUT switch calls the simulator received, as `name:0|1`, in order.
 fn switches(sim: &support::Sim) -> Vec<String> {
-    http_get(sim.addr, "/sim/log")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<Vec<Value>>(&b).ok())
-        .unwrap_or_default()
+    common::sim_switch_puts(sim.addr)
         .iter()
-        .filter(|r| {
-            r["method"] == "PUT" && r["path"].as_str().is_some_and(|p| p.ends_with("/switch"))
-        })
-        .map(|r| {
-            let p = r["path"]
-                .as_str()
-                .unwrap_or("")
-                .trim_start_matches("/api/v4/");
-            let b: Value =
-                serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
-            format!("{}:{}", p.split('/').next().unwrap_or(""), b["switch"])
+        .map(|c| {
+            let (path, v) = c
+                .trim_start_matches("PUT ")
+                .split_once(' ')
+                .unwrap_or(("", ""));
+            format!("{}:{v}", path.split('/').next().unwrap_or(""))
         })
         .collect()
 }

@@ -87,12 +87,22 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-/// A minimal HTTP/1.0 GET on loopback (tests avoid a client dependency): status, body.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// A minimal HTTP/1.0 request on loopback (tests avoid a client dependency): status, body.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf
@@ -105,6 +115,56 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16,
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "", "")
+}
+
+/// POST of a JSON body with an optional bearer token.
+pub fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_request(
+        addr,
+        "POST",
+        path,
+        &format!("Content-Type: application/json\r\n{auth}"),
+        body,
+    )
+}
+
+/// The PUT .../switch calls a mitigator-sim received, in order, as
+/// `PUT <name>/switch?policy=N <value>`.
+pub fn sim_switch_puts(sim: std::net::SocketAddr) -> Vec<String> {
+    http_get(sim, "/sim/log")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<Vec<serde_json::Value>>(&b).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| {
+            r["method"] == "PUT" && r["path"].as_str().is_some_and(|p| p.ends_with("/switch"))
+        })
+        .map(|r| {
+            let p = r["path"]
+                .as_str()
+                .unwrap_or("")
+                .trim_start_matches("/api/v4/");
+            let b: serde_json::Value =
+                serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or_default();
+            format!(
+                "PUT {p}?{} {}",
+                r["query"].as_str().unwrap_or(""),
+                b["switch"]
+            )
+        })
+        .collect()
 }
 
 /// A child process killed (and reaped) on drop.
@@ -171,38 +231,6 @@ pub fn start_flowguard(config: &str, dir: &std::path::Path, api: std::net::Socke
         )
     });
     child
-}
-
-/// A minimal HTTP/1.0 POST of a JSON body with an optional bearer token: status, body.
-pub fn http_post(
-    addr: std::net::SocketAddr,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Sends every UDP payload of a pcap to `to`, as fast as possible (the capture's own
