@@ -82,6 +82,10 @@ fn uint(b: &[u8]) -> u64 {
 }
 
 impl FastTemplates {
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     fn header(payload: &[u8], v: Version) -> Option<(usize, u32)> {
         match v {
             Version::V9 => Some((20, be32(payload, 16)?)),

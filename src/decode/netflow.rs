@@ -7,6 +7,10 @@
 //! `systemInitTimeMilliseconds` for sysUpTime-relative timestamps, and the mapping of a
 //! record's fields onto a [`FlowRecord`].
 //!
+//! Data sets of templates already seen take a fast path ([`super::fast`]) that reads the
+//! fields straight from the bytes; the crate still parses every datagram with templates,
+//! options or anything unusual.
+//!
 //! Fragments: NetFlow has no per-packet view. A record counts as fragments when the
 //! exporter says so (`fragmentFlags` with MF set, or a non-zero `fragmentOffset`), or
 //! when a TCP/UDP record has both ports 0: exporters such as softflowd (and most routers)
@@ -68,6 +72,11 @@ impl NetflowDecoder {
     /// for tests and benches that compare the two.
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_enabled = on;
+    }
+
+    /// Templates compiled for the fast path.
+    pub fn fast_templates(&self) -> usize {
+        self.fast.len()
     }
 
     /// Exporter scopes with template state.
