@@ -12,7 +12,8 @@
 #   quick (default): 10 s per step, 3 latency trials per format and daemon  (~6 min)
 #   full: adds the 60 s sustained runs (v5 3 M/s, sFlow 1 M/s) and a flowguard
 #         rate sweep per format                                              (~14 min)
-# Environment: STEP (seconds per step), TRIALS (latency trials), FG_ONLY=1, FNM_ONLY=1.
+# Environment: STEP (seconds per step), TRIALS (latency trials), FG_ONLY=1, FNM_ONLY=1,
+# LATENCY_ONLY=1.
 set -u
 MODE=${1:-quick}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,7 +63,7 @@ fnm_counted() {
 THRESH_PPS=${THRESH_PPS:-20000}
 start_flowguard() {  # [mitigator url]
     FG_NF=$(free_port); FG_SF=$(free_port); FG_API=$(free_tcp)
-    mkdir -p "$WORK/fg/state"
+    rm -rf "$WORK/fg"; mkdir -p "$WORK/fg/state"  # fresh: no restored attacks
     cat > "$WORK/fg/flowguard.toml" <<EOF
 [api]
 listen = "127.0.0.1:$FG_API"
@@ -179,8 +180,9 @@ sweep() {  # flowguard only: raise the rate until loss appears
 }
 
 # ---------------------------------------------------------------- detection latency
-# Background traffic to 10 000 hosts at 200 k records/s; after 3 s one host gets a SYN
-# flood (5 % of datagrams, 1000 packets/record for NetFlow, sampling 1:1000 for sFlow).
+# Background traffic to 10 000 hosts (NetFlow 200 k records/s, sFlow 20 k samples/s at
+# 1:1000); after 3 s one host gets a SYN flood in 5 % of the datagrams (1000 packets per
+# NetFlow record; 1000 packets per sFlow sample), far above threshold_pps.
 LAT=$WORK/latency
 latency_fg() {  # FORMAT
     local fmt=$1 port out sent got
@@ -191,7 +193,7 @@ latency_fg() {  # FORMAT
     for _ in $(seq 1 50); do addr=$(sed -n 's/^listening on //p' "$simlog"); [ -n "$addr" ] && break; sleep 0.1; done
     start_flowguard "http://$addr" || return
     if [ "$fmt" = sflow ]; then port=$FG_SF; else port=$FG_NF; fi
-    out=$("$BIN/flowguard-loadgen" --format "$fmt" --target "127.0.0.1:$port" --rate 200000 --duration 6 \
+    out=$("$BIN/flowguard-loadgen" --format "$fmt" --target "127.0.0.1:$port" --rate "$([ "$fmt" = sflow ] && echo 20000 || echo 200000)" --duration 6 \
         --attack-host 100.64.9.9 --attack-start 3 --attack-share 0.05 --attack-packets 1000 \
         --sampling-rate "$([ "$fmt" = sflow ] && echo 1000 || echo 1)" --cpu $GEN_CPU)
     sleep 1
@@ -199,7 +201,8 @@ latency_fg() {  # FORMAT
     got=$(curl -s "http://$addr/sim/log" | python3 -c '
 import json,sys
 for r in json.load(sys.stdin):
-    if r["method"]=="PUT" and r["path"].endswith("toggle/switch"):
+    b = json.loads(r.get("body") or "null") if (r.get("body") or "").startswith("{") else {}
+    if r["method"]=="PUT" and r["path"].endswith("toggle/switch") and b.get("switch")==1:
         print(r["time"]/1000); break')
     echo "flowguard $fmt $sent ${got:-none}" >> "$LAT"
     stop_pid "$FG_PID"; stop_pid "$sim"
@@ -208,7 +211,7 @@ latency_fnm() {
     local fmt=$1 port out sent got
     start_fnm || return
     if [ "$fmt" = sflow ]; then port=$FNM_SF; else port=$FNM_NF; fi
-    out=$("$BIN/flowguard-loadgen" --format "$fmt" --target "127.0.0.1:$port" --rate 200000 --duration 6 \
+    out=$("$BIN/flowguard-loadgen" --format "$fmt" --target "127.0.0.1:$port" --rate "$([ "$fmt" = sflow ] && echo 20000 || echo 200000)" --duration 6 \
         --attack-host 100.64.9.9 --attack-start 3 --attack-share 0.05 --attack-packets 1000 \
         --sampling-rate "$([ "$fmt" = sflow ] && echo 1000 || echo 1)" --cpu $GEN_CPU)
     sleep 1
@@ -242,7 +245,7 @@ echo "daemon on CPU $DAEMON_CPU, flowguard-loadgen on CPU $GEN_CPU; $STEP s per 
 echo
 : > "$RESULTS"; : > "$LAT"
 header
-if [ -z "${FNM_ONLY:-}" ]; then
+if [ -z "${FNM_ONLY:-}" ] && [ -z "${LATENCY_ONLY:-}" ]; then
     start_flowguard && {
         throughput flowguard "$FG_PID" fg_counted "$FG_NF" "$FG_SF"
         if [ "$MODE" = full ]; then
@@ -254,7 +257,7 @@ if [ -z "${FNM_ONLY:-}" ]; then
         stop_pid "$FG_PID"
     }
 fi
-if [ -z "${FG_ONLY:-}" ]; then
+if [ -z "${FG_ONLY:-}" ] && [ -z "${LATENCY_ONLY:-}" ]; then
     start_fnm && {
         throughput fastnetmon "$FNM_PID" fnm_counted "$FNM_NF" "$FNM_SF"
         if [ "$MODE" = full ]; then
@@ -273,4 +276,5 @@ for t in $(seq 1 "$TRIALS"); do
         [ -z "${FG_ONLY:-}" ] && latency_fnm "$f"
     done
 done
+echo "raw (daemon fmt first-attack-sent detected):"; cat "$LAT"; echo
 latency_table
