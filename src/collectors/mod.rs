@@ -111,7 +111,7 @@ pub fn spawn(
 }
 
 enum Decoder {
-    Netflow(NetflowDecoder),
+    Netflow(Box<NetflowDecoder>),
     Sflow(SflowDecoder),
 }
 
@@ -127,7 +127,7 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
             .collect(),
     };
     let mut dec = match b.cfg.protocol {
-        CollectorProtocol::Netflow => Decoder::Netflow(NetflowDecoder::new(ov)),
+        CollectorProtocol::Netflow => Decoder::Netflow(Box::new(NetflowDecoder::new(ov))),
         CollectorProtocol::Sflow => Decoder::Sflow(SflowDecoder::new(ov)),
     };
     let allowed: Vec<IpNet> = b.cfg.allowed_exporters.clone();
