@@ -141,18 +141,23 @@ impl Shard {
     /// Applies one update at time `now_ms`.
     pub fn apply(&mut self, u: &Update, now_ms: i64) {
         let now_sec = (now_ms / 1000) as u32;
-        if !self.hosts.contains_key(&u.key) && self.hosts.len() >= self.cap {
-            self.refused += 1;
-            return;
-        }
         let ws = self.window_seconds;
-        let e = self.hosts.entry(u.key).or_insert_with(|| HostEntry {
-            window: Window::new(ws),
-            totals: Counters::default(),
-            group: u.group,
-            last_seen_sec: now_sec,
-            dirty: false,
-        });
+        let full = self.hosts.len() >= self.cap;
+        // One hash probe per record: the entry API both finds and (below the cap) inserts.
+        let e = match self.hosts.entry(u.key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if full => {
+                self.refused += 1;
+                return;
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(HostEntry {
+                window: Window::new(ws),
+                totals: Counters::default(),
+                group: u.group,
+                last_seen_sec: now_sec,
+                dirty: false,
+            }),
+        };
         e.totals.add(&Counters::of(
             &u.rec,
             u.rec.packets,
@@ -183,8 +188,10 @@ impl Shard {
             Direction::Incoming => (u.rec.src, u.rec.src_port),
             Direction::Outgoing => (u.rec.dst, u.rec.dst_port),
         };
-        if let Some(t) = self.watched.get_mut(&u.key) {
-            t.add(peer, port, u.rec.packets);
+        if !self.watched.is_empty() {
+            if let Some(t) = self.watched.get_mut(&u.key) {
+                t.add(peer, port, u.rec.packets);
+            }
         }
         // Consecutive records of one peer to one host fold into one entry, so a
         // single-source flood does not flush everyone else out of the ring.

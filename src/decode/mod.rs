@@ -8,6 +8,7 @@
 //! Bad input never panics: a datagram that fails part-way yields the records decoded
 //! before the failure plus an error kind, which the caller counts.
 
+mod fast;
 pub mod netflow;
 pub mod packet;
 pub mod sflow;

@@ -7,6 +7,10 @@
 //! `systemInitTimeMilliseconds` for sysUpTime-relative timestamps, and the mapping of a
 //! record's fields onto a [`FlowRecord`].
 //!
+//! Data sets of templates already seen take a fast path ([`super::fast`]) that reads the
+//! fields straight from the bytes; the crate still parses every datagram with templates,
+//! options or anything unusual.
+//!
 //! Fragments: NetFlow has no per-packet view. A record counts as fragments when the
 //! exporter says so (`fragmentFlags` with MF set, or a non-zero `fragmentOffset`), or
 //! when a TCP/UDP record has both ports 0: exporters such as softflowd (and most routers)
@@ -22,6 +26,7 @@ use netflow_parser::variable_versions::v9::lookup::V9Field;
 use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
 use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket};
 
+use super::fast;
 use super::{
     DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP, PROTO_UDP,
 };
@@ -48,6 +53,8 @@ pub struct NetflowDecoder {
     parser: AutoScopedParser,
     scopes: HashMap<ScopeKey, ScopeState>,
     overrides: SamplingOverrides,
+    pub(super) fast: fast::FastTemplates,
+    fast_enabled: bool,
 }
 
 impl NetflowDecoder {
@@ -56,7 +63,20 @@ impl NetflowDecoder {
             parser: AutoScopedParser::new(),
             scopes: HashMap::new(),
             overrides,
+            fast: fast::FastTemplates::default(),
+            fast_enabled: true,
         }
+    }
+
+    /// Switches the v9/IPFIX fast path off (every datagram through `netflow_parser`),
+    /// for tests and benches that compare the two.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_enabled = on;
+    }
+
+    /// Templates compiled for the fast path.
+    pub fn fast_templates(&self) -> usize {
+        self.fast.len()
     }
 
     /// Exporter scopes with template state.
@@ -113,7 +133,15 @@ impl NetflowDecoder {
             });
             return oc;
         }
+        let v = oc.version.unwrap_or(Version::Unknown);
+        if self.fast_enabled && v != Version::V5 && self.try_fast(from, payload, v, out, &mut oc) {
+            return oc;
+        }
         let result = self.parser.parse_from_source(from, payload);
+        if self.fast_enabled && v != Version::V5 {
+            // The crate saw this datagram's templates; the fast path learns them too.
+            self.fast.learn(from, payload, v);
+        }
         let before = out.len();
         for pkt in &result.packets {
             match pkt {
@@ -210,16 +238,7 @@ impl NetflowDecoder {
                 V9Body::Data(d) => {
                     for rec in &d.fields {
                         let f = Fields::collect(rec.iter().map(|(k, v)| (v9_id(k), v)));
-                        let rate = self.rate(exporter, scope, f.sampling_rate());
-                        oc.sampling_rate = Some(rate);
-                        if let Some(mut r) = f.record(rate) {
-                            if let (Some(first), Some(last)) = (f.first, f.last) {
-                                set_times(&mut r, v9.header.sys_up_time, first as u32, last as u32);
-                            }
-                            out.push(r);
-                        } else {
-                            oc.skipped += 1;
-                        }
+                        self.v9_record(exporter, scope, v9.header.sys_up_time, &f, out, oc);
                     }
                 }
                 V9Body::NoTemplate(_) => oc.template_misses += 1,
@@ -286,36 +305,110 @@ impl NetflowDecoder {
                 _ => continue,
             };
             for f in recs {
-                let rate = self.rate(exporter, scope, f.sampling_rate());
-                oc.sampling_rate = Some(rate);
-                let Some(mut r) = f.record(rate) else {
-                    oc.skipped += 1;
-                    continue;
-                };
-                // Absolute end/start if the record has them, else sysUpTime-relative
-                // ones with the learned init time; without either, the record ends at
-                // export time.
-                let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
-                    (Some(s), Some(e), ..) => (Some(s), Some(e)),
-                    (_, _, Some(fi), Some(la), Some(init)) => (Some(init + fi), Some(init + la)),
-                    (_, _, Some(fi), Some(la), None) => (
-                        Some(export_ms.saturating_sub(la - fi.min(la))),
-                        Some(export_ms),
-                    ),
-                    _ => (None, None),
-                };
-                if let (Some(s), Some(e)) = (start, end) {
-                    let e_age = export_ms.saturating_sub(e);
-                    r.end_age_ms = if e_age > MAX_END_AGE_MS {
-                        0
-                    } else {
-                        e_age as u32
-                    };
-                    r.duration_ms = e.saturating_sub(s).min(MAX_END_AGE_MS) as u32;
-                }
-                out.push(r);
+                self.ipfix_record(exporter, scope, export_ms, init, &f, out, oc);
             }
         }
+    }
+
+    /// One v9 data record's fields → a record (shared by the crate path and the fast
+    /// path, so both map fields identically).
+    fn v9_record(
+        &self,
+        exporter: IpAddr,
+        scope: u32,
+        sys_up_time: u32,
+        f: &Fields,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) {
+        let rate = self.rate(exporter, scope, f.sampling_rate());
+        oc.sampling_rate = Some(rate);
+        if let Some(mut r) = f.record(rate) {
+            if let (Some(first), Some(last)) = (f.first, f.last) {
+                set_times(&mut r, sys_up_time, first as u32, last as u32);
+            }
+            out.push(r);
+        } else {
+            oc.skipped += 1;
+        }
+    }
+
+    /// One IPFIX data record's fields → a record (crate path and fast path).
+    #[allow(clippy::too_many_arguments)]
+    fn ipfix_record(
+        &self,
+        exporter: IpAddr,
+        scope: u32,
+        export_ms: u64,
+        init: Option<u64>,
+        f: &Fields,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) {
+        let rate = self.rate(exporter, scope, f.sampling_rate());
+        oc.sampling_rate = Some(rate);
+        let Some(mut r) = f.record(rate) else {
+            oc.skipped += 1;
+            return;
+        };
+        // Absolute end/start if the record has them, else sysUpTime-relative
+        // ones with the learned init time; without either, the record ends at
+        // export time.
+        let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
+            (Some(s), Some(e), ..) => (Some(s), Some(e)),
+            (_, _, Some(fi), Some(la), Some(init)) => (Some(init + fi), Some(init + la)),
+            (_, _, Some(fi), Some(la), None) => (
+                Some(export_ms.saturating_sub(la - fi.min(la))),
+                Some(export_ms),
+            ),
+            _ => (None, None),
+        };
+        if let (Some(s), Some(e)) = (start, end) {
+            let e_age = export_ms.saturating_sub(e);
+            r.end_age_ms = if e_age > MAX_END_AGE_MS {
+                0
+            } else {
+                e_age as u32
+            };
+            r.duration_ms = e.saturating_sub(s).min(MAX_END_AGE_MS) as u32;
+        }
+        out.push(r);
+    }
+
+    /// Decodes a v9/IPFIX datagram without the crate when it holds only data sets of
+    /// templates [`FastTemplates`] knows; returns false (having written nothing) when it
+    /// cannot, and the crate path takes the datagram.
+    fn try_fast(
+        &mut self,
+        from: SocketAddr,
+        payload: &[u8],
+        v: Version,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) -> bool {
+        let Some(plan) = self.fast.plan(from, payload, v) else {
+            return false;
+        };
+        let exporter = from.ip();
+        let before = out.len();
+        match plan {
+            fast::Plan::V9 { scope, sys_up_time } => {
+                self.fast.for_each_record(from, payload, v, scope, |f| {
+                    self.v9_record(exporter, scope, sys_up_time, f, out, oc)
+                });
+            }
+            fast::Plan::Ipfix { scope, export_ms } => {
+                let init = self
+                    .scopes
+                    .get(&(exporter, scope))
+                    .and_then(|s| s.system_init_ms);
+                self.fast.for_each_record(from, payload, v, scope, |f| {
+                    self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
+                });
+            }
+        }
+        oc.records = out.len() - before;
+        true
     }
 }
 
@@ -374,24 +467,24 @@ fn ports_zero_fragment(r: &FlowRecord) -> bool {
 
 /// The fields of one v9/IPFIX record that flowguard reads, by information element id.
 #[derive(Default)]
-struct Fields {
-    bytes: Option<u64>,
-    packets: Option<u64>,
-    protocol: Option<u8>,
-    tcp_flags: Option<u8>,
-    src_port: Option<u16>,
-    dst_port: Option<u16>,
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
-    first: Option<u64>,
-    last: Option<u64>,
+pub(super) struct Fields {
+    pub(super) bytes: Option<u64>,
+    pub(super) packets: Option<u64>,
+    pub(super) protocol: Option<u8>,
+    pub(super) tcp_flags: Option<u8>,
+    pub(super) src_port: Option<u16>,
+    pub(super) dst_port: Option<u16>,
+    pub(super) src: Option<IpAddr>,
+    pub(super) dst: Option<IpAddr>,
+    pub(super) first: Option<u64>,
+    pub(super) last: Option<u64>,
     start_abs_ms: Option<u64>,
     end_abs_ms: Option<u64>,
-    sampling_interval: Option<u64>,
-    sampler_random_interval: Option<u64>,
-    packet_interval: Option<u64>,
-    packet_space: Option<u64>,
-    fragment_offset: Option<u64>,
+    pub(super) sampling_interval: Option<u64>,
+    pub(super) sampler_random_interval: Option<u64>,
+    pub(super) packet_interval: Option<u64>,
+    pub(super) packet_space: Option<u64>,
+    pub(super) fragment_offset: Option<u64>,
     more_fragments: Option<bool>,
     system_init_ms: Option<u64>,
 }

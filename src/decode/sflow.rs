@@ -5,6 +5,12 @@
 //! `sampled_header` record (decoded by [`super::packet`]); when a sample has no header
 //! but a `sampled_ipv4`/`sampled_ipv6` record, that is used instead. Counter samples are
 //! counted only. sFlow samples are instants: `duration_ms` and `end_age_ms` are 0.
+//!
+//! Fast path: the usual datagram (flow samples with header/IPv4/IPv6 records, counter
+//! samples) is read straight from the bytes without the crate's per-sample allocations;
+//! anything else (enterprise or unknown formats, inconsistent lengths) goes through
+//! `sflow-parser`. Both paths share the rate and record logic and are tested equal on the
+//! shared pmacctd capture.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use sflow_parser::models::{FlowData, HeaderProtocol};
 use sflow_parser::{SampleData, SampleRecord};
 
-use super::packet::{decode_header, HeaderStart};
+use super::packet::{decode_header, HeaderInfo, HeaderStart};
 use super::{DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version};
 
 /// Exporters whose last sampling rate we remember for metrics.
@@ -21,6 +27,7 @@ const MAX_EXPORTERS: usize = 10_000;
 pub struct SflowDecoder {
     overrides: SamplingOverrides,
     last_rate: HashMap<IpAddr, u32>,
+    fast_enabled: bool,
 }
 
 impl SflowDecoder {
@@ -28,7 +35,14 @@ impl SflowDecoder {
         SflowDecoder {
             overrides,
             last_rate: HashMap::new(),
+            fast_enabled: true,
         }
+    }
+
+    /// Switches the fast path off (every datagram through `sflow-parser`), for tests and
+    /// benches that compare the two.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_enabled = on;
     }
 
     pub fn exporters(&self) -> usize {
@@ -55,6 +69,20 @@ impl SflowDecoder {
         if oc.version != Some(Version::Sflow5) {
             oc.error = Some(DecodeErrorKind::BadVersion);
             return oc;
+        }
+        if self.fast_enabled {
+            let before = out.len();
+            if self.fast(from.ip(), payload, out, &mut oc).is_some() {
+                oc.records = out.len() - before;
+                return oc;
+            }
+            // Something the fast path does not read exactly like the crate: undo and let
+            // the crate decide.
+            out.truncate(before);
+            oc = DecodeOutcome {
+                version: Some(Version::Sflow5),
+                ..DecodeOutcome::default()
+            };
         }
         let dg = match sflow_parser::parse_datagram(payload) {
             Ok(d) => d,
@@ -90,14 +118,7 @@ impl SflowDecoder {
             }
             _ => return,
         };
-        let rate = self
-            .overrides
-            .for_exporter(exporter)
-            .unwrap_or(wire_rate)
-            .max(1);
-        if self.last_rate.len() < MAX_EXPORTERS || self.last_rate.contains_key(&exporter) {
-            self.last_rate.insert(exporter, wire_rate.max(1));
-        }
+        let rate = self.sample_rate(exporter, wire_rate);
         oc.sampling_rate = Some(rate);
         let mut info = None;
         for r in records {
@@ -124,7 +145,7 @@ impl SflowDecoder {
                     }
                 }
                 FlowData::SampledIpv4(v4) if info.is_none() => {
-                    info = Some(super::packet::HeaderInfo {
+                    info = Some(HeaderInfo {
                         src: IpAddr::V4(v4.src_ip),
                         dst: IpAddr::V4(v4.dst_ip),
                         protocol: v4.protocol as u8,
@@ -136,7 +157,7 @@ impl SflowDecoder {
                     });
                 }
                 FlowData::SampledIpv6(v6) if info.is_none() => {
-                    info = Some(super::packet::HeaderInfo {
+                    info = Some(HeaderInfo {
                         src: IpAddr::V6(v6.src_ip),
                         dst: IpAddr::V6(v6.dst_ip),
                         protocol: v6.protocol as u8,
@@ -150,6 +171,142 @@ impl SflowDecoder {
                 _ => {}
             }
         }
+        emit(info, rate, out);
+    }
+
+    /// Rate in force for a flow sample, remembering the wire rate for metrics.
+    fn sample_rate(&mut self, exporter: IpAddr, wire_rate: u32) -> u32 {
+        let rate = self
+            .overrides
+            .for_exporter(exporter)
+            .unwrap_or(wire_rate)
+            .max(1);
+        if self.last_rate.len() < MAX_EXPORTERS || self.last_rate.contains_key(&exporter) {
+            self.last_rate.insert(exporter, wire_rate.max(1));
+        }
+        rate
+    }
+
+    /// Decodes the datagram straight from the bytes, with no allocation: flow samples
+    /// (compact and expanded) with sampled-header / sampled-IPv4 / sampled-IPv6 records,
+    /// counter samples counted. Returns None, possibly having pushed records the caller
+    /// discards, on anything else (other sample formats, enterprise formats, any length
+    /// that does not add up): the crate path then takes the datagram.
+    fn fast(
+        &mut self,
+        exporter: IpAddr,
+        p: &[u8],
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) -> Option<()> {
+        let mut o = 4;
+        let addr_len = match be32(p, o)? {
+            1 => 4,
+            2 => 16,
+            _ => return None,
+        };
+        o += 4 + addr_len + 12; // address, sub agent, sequence, uptime
+        let n = be32(p, o)?;
+        o += 4;
+        for _ in 0..n {
+            let fmt = be32(p, o)?;
+            let len = be32(p, o + 4)? as usize;
+            let body = p.get(o + 8..(o + 8).checked_add(len)?)?;
+            o += 8 + len;
+            let (rate_at, nrec_at) = match fmt {
+                1 => (8, 28),
+                3 => (12, 40),
+                2 | 4 => {
+                    oc.counter_samples += 1;
+                    continue;
+                }
+                _ => return None,
+            };
+            let wire_rate = be32(body, rate_at)?;
+            let nrec = be32(body, nrec_at)?;
+            let rate = self.sample_rate(exporter, wire_rate);
+            oc.sampling_rate = Some(rate);
+            let mut r = nrec_at + 4;
+            let mut info = None;
+            for _ in 0..nrec {
+                let rfmt = be32(body, r)?;
+                let rlen = be32(body, r + 4)? as usize;
+                let rb = body.get(r + 8..(r + 8).checked_add(rlen)?)?;
+                r += 8 + rlen;
+                match rfmt {
+                    1 => {
+                        let start = match be32(rb, 0)? {
+                            1 => HeaderStart::Ethernet,
+                            11 => HeaderStart::Ipv4,
+                            12 => HeaderStart::Ipv6,
+                            _ => {
+                                oc.skipped += 1;
+                                continue;
+                            }
+                        };
+                        let frame_length = be32(rb, 4)?;
+                        let hlen = be32(rb, 12)? as usize;
+                        let hdr = rb.get(16..16usize.checked_add(hlen)?)?;
+                        match decode_header(start, hdr) {
+                            Some(mut hi) => {
+                                if hi.ip_len == 0 {
+                                    hi.ip_len = frame_length;
+                                }
+                                info = Some(hi);
+                                break;
+                            }
+                            None => oc.skipped += 1,
+                        }
+                    }
+                    3 if info.is_none() => {
+                        let ip = |o: usize| -> Option<IpAddr> {
+                            Some(IpAddr::V4(std::net::Ipv4Addr::from(be32(rb, o)?)))
+                        };
+                        info = Some(HeaderInfo {
+                            src: ip(8)?,
+                            dst: ip(12)?,
+                            protocol: be32(rb, 4)? as u8,
+                            src_port: be32(rb, 16)? as u16,
+                            dst_port: be32(rb, 20)? as u16,
+                            tcp_flags: be32(rb, 24)? as u8,
+                            fragment: false,
+                            ip_len: be32(rb, 0)?,
+                        });
+                    }
+                    4 if info.is_none() => {
+                        let ip = |o: usize| -> Option<IpAddr> {
+                            let a: [u8; 16] = rb.get(o..o + 16)?.try_into().ok()?;
+                            Some(IpAddr::V6(std::net::Ipv6Addr::from(a)))
+                        };
+                        info = Some(HeaderInfo {
+                            src: ip(8)?,
+                            dst: ip(24)?,
+                            protocol: be32(rb, 4)? as u8,
+                            src_port: be32(rb, 40)? as u16,
+                            dst_port: be32(rb, 44)? as u16,
+                            tcp_flags: be32(rb, 48)? as u8,
+                            fragment: false,
+                            ip_len: be32(rb, 0)?,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            emit(info, rate, out);
+        }
+        Some(())
+    }
+}
+
+fn be32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// One flow sample's record, scaled by its rate; nothing when no record was decodable.
+fn emit(info: Option<HeaderInfo>, rate: u32, out: &mut Vec<FlowRecord>) {
+    {
         if let Some(h) = info {
             out.push(FlowRecord {
                 src: h.src,
