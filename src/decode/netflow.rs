@@ -7,6 +7,14 @@
 //! `systemInitTimeMilliseconds` for sysUpTime-relative timestamps, and the mapping of a
 //! record's fields onto a [`FlowRecord`].
 //!
+//! Hostile input: every cache here is bounded ([`NetflowLimits`]): exporter scopes (LRU,
+//! plus [`NetflowDecoder::prune_idle`]), templates per scope, fields per template and the
+//! record size a template may declare. Templates over a limit are refused and the
+//! datagram counts as `malformed`. A template id re-announced with another layout simply
+//! replaces the old one in that exporter's scope only. None of this can protect real
+//! exporters from a spoofer who forges their address; the collector's allow-list keeps
+//! everyone else away from the parser.
+//!
 //! Fragments: NetFlow has no per-packet view. A record counts as fragments when the
 //! exporter says so (`fragmentFlags` with MF set, or a non-zero `fragmentOffset`), or
 //! when a TCP/UDP record has both ports 0: exporters such as softflowd (and most routers)
@@ -14,21 +22,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use netflow_parser::variable_versions::field_value::FieldValue;
 use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
 use netflow_parser::variable_versions::ipfix::{FlowSetBody as IpfixBody, IPFix};
 use netflow_parser::variable_versions::v9::lookup::V9Field;
 use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
-use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket};
+use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParser};
 
 use super::{
     DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP, PROTO_UDP,
 };
-
-/// Exporter scopes whose sampling/init-time state we keep; beyond this the oldest
-/// learned entries are dropped (they are re-learned from the next options record).
-const MAX_SCOPES: usize = 10_000;
 
 /// Largest end age we believe; more means a broken exporter clock, and the record is
 /// treated as ending at export time.
@@ -44,19 +49,102 @@ struct ScopeState {
     system_init_ms: Option<u64>,
 }
 
+/// Default cap on exporter scopes with template state (address + port + source id /
+/// observation domain); the least recently used one is dropped beyond it.
+pub const MAX_SOURCES: usize = 1_024;
+
+/// Bounds on the template state one decoder keeps. Worst-case memory is about
+/// `max_sources` × 4 caches × `templates_per_source` × `max_fields` × 24 bytes (IPFIX
+/// fields; v9 fields take less): with the defaults, 1 024 × 4 × 64 × 128 × 24 B ≈ 800 MiB
+/// if a spoofer fills every slot, which is why collectors facing untrusted networks
+/// should set `allowed_exporters`. Real exporters use a handful of templates of 10-80
+/// fields: one exporter scope costs a few hundred KiB at most
+/// (tests/hostile_templates.rs measures it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetflowLimits {
+    /// Exporter scopes with template state (LRU beyond it).
+    pub max_sources: usize,
+    /// Templates per scope and template kind (LRU beyond it).
+    pub templates_per_source: usize,
+    /// Fields per template; larger templates are refused.
+    pub max_fields: usize,
+    /// Bytes of one record as a template declares it; larger templates are refused.
+    pub max_record_bytes: usize,
+}
+
+impl Default for NetflowLimits {
+    fn default() -> Self {
+        NetflowLimits {
+            max_sources: MAX_SOURCES,
+            templates_per_source: 64,
+            max_fields: 128,
+            max_record_bytes: 4096,
+        }
+    }
+}
+
 pub struct NetflowDecoder {
     parser: AutoScopedParser,
     scopes: HashMap<ScopeKey, ScopeState>,
     overrides: SamplingOverrides,
+    limits: NetflowLimits,
 }
 
 impl NetflowDecoder {
     pub fn new(overrides: SamplingOverrides) -> Self {
+        Self::with_limits(overrides, NetflowLimits::default())
+    }
+
+    /// A decoder with explicit cache bounds (zeros are raised to 1).
+    pub fn with_limits(overrides: SamplingOverrides, limits: NetflowLimits) -> Self {
+        let limits = NetflowLimits {
+            max_sources: limits.max_sources.max(1),
+            templates_per_source: limits.templates_per_source.max(1),
+            max_fields: limits.max_fields.max(1),
+            max_record_bytes: limits.max_record_bytes.max(1),
+        };
+        let builder = NetflowParser::builder()
+            .with_cache_size(limits.templates_per_source)
+            .with_max_field_count(limits.max_fields)
+            .with_max_template_total_size(limits.max_record_bytes);
+        // The builder only refuses zeros, which were raised above; should it ever refuse
+        // anything else, fall back to the crate's own (also bounded) defaults rather than
+        // fail to start a collector.
+        let parser = AutoScopedParser::try_with_builder(builder)
+            .and_then(|p| p.with_max_sources(limits.max_sources))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "netflow parser limits refused; using defaults");
+                AutoScopedParser::new()
+            });
         NetflowDecoder {
-            parser: AutoScopedParser::new(),
+            parser,
             scopes: HashMap::new(),
             overrides,
+            limits,
         }
+    }
+
+    pub fn limits(&self) -> NetflowLimits {
+        self.limits
+    }
+
+    /// Forgets exporter scopes that sent nothing for `older_than` (their templates and
+    /// learned sampling state); returns how many went. A returning exporter re-sends its
+    /// templates within its refresh interval.
+    pub fn prune_idle(&mut self, older_than: Duration) -> usize {
+        let n = self.parser.prune_idle_sources(older_than);
+        if n > 0 {
+            let live: std::collections::HashSet<IpAddr> = self
+                .parser
+                .v9_info()
+                .iter()
+                .map(|(k, _)| k.addr.ip())
+                .chain(self.parser.ipfix_info().iter().map(|(k, _)| k.addr.ip()))
+                .chain(self.parser.legacy_info().iter().map(|(a, _)| a.ip()))
+                .collect();
+            self.scopes.retain(|(a, _), _| live.contains(a));
+        }
+        n
     }
 
     /// Exporter scopes with template state.
@@ -124,6 +212,13 @@ impl NetflowDecoder {
             }
         }
         oc.records = out.len() - before;
+        // The crate drops an IPFIX set it cannot use (e.g. a template over the limits)
+        // without an error; count such a datagram as malformed all the same.
+        if let [NetflowPacket::IPFix(msg)] = result.packets.as_slice() {
+            if result.error.is_none() && msg.flowsets.len() < ipfix_set_count(payload) {
+                oc.error = Some(DecodeErrorKind::Malformed);
+            }
+        }
         if let Some(e) = result.error {
             oc.error = Some(match e {
                 NetflowError::Incomplete { .. } => DecodeErrorKind::Truncated,
@@ -135,7 +230,9 @@ impl NetflowDecoder {
     }
 
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
-        if self.scopes.len() >= MAX_SCOPES && !self.scopes.contains_key(&key) {
+        // Bounded like the parser's sources: beyond the cap the oldest learned entries are
+        // dropped (they are re-learned from the next options record).
+        if self.scopes.len() >= self.limits.max_sources && !self.scopes.contains_key(&key) {
             // Hard cap against spoofed sources: forget an arbitrary entry; a real
             // exporter re-announces its options within its refresh interval.
             if let Some(k) = self.scopes.keys().next().copied() {
@@ -323,6 +420,28 @@ impl NetflowDecoder {
             }
         }
     }
+}
+
+/// Sets in the first IPFIX message of `payload`, by walking the set headers within the
+/// message length (RFC 7011 §3.3.2); a set shorter than its own header ends the walk.
+fn ipfix_set_count(payload: &[u8]) -> usize {
+    let Some(len) = payload
+        .get(2..4)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return 0;
+    };
+    let end = len.min(payload.len());
+    let (mut off, mut n) = (16, 0);
+    while off + 4 <= end {
+        let set_len = usize::from(u16::from_be_bytes([payload[off + 2], payload[off + 3]]));
+        if set_len < 4 {
+            break;
+        }
+        n += 1;
+        off += set_len;
+    }
+    n
 }
 
 fn v9_id(f: &V9Field) -> u16 {
