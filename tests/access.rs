@@ -213,9 +213,9 @@ async fn write_endpoint_needs_the_token_and_limits_bodies() {
     let auth = format!("Bearer {TOKEN}");
     // Over max_body_bytes (1024), declared up front and streamed without a length.
     let big = format!(
-        "{}{}",
+        r#"{},"pad":"{}"}}"#,
         EVENT.trim_end_matches('}'),
-        format!(r#","pad":"{}"}}"#, "x".repeat(2000))
+        "x".repeat(2000)
     );
     assert_eq!(
         post(&c, &url, Some(&auth), big.clone()).await,

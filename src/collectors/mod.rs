@@ -116,7 +116,8 @@ pub fn spawn(
 }
 
 enum Decoder {
-    Netflow(NetflowDecoder),
+    // Boxed: the NetFlow decoder's caches make it much larger than the sFlow one.
+    Netflow(Box<NetflowDecoder>),
     Sflow(SflowDecoder),
 }
 
@@ -132,7 +133,7 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
             .collect(),
     };
     let mut dec = match b.cfg.protocol {
-        CollectorProtocol::Netflow => Decoder::Netflow(NetflowDecoder::new(ov)),
+        CollectorProtocol::Netflow => Decoder::Netflow(Box::new(NetflowDecoder::new(ov))),
         CollectorProtocol::Sflow => Decoder::Sflow(SflowDecoder::new(ov)),
     };
     let allowed: Vec<IpNet> = b.cfg.allowed_exporters.clone();

@@ -310,14 +310,8 @@ impl NetflowDecoder {
                         let rate = self.rate(exporter, scope, f.sampling_rate());
                         oc.sampling_rate = Some(rate);
                         if let Some(mut r) = f.record(rate) {
-                            match (f.first, f.last) {
-                                (Some(first), Some(last)) => set_times(
-                                    &mut r,
-                                    v9.header.sys_up_time,
-                                    first as u32,
-                                    last as u32,
-                                ),
-                                _ => {}
+                            if let (Some(first), Some(last)) = (f.first, f.last) {
+                                set_times(&mut r, v9.header.sys_up_time, first as u32, last as u32);
                             }
                             out.push(r);
                         } else {
