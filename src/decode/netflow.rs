@@ -394,7 +394,10 @@ impl NetflowDecoder {
                 // export time.
                 let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
                     (Some(s), Some(e), ..) => (Some(s), Some(e)),
-                    (_, _, Some(fi), Some(la), Some(init)) => (Some(init + fi), Some(init + la)),
+                    // Saturating: both come from the wire (fuzzing found the overflow).
+                    (_, _, Some(fi), Some(la), Some(init)) => {
+                        (Some(init.saturating_add(fi)), Some(init.saturating_add(la)))
+                    }
                     (_, _, Some(fi), Some(la), None) => (
                         Some(export_ms.saturating_sub(la - fi.min(la))),
                         Some(export_ms),
@@ -535,6 +538,7 @@ impl Fields {
                 12 | 28 if f.dst.is_none() => f.dst = ip(v),
                 22 => f.first = v.as_u64(),
                 21 => f.last = v.as_u64(),
+                // flowStart/EndSeconds: the crate's `as_u64` already gives ms.
                 150 => f.start_abs_ms = v.as_u64(),
                 151 => f.end_abs_ms = v.as_u64(),
                 152 => f.start_abs_ms = v.as_u64(),
@@ -565,7 +569,7 @@ impl Fields {
             .or_else(|| {
                 // RFC 5477: sample `interval` packets, then skip `space` packets.
                 let i = self.packet_interval.filter(|i| *i > 0)?;
-                Some((i + self.packet_space.unwrap_or(0)) / i)
+                Some(i.saturating_add(self.packet_space.unwrap_or(0)) / i)
             })?;
         (n >= 1).then_some(n.min(u64::from(u32::MAX)) as u32)
     }
@@ -597,5 +601,108 @@ fn ip(v: &FieldValue) -> Option<IpAddr> {
         FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
         FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(id: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = id.to_be_bytes().to_vec();
+        v.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ipfix(sets: &[Vec<u8>]) -> Vec<u8> {
+        let body = sets.concat();
+        let mut v = vec![0, 10];
+        v.extend_from_slice(&((16 + body.len()) as u16).to_be_bytes());
+        v.extend_from_slice(&1_800_000_000u32.to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 7]);
+        v.extend_from_slice(&body);
+        v
+    }
+
+    /// Options template 300 (scope: observationDomainId; `fields` as options), and one
+    /// options record with `values`.
+    fn options(fields: &[(u16, u16)], values: &[u8]) -> Vec<Vec<u8>> {
+        let mut t = vec![1, 44];
+        t.extend_from_slice(&(1 + fields.len() as u16).to_be_bytes());
+        t.extend_from_slice(&[0, 1, 0, 149, 0, 4]);
+        for (id, len) in fields {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        let mut d = vec![0, 0, 0, 7];
+        d.extend_from_slice(values);
+        vec![set(3, &t), set(300, &d)]
+    }
+
+    /// Template 301: src, dst, packets, bytes, flowStart/EndSysUpTime; one record.
+    fn data(first: u32, last: u32) -> Vec<Vec<u8>> {
+        let mut t = vec![1, 45, 0, 6];
+        for (id, len) in [(8u16, 4u16), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4)] {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        let mut d = vec![198, 51, 100, 1, 192, 0, 2, 1, 0, 0, 0, 10, 0, 0, 3, 232];
+        d.extend_from_slice(&first.to_be_bytes());
+        d.extend_from_slice(&last.to_be_bytes());
+        vec![set(2, &t), set(301, &d)]
+    }
+
+    fn decode(d: &mut NetflowDecoder, dg: &[u8]) -> (DecodeOutcome, Vec<FlowRecord>) {
+        let mut out = Vec::new();
+        let oc = d.decode("192.0.2.1:4739".parse().unwrap(), dg, &mut out);
+        (oc, out)
+    }
+
+    #[test]
+    fn huge_system_init_time_does_not_overflow() {
+        // Fuzzing found: systemInitTimeMilliseconds near u64::MAX plus a sysUpTime-relative
+        // flow start overflowed (a panic with overflow checks, garbage without).
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut sets = options(&[(160, 8)], &(u64::MAX - 10).to_be_bytes());
+        sets.extend(data(u32::MAX, u32::MAX));
+        let (oc, out) = decode(&mut d, &ipfix(&sets));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!(out.len(), 1);
+        // The end lies in the future of the export: no age, and no span.
+        assert_eq!((out[0].end_age_ms, out[0].duration_ms), (0, 0));
+        assert_eq!((out[0].packets, out[0].bytes), (10, 1000));
+    }
+
+    #[test]
+    fn huge_sampling_interval_and_space_do_not_overflow() {
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut v = u64::MAX.to_be_bytes().to_vec();
+        v.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut sets = options(&[(305, 8), (306, 8)], &v);
+        sets.extend(data(1000, 2000));
+        let (oc, out) = decode(&mut d, &ipfix(&sets));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!(out.len(), 1);
+        // (MAX saturating+ MAX) / MAX = 1: sampling 1 in 1.
+        assert_eq!(oc.sampling_rate, Some(1));
+        assert_eq!(out[0].packets, 10);
+    }
+
+    #[test]
+    fn flow_seconds_are_read_as_seconds() {
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut t = vec![1, 46, 0, 4];
+        for (id, len) in [(8u16, 4u16), (12, 4), (150, 4), (151, 4)] {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        // Started 10 s before export, ended 2 s before it.
+        let mut r = vec![198, 51, 100, 1, 192, 0, 2, 1];
+        r.extend_from_slice(&(1_800_000_000u32 - 10).to_be_bytes());
+        r.extend_from_slice(&(1_800_000_000u32 - 2).to_be_bytes());
+        let (oc, out) = decode(&mut d, &ipfix(&[set(2, &t), set(302, &r)]));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!((out[0].end_age_ms, out[0].duration_ms), (2000, 8000));
     }
 }
