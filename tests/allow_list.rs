@@ -16,9 +16,10 @@ const SPOOFED: &str = "127.0.0.3";
 const LABEL: &str = "nf";
 const TARGET: [u8; 4] = [127, 0, 0, 20];
 
-fn config() -> Config {
-    let state = tempfile::tempdir().unwrap().keep();
-    Config::from_toml_str(&format!(
+/// The config, and the state directory it names (removed when dropped).
+fn config() -> (Config, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Config::from_toml_str(&format!(
         r#"
 [api]
 listen = "127.0.0.1:0"
@@ -40,9 +41,10 @@ threshold_mbps = 1000000
 [state]
 dir = "{}"
 "#,
-        state.display()
+        state.path().display()
     ))
-    .unwrap()
+    .unwrap();
+    (cfg, state)
 }
 
 fn v9(seq: u32, flowset: &[u8]) -> Vec<u8> {
@@ -98,7 +100,8 @@ async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_allowed_exporters_reach_the_parser() {
-    let svc = Service::start(config()).await.unwrap();
+    let (cfg, _state) = config();
+    let svc = Service::start(cfg).await.unwrap();
     let m = svc.metrics.clone();
     let to = svc.collector_addrs[0];
     let allowed = UdpSocket::bind((ALLOWED, 0)).unwrap();
