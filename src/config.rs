@@ -48,8 +48,8 @@ pub struct Config {
     pub state: StateConfig,
 }
 
-/// `[api]`: the HTTP server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[api]`: the HTTP server. `Debug` redacts the token.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApiConfig {
     /// Loopback by default: the API is not meant to face the network.
@@ -60,6 +60,16 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {

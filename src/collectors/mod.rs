@@ -31,6 +31,11 @@ use crate::pipeline::{count_decode, Pipeline};
 pub const BATCH: usize = 64;
 /// Receive buffer per datagram: the largest UDP payload.
 const DGRAM_MAX: usize = 65_536;
+/// NetFlow exporter scopes silent for this long lose their template state (bounded
+/// memory under a churn of spoofed or decommissioned exporters).
+const EXPORTER_IDLE: Duration = Duration::from_secs(3600);
+/// How often idle exporter scopes are looked for.
+const PRUNE_EVERY_MS: i64 = 60_000;
 
 /// A bound collector socket, not yet running.
 pub struct Bound {
@@ -111,7 +116,7 @@ pub fn spawn(
 }
 
 enum Decoder {
-    // One per thread, for its lifetime: the size difference does not matter.
+    // Boxed: the NetFlow decoder's caches make it much larger than the sFlow one.
     Netflow(Box<NetflowDecoder>),
     Sflow(SflowDecoder),
 }
@@ -137,6 +142,7 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
     let mut scratch = pipeline.scratch();
     let mut labelled: HashSet<IpAddr> = HashSet::new();
     let mut last_gauges = 0i64;
+    let mut last_prune = system_now_ms();
     tracing::info!(collector = %b.label, listen = %b.local, "collector listening");
     while !stop.load(Ordering::Relaxed) {
         let n = match rx.recv(&b.socket) {
@@ -214,6 +220,15 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
                 .socket_drops
                 .with_label_values(&[&b.label])
                 .set(i64::from(d));
+        }
+        if now_ms - last_prune >= PRUNE_EVERY_MS {
+            last_prune = now_ms;
+            if let Decoder::Netflow(d) = &mut dec {
+                let n = d.prune_idle(EXPORTER_IDLE);
+                if n > 0 {
+                    tracing::info!(collector = %b.label, scopes = n, "forgot idle exporter scopes");
+                }
+            }
         }
         if now_ms - last_gauges >= 1000 {
             last_gauges = now_ms;

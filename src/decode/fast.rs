@@ -25,7 +25,10 @@ use super::Version;
 /// compiled and their data takes the crate path.
 const MAX_TEMPLATES: usize = 65_536;
 
-type Key = (SocketAddr, u32, u16);
+/// (exporter transport address, v9 = true / IPFIX = false, source id or observation
+/// domain, template id): v9 and IPFIX template ids from one address are separate
+/// namespaces, as they are in netflow_parser's scoping.
+type Key = (SocketAddr, bool, u32, u16);
 
 /// One field flowguard reads: its element id, offset in the record and length.
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +139,7 @@ impl FastTemplates {
         let (start, scope) = Self::header(payload, v)?;
         let mut any = false;
         for (id, _, _) in Self::sets(payload, start)? {
-            if id < 256 || !self.map.contains_key(&(from, scope, id)) {
+            if id < 256 || !self.map.contains_key(&(from, v == Version::V9, scope, id)) {
                 return None;
             }
             any = true;
@@ -172,7 +175,7 @@ impl FastTemplates {
             return;
         };
         for (id, off, len) in sets {
-            let Some(t) = self.map.get(&(from, scope, id)) else {
+            let Some(t) = self.map.get(&(from, v == Version::V9, scope, id)) else {
                 continue;
             };
             let body = &payload[off + 4..off + len];
@@ -204,7 +207,7 @@ impl FastTemplates {
                 if tid < 256 {
                     break; // padding or garbage: stop at this set
                 }
-                let key = (from, scope, tid);
+                let key = (from, v == Version::V9, scope, tid);
                 if count == 0 {
                     self.map.remove(&key); // IPFIX template withdrawal
                     continue;

@@ -11,6 +11,14 @@
 //! fields straight from the bytes; the crate still parses every datagram with templates,
 //! options or anything unusual.
 //!
+//! Hostile input: every cache here is bounded ([`NetflowLimits`]): exporter scopes (LRU,
+//! plus [`NetflowDecoder::prune_idle`]), templates per scope, fields per template and the
+//! record size a template may declare. Templates over a limit are refused and the
+//! datagram counts as `malformed`. A template id re-announced with another layout simply
+//! replaces the old one in that exporter's scope only. None of this can protect real
+//! exporters from a spoofer who forges their address; the collector's allow-list keeps
+//! everyone else away from the parser.
+//!
 //! Fragments: NetFlow has no per-packet view. A record counts as fragments when the
 //! exporter says so (`fragmentFlags` with MF set, or a non-zero `fragmentOffset`), or
 //! when a TCP/UDP record has both ports 0: exporters such as softflowd (and most routers)
@@ -18,22 +26,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use netflow_parser::variable_versions::field_value::FieldValue;
 use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
 use netflow_parser::variable_versions::ipfix::{FlowSetBody as IpfixBody, IPFix};
 use netflow_parser::variable_versions::v9::lookup::V9Field;
 use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
-use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket};
+use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParser};
 
 use super::fast;
 use super::{
     DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP, PROTO_UDP,
 };
-
-/// Exporter scopes whose sampling/init-time state we keep; beyond this the oldest
-/// learned entries are dropped (they are re-learned from the next options record).
-const MAX_SCOPES: usize = 10_000;
 
 /// Largest end age we believe; more means a broken exporter clock, and the record is
 /// treated as ending at export time.
@@ -49,22 +54,82 @@ struct ScopeState {
     system_init_ms: Option<u64>,
 }
 
+/// Default cap on exporter scopes with template state (address + port + source id /
+/// observation domain); the least recently used one is dropped beyond it.
+pub const MAX_SOURCES: usize = 1_024;
+
+/// Bounds on the template state one decoder keeps. Worst-case memory is about
+/// `max_sources` × 4 caches × `templates_per_source` × `max_fields` × 24 bytes (IPFIX
+/// fields; v9 fields take less): with the defaults, 1 024 × 4 × 64 × 128 × 24 B ≈ 800 MiB
+/// if a spoofer fills every slot, which is why collectors facing untrusted networks
+/// should set `allowed_exporters`. Real exporters use a handful of templates of 10-80
+/// fields: one exporter scope costs a few hundred KiB at most
+/// (tests/hostile_templates.rs measures it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetflowLimits {
+    /// Exporter scopes with template state (LRU beyond it).
+    pub max_sources: usize,
+    /// Templates per scope and template kind (LRU beyond it).
+    pub templates_per_source: usize,
+    /// Fields per template; larger templates are refused.
+    pub max_fields: usize,
+    /// Bytes of one record as a template declares it; larger templates are refused.
+    pub max_record_bytes: usize,
+}
+
+impl Default for NetflowLimits {
+    fn default() -> Self {
+        NetflowLimits {
+            max_sources: MAX_SOURCES,
+            templates_per_source: 64,
+            max_fields: 128,
+            max_record_bytes: 4096,
+        }
+    }
+}
+
 pub struct NetflowDecoder {
     parser: AutoScopedParser,
     scopes: HashMap<ScopeKey, ScopeState>,
     overrides: SamplingOverrides,
     pub(super) fast: fast::FastTemplates,
     fast_enabled: bool,
+    limits: NetflowLimits,
 }
 
 impl NetflowDecoder {
     pub fn new(overrides: SamplingOverrides) -> Self {
+        Self::with_limits(overrides, NetflowLimits::default())
+    }
+
+    /// A decoder with explicit cache bounds (zeros are raised to 1).
+    pub fn with_limits(overrides: SamplingOverrides, limits: NetflowLimits) -> Self {
+        let limits = NetflowLimits {
+            max_sources: limits.max_sources.max(1),
+            templates_per_source: limits.templates_per_source.max(1),
+            max_fields: limits.max_fields.max(1),
+            max_record_bytes: limits.max_record_bytes.max(1),
+        };
+        let builder = NetflowParser::builder()
+            .with_cache_size(limits.templates_per_source)
+            .with_max_field_count(limits.max_fields)
+            .with_max_template_total_size(limits.max_record_bytes);
+        // The builder only refuses zeros, which were raised above; should it ever refuse
+        // anything else, fall back to the crate's own (also bounded) defaults rather than
+        // fail to start a collector.
+        let parser = AutoScopedParser::try_with_builder(builder)
+            .and_then(|p| p.with_max_sources(limits.max_sources))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "netflow parser limits refused; using defaults");
+                AutoScopedParser::new()
+            });
         NetflowDecoder {
-            parser: AutoScopedParser::new(),
+            parser,
             scopes: HashMap::new(),
             overrides,
             fast: fast::FastTemplates::default(),
             fast_enabled: true,
+            limits,
         }
     }
 
@@ -77,6 +142,29 @@ impl NetflowDecoder {
     /// Templates compiled for the fast path.
     pub fn fast_templates(&self) -> usize {
         self.fast.len()
+    }
+
+    pub fn limits(&self) -> NetflowLimits {
+        self.limits
+    }
+
+    /// Forgets exporter scopes that sent nothing for `older_than` (their templates and
+    /// learned sampling state); returns how many went. A returning exporter re-sends its
+    /// templates within its refresh interval.
+    pub fn prune_idle(&mut self, older_than: Duration) -> usize {
+        let n = self.parser.prune_idle_sources(older_than);
+        if n > 0 {
+            let live: std::collections::HashSet<IpAddr> = self
+                .parser
+                .v9_info()
+                .iter()
+                .map(|(k, _)| k.addr.ip())
+                .chain(self.parser.ipfix_info().iter().map(|(k, _)| k.addr.ip()))
+                .chain(self.parser.legacy_info().iter().map(|(a, _)| a.ip()))
+                .collect();
+            self.scopes.retain(|(a, _), _| live.contains(a));
+        }
+        n
     }
 
     /// Exporter scopes with template state.
@@ -152,6 +240,13 @@ impl NetflowDecoder {
             }
         }
         oc.records = out.len() - before;
+        // The crate drops an IPFIX set it cannot use (e.g. a template over the limits)
+        // without an error; count such a datagram as malformed all the same.
+        if let [NetflowPacket::IPFix(msg)] = result.packets.as_slice() {
+            if result.error.is_none() && msg.flowsets.len() < ipfix_set_count(payload) {
+                oc.error = Some(DecodeErrorKind::Malformed);
+            }
+        }
         if let Some(e) = result.error {
             oc.error = Some(match e {
                 NetflowError::Incomplete { .. } => DecodeErrorKind::Truncated,
@@ -163,7 +258,9 @@ impl NetflowDecoder {
     }
 
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
-        if self.scopes.len() >= MAX_SCOPES && !self.scopes.contains_key(&key) {
+        // Bounded like the parser's sources: beyond the cap the oldest learned entries are
+        // dropped (they are re-learned from the next options record).
+        if self.scopes.len() >= self.limits.max_sources && !self.scopes.contains_key(&key) {
             // Hard cap against spoofed sources: forget an arbitrary entry; a real
             // exporter re-announces its options within its refresh interval.
             if let Some(k) = self.scopes.keys().next().copied() {
@@ -356,7 +453,10 @@ impl NetflowDecoder {
         // export time.
         let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
             (Some(s), Some(e), ..) => (Some(s), Some(e)),
-            (_, _, Some(fi), Some(la), Some(init)) => (Some(init + fi), Some(init + la)),
+            // Saturating: both come from the wire (fuzzing found the overflow).
+            (_, _, Some(fi), Some(la), Some(init)) => {
+                (Some(init.saturating_add(fi)), Some(init.saturating_add(la)))
+            }
             (_, _, Some(fi), Some(la), None) => (
                 Some(export_ms.saturating_sub(la - fi.min(la))),
                 Some(export_ms),
@@ -410,6 +510,28 @@ impl NetflowDecoder {
         oc.records = out.len() - before;
         true
     }
+}
+
+/// Sets in the first IPFIX message of `payload`, by walking the set headers within the
+/// message length (RFC 7011 §3.3.2); a set shorter than its own header ends the walk.
+fn ipfix_set_count(payload: &[u8]) -> usize {
+    let Some(len) = payload
+        .get(2..4)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return 0;
+    };
+    let end = len.min(payload.len());
+    let (mut off, mut n) = (16, 0);
+    while off + 4 <= end {
+        let set_len = usize::from(u16::from_be_bytes([payload[off + 2], payload[off + 3]]));
+        if set_len < 4 {
+            break;
+        }
+        n += 1;
+        off += set_len;
+    }
+    n
 }
 
 fn v9_id(f: &V9Field) -> u16 {
@@ -509,6 +631,7 @@ impl Fields {
                 12 | 28 if f.dst.is_none() => f.dst = ip(v),
                 22 => f.first = v.as_u64(),
                 21 => f.last = v.as_u64(),
+                // flowStart/EndSeconds: the crate's `as_u64` already gives ms.
                 150 => f.start_abs_ms = v.as_u64(),
                 151 => f.end_abs_ms = v.as_u64(),
                 152 => f.start_abs_ms = v.as_u64(),
@@ -539,7 +662,7 @@ impl Fields {
             .or_else(|| {
                 // RFC 5477: sample `interval` packets, then skip `space` packets.
                 let i = self.packet_interval.filter(|i| *i > 0)?;
-                Some((i + self.packet_space.unwrap_or(0)) / i)
+                Some(i.saturating_add(self.packet_space.unwrap_or(0)) / i)
             })?;
         (n >= 1).then_some(n.min(u64::from(u32::MAX)) as u32)
     }
@@ -571,5 +694,108 @@ fn ip(v: &FieldValue) -> Option<IpAddr> {
         FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
         FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(id: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = id.to_be_bytes().to_vec();
+        v.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ipfix(sets: &[Vec<u8>]) -> Vec<u8> {
+        let body = sets.concat();
+        let mut v = vec![0, 10];
+        v.extend_from_slice(&((16 + body.len()) as u16).to_be_bytes());
+        v.extend_from_slice(&1_800_000_000u32.to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 7]);
+        v.extend_from_slice(&body);
+        v
+    }
+
+    /// Options template 300 (scope: observationDomainId; `fields` as options), and one
+    /// options record with `values`.
+    fn options(fields: &[(u16, u16)], values: &[u8]) -> Vec<Vec<u8>> {
+        let mut t = vec![1, 44];
+        t.extend_from_slice(&(1 + fields.len() as u16).to_be_bytes());
+        t.extend_from_slice(&[0, 1, 0, 149, 0, 4]);
+        for (id, len) in fields {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        let mut d = vec![0, 0, 0, 7];
+        d.extend_from_slice(values);
+        vec![set(3, &t), set(300, &d)]
+    }
+
+    /// Template 301: src, dst, packets, bytes, flowStart/EndSysUpTime; one record.
+    fn data(first: u32, last: u32) -> Vec<Vec<u8>> {
+        let mut t = vec![1, 45, 0, 6];
+        for (id, len) in [(8u16, 4u16), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4)] {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        let mut d = vec![198, 51, 100, 1, 192, 0, 2, 1, 0, 0, 0, 10, 0, 0, 3, 232];
+        d.extend_from_slice(&first.to_be_bytes());
+        d.extend_from_slice(&last.to_be_bytes());
+        vec![set(2, &t), set(301, &d)]
+    }
+
+    fn decode(d: &mut NetflowDecoder, dg: &[u8]) -> (DecodeOutcome, Vec<FlowRecord>) {
+        let mut out = Vec::new();
+        let oc = d.decode("192.0.2.1:4739".parse().unwrap(), dg, &mut out);
+        (oc, out)
+    }
+
+    #[test]
+    fn huge_system_init_time_does_not_overflow() {
+        // Fuzzing found: systemInitTimeMilliseconds near u64::MAX plus a sysUpTime-relative
+        // flow start overflowed (a panic with overflow checks, garbage without).
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut sets = options(&[(160, 8)], &(u64::MAX - 10).to_be_bytes());
+        sets.extend(data(u32::MAX, u32::MAX));
+        let (oc, out) = decode(&mut d, &ipfix(&sets));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!(out.len(), 1);
+        // The end lies in the future of the export: no age, and no span.
+        assert_eq!((out[0].end_age_ms, out[0].duration_ms), (0, 0));
+        assert_eq!((out[0].packets, out[0].bytes), (10, 1000));
+    }
+
+    #[test]
+    fn huge_sampling_interval_and_space_do_not_overflow() {
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut v = u64::MAX.to_be_bytes().to_vec();
+        v.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut sets = options(&[(305, 8), (306, 8)], &v);
+        sets.extend(data(1000, 2000));
+        let (oc, out) = decode(&mut d, &ipfix(&sets));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!(out.len(), 1);
+        // (MAX saturating+ MAX) / MAX = 1: sampling 1 in 1.
+        assert_eq!(oc.sampling_rate, Some(1));
+        assert_eq!(out[0].packets, 10);
+    }
+
+    #[test]
+    fn flow_seconds_are_read_as_seconds() {
+        let mut d = NetflowDecoder::new(SamplingOverrides::default());
+        let mut t = vec![1, 46, 0, 4];
+        for (id, len) in [(8u16, 4u16), (12, 4), (150, 4), (151, 4)] {
+            t.extend_from_slice(&id.to_be_bytes());
+            t.extend_from_slice(&len.to_be_bytes());
+        }
+        // Started 10 s before export, ended 2 s before it.
+        let mut r = vec![198, 51, 100, 1, 192, 0, 2, 1];
+        r.extend_from_slice(&(1_800_000_000u32 - 10).to_be_bytes());
+        r.extend_from_slice(&(1_800_000_000u32 - 2).to_be_bytes());
+        let (oc, out) = decode(&mut d, &ipfix(&[set(2, &t), set(302, &r)]));
+        assert_eq!(oc.error, None, "{oc:?}");
+        assert_eq!((out[0].end_age_ms, out[0].duration_ms), (2000, 8000));
     }
 }

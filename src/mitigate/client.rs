@@ -153,6 +153,15 @@ impl MitigatorClient {
         })
     }
 
+    /// `text` with every occurrence of the password replaced.
+    fn scrub(&self, text: String) -> String {
+        let pw = self.password.expose();
+        if pw.is_empty() || !text.contains(pw) {
+            return text;
+        }
+        text.replace(pw, "<redacted>")
+    }
+
     /// The leader currently in use, if a 421 named one.
     pub fn leader(&self) -> Option<String> {
         self.leader.lock().as_ref().map(|u| u.to_string())
@@ -358,7 +367,10 @@ impl MitigatorClient {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
                     match resp.text().await {
-                        Ok(text) => Ok((status, location, text)),
+                        // An appliance (or a proxy in front of it) that echoes the login
+                        // request in an error body would otherwise put the password into
+                        // errors, logs and the API's mitigation view.
+                        Ok(text) => Ok((status, location, self.scrub(text))),
                         Err(e) => Err(ClientError::Transport {
                             timeout: e.is_timeout(),
                             msg: e.to_string(),
@@ -367,7 +379,7 @@ impl MitigatorClient {
                 }
                 Err(e) => Err(ClientError::Transport {
                     timeout: e.is_timeout(),
-                    msg: without_url(&e),
+                    msg: self.scrub(without_url(&e)),
                 }),
             };
             let err = match result {
