@@ -292,35 +292,7 @@ impl Pipeline {
         }
         obs.extend(self.group_observations(&det, now_sec));
         let transitions = det.observe(now_ms, &obs);
-        let mut events = Vec::new();
-        for t in transitions {
-            match t {
-                Transition::Start(k) => {
-                    let mut shard = self.table.shards[self.table.shard_of(&k.ip)].lock();
-                    shard.watch(k);
-                    let top = shard.top_sources(&k, self.top_n);
-                    drop(shard);
-                    if let Some(a) = det.get_active_mut(&k) {
-                        a.top_sources = top;
-                        events.push(a.event(EventKind::Start, now_ms));
-                    }
-                }
-                Transition::Update(k) => {
-                    if let Some(a) = det.get_active(&k) {
-                        events.push(a.event(EventKind::Update, now_ms));
-                    }
-                }
-                Transition::End(k) => {
-                    self.table.shards[self.table.shard_of(&k.ip)]
-                        .lock()
-                        .unwatch(&k);
-                    if let Some(a) = det.ended(&k) {
-                        events.push(a.event(EventKind::End, now_ms));
-                    }
-                }
-            }
-        }
-        self.count_events(&events);
+        let events = self.events_of(&mut det, transitions, now_ms);
         self.metrics.tracked_hosts.set(tracked as i64);
         top.publish(&self.metrics);
         self.sweep_if_due(now_ms, &det);
@@ -434,14 +406,30 @@ impl Pipeline {
             .protected_group(c.key.ip)
             .unwrap_or(self.networks.default_group);
         let mut det = self.detector.lock();
+        let transitions = det.claim(now_ms, &c);
+        self.events_of(&mut det, transitions, now_ms)
+    }
+
+    /// Turns detector transitions into attack events (and counts them): a start begins
+    /// tracking the host's sources and carries the top ones seen so far; an end stops it.
+    fn events_of(
+        &self,
+        det: &mut Detector,
+        transitions: Vec<Transition>,
+        now_ms: i64,
+    ) -> Vec<AttackEvent> {
         let mut events = Vec::new();
-        for t in det.claim(now_ms, &c) {
+        for t in transitions {
             match t {
                 Transition::Start(k) => {
-                    self.table.shards[self.table.shard_of(&k.ip)]
-                        .lock()
-                        .watch(k);
-                    if let Some(a) = det.get_active(&k) {
+                    let mut shard = self.table.shards[self.table.shard_of(&k.ip)].lock();
+                    shard.watch(k);
+                    let top = shard.top_sources(&k, self.top_n);
+                    drop(shard);
+                    if let Some(a) = det.get_active_mut(&k) {
+                        if !top.is_empty() {
+                            a.top_sources = top;
+                        }
                         events.push(a.event(EventKind::Start, now_ms));
                     }
                 }
