@@ -97,8 +97,11 @@ fn hping3(args: &[&str], target: &str) {
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run hping3");
-    // hping3 exits 0 (or 1 when some probes got no reply, which floods never do).
-    assert!(st.code().is_some(), "hping3 killed: {st:?}");
+    // hping3 3.a2 occasionally aborts (SIGABRT) at exit after sending everything; what it
+    // really sent is checked against the exporter's output by the callers.
+    if st.code().is_none() {
+        eprintln!("hping3 {args:?} {target} ended by a signal: {st:?}");
+    }
 }
 
 /// Per-destination totals of a NetFlow/IPFIX capture as decoded by tshark, through the
