@@ -165,29 +165,15 @@ impl Pipeline {
                 crate::decode::PROTO_ICMP | crate::decode::PROTO_ICMPV6 => 2,
                 _ => 3,
             };
-            if let Some(group) = self.networks.protected_group(r.dst) {
-                traffic[0][proto].0 += r.packets;
-                traffic[0][proto].1 += r.bytes;
-                let key = HostKey {
-                    ip: r.dst,
-                    dir: Direction::Incoming,
+            for (d, ip) in [(Direction::Incoming, r.dst), (Direction::Outgoing, r.src)] {
+                let Some(group) = self.networks.protected_group(ip) else {
+                    continue;
                 };
-                s.per_shard[self.table.shard_of(&r.dst)].push(Update {
-                    key,
-                    group,
-                    rec: *r,
-                });
-                hit = true;
-            }
-            if let Some(group) = self.networks.protected_group(r.src) {
-                traffic[1][proto].0 += r.packets;
-                traffic[1][proto].1 += r.bytes;
-                let key = HostKey {
-                    ip: r.src,
-                    dir: Direction::Outgoing,
-                };
-                s.per_shard[self.table.shard_of(&r.src)].push(Update {
-                    key,
+                let t = &mut traffic[d as usize][proto];
+                t.0 += r.packets;
+                t.1 += r.bytes;
+                s.per_shard[self.table.shard_of(&ip)].push(Update {
+                    key: HostKey { ip, dir: d },
                     group,
                     rec: *r,
                 });
