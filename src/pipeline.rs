@@ -246,28 +246,25 @@ impl Pipeline {
                     });
                 }
             });
-            // Hosts under attack that saw no traffic this second still need a look, so
-            // their attack can end.
+            // Hosts under attack: those that saw no traffic this second still need a look,
+            // so their attack can end; all get their top sources refreshed.
             for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
-                if seen.contains(k) {
-                    continue;
+                if !seen.contains(k) {
+                    if let Some(e) = shard.get(k) {
+                        let counters = e.window.sum(now_sec);
+                        let rates = Rates::from_window(&counters, self.window_seconds);
+                        let over = det
+                            .thresholds(e.group, k.dir)
+                            .and_then(|t| exceeded(t, &rates));
+                        obs.push(Observation {
+                            key: *k,
+                            group: e.group,
+                            counters,
+                            rates,
+                            over,
+                        });
+                    }
                 }
-                if let Some(e) = shard.get(k) {
-                    let counters = e.window.sum(now_sec);
-                    let rates = Rates::from_window(&counters, self.window_seconds);
-                    let over = det
-                        .thresholds(e.group, k.dir)
-                        .and_then(|t| exceeded(t, &rates));
-                    obs.push(Observation {
-                        key: *k,
-                        group: e.group,
-                        counters,
-                        rates,
-                        over,
-                    });
-                }
-            }
-            for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
                 let top = shard.top_sources(k, self.top_n);
                 if let Some(a) = det.get_active_mut(k) {
                     if !top.is_empty() {
