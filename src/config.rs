@@ -146,8 +146,10 @@ pub struct NetworksConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AggregateConfig {
-    /// Length of the sliding window in 1-second buckets. Rates are averages over the last
-    /// `window_seconds` complete seconds.
+    /// Averaging time of the rates: each is an exponentially weighted moving average of
+    /// per-second counts with weight 1/`window_seconds` for the newest second (FastNetMon's
+    /// `average_calculation_time`). A steady rate reads exactly; a 1-second burst of N
+    /// reads N/`window_seconds`.
     pub window_seconds: u32,
     /// Hard cap on tracked host-directions; new hosts beyond it are counted and dropped.
     pub max_tracked_hosts: usize,
@@ -158,6 +160,9 @@ pub struct AggregateConfig {
     /// NetFlow records whose first..last span is longer than this are spread over at most
     /// this many seconds (a sanity bound against bogus timestamps).
     pub max_flow_spread_seconds: u32,
+    /// Keep lifetime totals per host-direction (shown by the hosts API): 128 bytes more
+    /// per host-direction on top of ~90, so off by default.
+    pub host_totals: bool,
 }
 
 impl Default for AggregateConfig {
@@ -168,6 +173,7 @@ impl Default for AggregateConfig {
             idle_timeout_seconds: 60,
             shards: 0,
             max_flow_spread_seconds: 300,
+            host_totals: false,
         }
     }
 }

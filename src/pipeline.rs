@@ -59,7 +59,11 @@ pub struct HostTotals {
 pub struct DirectionView {
     pub direction: Direction,
     pub hostgroup: String,
-    pub totals: Counters,
+    /// Lifetime totals: only with `[aggregate] host_totals` (or `replay --totals`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Counters>,
+    /// Newest second (unix) with traffic.
+    pub last_seen: u32,
     pub rates: Rates,
 }
 
@@ -113,15 +117,19 @@ impl Pipeline {
             cfg.aggregate.shards
         };
         let ngroups = groups.len();
+        let table = HostTable::new(
+            shards,
+            cfg.aggregate.max_tracked_hosts,
+            cfg.aggregate.window_seconds,
+            cfg.aggregate.max_flow_spread_seconds,
+            ngroups,
+        );
+        if cfg.aggregate.host_totals {
+            table.keep_totals();
+        }
         Ok(Pipeline {
             networks,
-            table: HostTable::new(
-                shards,
-                cfg.aggregate.max_tracked_hosts,
-                cfg.aggregate.window_seconds,
-                cfg.aggregate.max_flow_spread_seconds,
-                ngroups,
-            ),
+            table,
             detector: Mutex::new(Detector::new(
                 groups,
                 cfg.detection.trigger_seconds,
@@ -224,9 +232,8 @@ impl Pipeline {
             let mut shard = shard.lock();
             tracked += shard.len();
             let mut seen = Vec::new();
-            shard.drain_dirty(|k, e| {
-                let counters = e.window.sum(now_sec);
-                let rates = Rates::from_window(&counters, self.window_seconds);
+            shard.drain_dirty(now_sec, |k, e| {
+                let (counters, rates) = (e.sums, e.rates);
                 top.offer(k.dir, &rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
@@ -250,9 +257,8 @@ impl Pipeline {
             // so their attack can end; all get their top sources refreshed.
             for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
                 if !seen.contains(k) {
-                    if let Some(e) = shard.get(k) {
-                        let counters = e.window.sum(now_sec);
-                        let rates = Rates::from_window(&counters, self.window_seconds);
+                    if let Some(e) = shard.get(k, now_sec) {
+                        let (counters, rates) = (e.sums, e.rates);
                         let over = det
                             .thresholds(e.group, k.dir)
                             .and_then(|t| exceeded(t, &rates));
@@ -470,7 +476,8 @@ impl Pipeline {
         let det = self.detector.lock();
         let mut directions = Vec::new();
         for dir in Direction::ALL {
-            if let Some(e) = self.table.get(&HostKey { ip, dir }) {
+            let key = HostKey { ip, dir };
+            if let Some(e) = self.table.get(&key, now_sec) {
                 directions.push(DirectionView {
                     direction: dir,
                     hostgroup: det
@@ -478,23 +485,30 @@ impl Pipeline {
                         .get(usize::from(e.group))
                         .map(|g| g.name.clone())
                         .unwrap_or_default(),
-                    totals: e.totals,
-                    rates: e.window.rates(now_sec),
+                    totals: self.table.totals_of(&key),
+                    last_seen: e.last_seen_sec,
+                    rates: e.rates,
                 });
             }
         }
         (!directions.is_empty()).then_some(HostView { ip, directions })
     }
 
-    /// Every tracked host-direction's totals, sorted by address then direction.
+    /// Keeps lifetime totals per host-direction from now on.
+    pub fn keep_totals(&self) {
+        self.table.keep_totals();
+    }
+
+    /// Every tracked host-direction's totals (kept only after [`Self::keep_totals`] or
+    /// with `[aggregate] host_totals`), sorted by address then direction.
     pub fn totals(&self) -> Vec<HostTotals> {
         let mut v = Vec::new();
         for s in &self.table.shards {
-            s.lock().for_each(|k, e| {
+            s.lock().for_each_total(|k, c| {
                 v.push(HostTotals {
                     ip: k.ip,
                     direction: k.dir,
-                    totals: e.totals,
+                    totals: *c,
                 })
             });
         }
@@ -507,8 +521,7 @@ impl Pipeline {
         let now_sec = (now_ms / 1000).max(0) as u32;
         let mut v = Vec::new();
         for s in &self.table.shards {
-            s.lock()
-                .for_each(|k, e| v.push((*k, e.window.rates(now_sec))));
+            s.lock().for_each(now_sec, |k, e| v.push((*k, e.rates)));
         }
         let metric = |r: &Rates| match by {
             TopBy::Pps => r.pps,

@@ -114,6 +114,9 @@ pub fn run(
 ) -> anyhow::Result<Summary> {
     let metrics = Arc::new(Metrics::new());
     let pipeline = Pipeline::new(cfg, metrics.clone())?;
+    if opts.totals {
+        pipeline.keep_totals();
+    }
     let mut scratch = pipeline.scratch();
     let mut decoders: HashMap<Option<usize>, Decoders> = HashMap::new();
     let mut records: Vec<FlowRecord> = Vec::with_capacity(1024);

@@ -1,15 +1,15 @@
-//! Aggregate stage: flow records → per-host, per-direction counters and sliding windows.
+//! Aggregate stage: flow records → per-host, per-direction counters and moving-average rates.
 //!
 //! - [`networks`]: which addresses are protected, their hostgroup, the whitelist.
-//! - [`window`]: counters, 1-second buckets, spreading of NetFlow records over time.
+//! - [`rate`]: counters, their moving averages, placing NetFlow records in time.
 //! - [`table`]: the sharded, capped host table.
 //!
-//! It decides nothing about attacks; the detect stage reads windows from here.
+//! It decides nothing about attacks; the detect stage reads rates from here.
 
 pub mod networks;
+pub mod rate;
 pub mod table;
-pub mod window;
 
 pub use networks::Networks;
+pub use rate::{Counters, Rates};
 pub use table::{HostEntry, HostKey, HostTable, Shard, Update};
-pub use window::{Counters, Rates, Window};

@@ -1,20 +1,30 @@
-//! The host table: one shard per core, each a plain hash map behind its own lock.
+//! The host table: one shard per core, each behind its own lock.
 //!
 //! Writers (collector threads) group a datagram batch's updates by shard and take each
 //! shard's lock once per batch, never per record. The detection pass visits only the
 //! hosts written since the previous pass (the shard's dirty list) plus hosts under
 //! attack, so idle hosts cost nothing per second.
 //!
+//! Compact: a host-direction is a slot in a dense array (84 bytes for IPv4, 96 for IPv6:
+//! address, group, flags and its [`Ewma`] rates) found through a hash index of 4-byte
+//! slot numbers, about 90–100 bytes in all instead of ~1 KB for a ring of per-second
+//! buckets. The hot set of a busy collector fits in L2, which is what the per-record cost
+//! is made of. Lifetime totals per host (128 bytes more) are kept only on request
+//! (`replay --totals`, `[aggregate] host_totals`).
+//!
 //! Bounded: at most `cap` host-directions per shard. A new host beyond the cap is refused
 //! and counted; under that pressure the idle timeout shrinks to the window length so
-//! room is made for hosts that are active now. Idle hosts are swept periodically.
+//! room is made for hosts that are active now. Idle hosts are swept periodically; freed
+//! slots are reused, so memory stays flat at the cap.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use super::window::{spread, Counters, Window};
+use super::rate::{place, Class, Counters, Decay, Dither, Ewma, Rates, Wide};
 use crate::decode::FlowRecord;
 use crate::model::{Direction, TopSource};
 
@@ -24,13 +34,167 @@ pub struct HostKey {
     pub dir: Direction,
 }
 
-#[derive(Debug, Clone)]
+/// A host-direction as read at some second.
+#[derive(Debug, Clone, Copy)]
 pub struct HostEntry {
-    pub window: Window,
-    pub totals: Counters,
     pub group: u16,
+    /// Newest second with traffic.
     pub last_seen_sec: u32,
-    dirty: bool,
+    /// Decaying sums as of the last complete second (rates × `window_seconds`).
+    pub sums: Counters,
+    pub rates: Rates,
+}
+
+/// Everything of a slot but its address.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    group: u16,
+    dir: Direction,
+    flags: u8,
+    rates: Ewma,
+}
+
+const LIVE: u8 = 1;
+const DIRTY: u8 = 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot<K> {
+    key: K,
+    m: Meta,
+}
+
+/// An address as a slot stores it: IPv4 in 4 bytes, IPv6 in 16 (4-byte aligned, not 16
+/// as u128 would be).
+trait SlotKey: Copy + Eq + Hash {
+    fn ip(self) -> IpAddr;
+}
+
+impl SlotKey for u32 {
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+}
+
+impl SlotKey for [u32; 4] {
+    fn ip(self) -> IpAddr {
+        let [a, b, c, d] = self;
+        let v = u128::from(a) << 96 | u128::from(b) << 64 | u128::from(c) << 32 | u128::from(d);
+        IpAddr::V6(Ipv6Addr::from(v))
+    }
+}
+
+fn v6_key(a: Ipv6Addr) -> [u32; 4] {
+    let v = u128::from(a);
+    [
+        (v >> 96) as u32,
+        (v >> 64) as u32,
+        (v >> 32) as u32,
+        v as u32,
+    ]
+}
+
+/// Slots of one address family and their index.
+struct Family<K> {
+    slots: Vec<Slot<K>>,
+    index: HashTable<u32>,
+    free: Vec<u32>,
+}
+
+impl<K: SlotKey> Family<K> {
+    fn new() -> Family<K> {
+        Family {
+            slots: Vec::new(),
+            index: HashTable::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn hash(h: &ahash::RandomState, key: K, dir: Direction) -> u64 {
+        h.hash_one((key, dir))
+    }
+
+    fn find(&self, h: &ahash::RandomState, key: K, dir: Direction) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(Self::hash(h, key, dir), |&i| {
+                let s = &slots[i as usize];
+                s.key == key && s.m.dir == dir
+            })
+            .copied()
+    }
+
+    /// The slot of `key`, inserted with `group` if new and `full` is false.
+    fn upsert(
+        &mut self,
+        h: &ahash::RandomState,
+        key: K,
+        dir: Direction,
+        group: u16,
+        full: bool,
+    ) -> Option<u32> {
+        let hash = Self::hash(h, key, dir);
+        let slots = &mut self.slots;
+        let found = self
+            .index
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.key == key && s.m.dir == dir
+            })
+            .copied();
+        if found.is_some() || full {
+            return found;
+        }
+        let slot = Slot {
+            key,
+            m: Meta {
+                group,
+                dir,
+                flags: LIVE,
+                rates: Ewma::default(),
+            },
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                slots[i as usize] = slot;
+                i
+            }
+            None => {
+                slots.push(slot);
+                (slots.len() - 1) as u32
+            }
+        };
+        self.index.insert_unique(hash, i, |&j| {
+            let s = &slots[j as usize];
+            Self::hash(h, s.key, s.m.dir)
+        });
+        Some(i)
+    }
+
+    /// Removes every live slot `evict` says to, freeing it for reuse.
+    fn retain(&mut self, mut evict: impl FnMut(HostKey, &Meta) -> bool) {
+        let slots = &mut self.slots;
+        let free = &mut self.free;
+        self.index.retain(|&mut i| {
+            let s = &mut slots[i as usize];
+            if evict(
+                HostKey {
+                    ip: s.key.ip(),
+                    dir: s.m.dir,
+                },
+                &s.m,
+            ) {
+                s.m.flags = 0;
+                free.push(i);
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 /// One record's effect on one protected host.
@@ -96,13 +260,20 @@ impl SourceTracker {
 }
 
 pub struct Shard {
-    hosts: HashMap<HostKey, HostEntry, ahash::RandomState>,
-    dirty: Vec<HostKey>,
+    v4: Family<u32>,
+    v6: Family<[u32; 4]>,
+    hasher: ahash::RandomState,
+    /// Slots written since the last pass: (is IPv6, slot).
+    dirty: Vec<(bool, u32)>,
     /// Incoming traffic summed per hostgroup (carpet-bombing detection).
-    groups: Vec<Window>,
+    groups: Vec<Ewma<Wide>>,
+    decay: Decay,
+    dither: Dither,
     ring: Vec<RingEntry>,
     ring_pos: usize,
     watched: HashMap<HostKey, SourceTracker>,
+    /// Lifetime totals per tracked host-direction, when asked for.
+    totals: Option<HashMap<HostKey, Counters, ahash::RandomState>>,
     cap: usize,
     window_seconds: u32,
     max_spread_ms: u32,
@@ -112,15 +283,25 @@ pub struct Shard {
     pub evicted_pressure: u64,
 }
 
+/// The last complete second at `now_sec`: what a pass at `now_sec` reads.
+fn eval_sec(now_sec: u32) -> u32 {
+    now_sec.saturating_sub(1)
+}
+
 impl Shard {
     pub fn new(cap: usize, window_seconds: u32, max_spread_seconds: u32, groups: usize) -> Shard {
         Shard {
-            hosts: HashMap::with_hasher(ahash::RandomState::new()),
+            v4: Family::new(),
+            v6: Family::new(),
+            hasher: ahash::RandomState::new(),
             dirty: Vec::new(),
-            groups: (0..groups).map(|_| Window::new(window_seconds)).collect(),
+            groups: vec![Ewma::default(); groups],
+            decay: Decay::new(window_seconds),
+            dither: Dither::new(0x9E37_79B9_7F4A_7C15),
             ring: Vec::with_capacity(RING_LEN),
             ring_pos: 0,
             watched: HashMap::new(),
+            totals: None,
             cap,
             window_seconds,
             max_spread_ms: max_spread_seconds.saturating_mul(1000),
@@ -130,67 +311,106 @@ impl Shard {
         }
     }
 
+    /// Keeps lifetime totals per host-direction from now on (`replay --totals`).
+    pub fn keep_totals(&mut self) {
+        self.totals.get_or_insert_with(HashMap::default);
+    }
+
     pub fn len(&self) -> usize {
-        self.hosts.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        self.len() == 0
+    }
+
+    fn meta_mut(&mut self, v6: bool, i: u32) -> &mut Meta {
+        if v6 {
+            &mut self.v6.slots[i as usize].m
+        } else {
+            &mut self.v4.slots[i as usize].m
+        }
+    }
+
+    fn find(&self, key: &HostKey) -> Option<(bool, u32)> {
+        match key.ip {
+            IpAddr::V4(a) => self
+                .v4
+                .find(&self.hasher, u32::from(a), key.dir)
+                .map(|i| (false, i)),
+            IpAddr::V6(a) => self
+                .v6
+                .find(&self.hasher, v6_key(a), key.dir)
+                .map(|i| (true, i)),
+        }
+    }
+
+    fn entry(&self, v6: bool, i: u32, now_sec: u32) -> HostEntry {
+        let m = if v6 {
+            &self.v6.slots[i as usize].m
+        } else {
+            &self.v4.slots[i as usize].m
+        };
+        let sums = m.rates.sums(eval_sec(now_sec), &self.decay);
+        HostEntry {
+            group: m.group,
+            last_seen_sec: m.rates.last_sec(),
+            sums,
+            rates: Rates::from_window(&sums, self.window_seconds),
+        }
     }
 
     /// Applies one update at time `now_ms`.
     pub fn apply(&mut self, u: &Update, now_ms: i64) {
-        let now_sec = (now_ms / 1000) as u32;
-        let ws = self.window_seconds;
-        let full = self.hosts.len() >= self.cap;
-        // One hash probe per record: the entry API both finds and (below the cap) inserts.
-        let e = match self.hosts.entry(u.key) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(_) if full => {
-                self.refused += 1;
-                return;
-            }
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(HostEntry {
-                window: Window::new(ws),
-                totals: Counters::default(),
-                group: u.group,
-                last_seen_sec: now_sec,
-                dirty: false,
-            }),
+        let full = self.len() >= self.cap;
+        let found = match u.key.ip {
+            IpAddr::V4(a) => self
+                .v4
+                .upsert(&self.hasher, u32::from(a), u.key.dir, u.group, full)
+                .map(|i| (false, i)),
+            IpAddr::V6(a) => self
+                .v6
+                .upsert(&self.hasher, v6_key(a), u.key.dir, u.group, full)
+                .map(|i| (true, i)),
         };
-        e.totals.add(&Counters::of(
-            &u.rec,
-            u.rec.packets,
-            u.rec.bytes,
-            u64::from(u.rec.flows),
-        ));
-        e.last_seen_sec = now_sec;
-        let group_window = if u.key.dir == Direction::Incoming {
-            self.groups.get_mut(usize::from(u.group))
+        let Some((v6, i)) = found else {
+            self.refused += 1;
+            return;
+        };
+        let r = &u.rec;
+        let (sec, weight) = place(r, now_ms, self.max_spread_ms, &self.decay);
+        let class = Class::of(r);
+        let flows = u64::from(r.flows);
+        // Split borrows: the slot, the decay table and the dither are separate fields.
+        let (decay, dither) = (&self.decay, &mut self.dither);
+        let m = if v6 {
+            &mut self.v6.slots[i as usize].m
         } else {
-            None
+            &mut self.v4.slots[i as usize].m
         };
-        let win = &mut e.window;
-        match group_window {
-            Some(g) => spread(&u.rec, now_ms, ws, self.max_spread_ms, |s, c| {
-                win.add(s, &c);
-                g.add(s, &c);
-            }),
-            None => spread(&u.rec, now_ms, ws, self.max_spread_ms, |s, c| {
-                win.add(s, &c);
-            }),
+        m.rates
+            .add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
+        if m.flags & DIRTY == 0 {
+            m.flags |= DIRTY;
+            self.dirty.push((v6, i));
         }
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty.push(u.key);
+        if u.key.dir == Direction::Incoming {
+            if let Some(g) = self.groups.get_mut(usize::from(u.group)) {
+                g.add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
+            }
+        }
+        if let Some(t) = &mut self.totals {
+            t.entry(u.key)
+                .or_default()
+                .add(&Counters::of(r, r.packets, r.bytes, flows));
         }
         let (peer, port) = match u.key.dir {
-            Direction::Incoming => (u.rec.src, u.rec.src_port),
-            Direction::Outgoing => (u.rec.dst, u.rec.dst_port),
+            Direction::Incoming => (r.src, r.src_port),
+            Direction::Outgoing => (r.dst, r.dst_port),
         };
         if !self.watched.is_empty() {
             if let Some(t) = self.watched.get_mut(&u.key) {
-                t.add(peer, port, u.rec.packets);
+                t.add(peer, port, r.packets);
             }
         }
         // Consecutive records of one peer to one host fold into one entry, so a
@@ -198,7 +418,7 @@ impl Shard {
         let last = (self.ring_pos + RING_LEN - 1) % RING_LEN;
         if let Some(l) = self.ring.get_mut(last) {
             if l.key == u.key && l.peer == peer {
-                l.packets += u.rec.packets;
+                l.packets += r.packets;
                 return;
             }
         }
@@ -206,7 +426,7 @@ impl Shard {
             key: u.key,
             peer,
             peer_port: port,
-            packets: u.rec.packets,
+            packets: r.packets,
         };
         if self.ring.len() < RING_LEN {
             self.ring.push(entry);
@@ -216,24 +436,36 @@ impl Shard {
         self.ring_pos = (self.ring_pos + 1) % RING_LEN;
     }
 
-    /// Calls `f` for every host written since the last call, then forgets them.
-    pub fn drain_dirty(&mut self, mut f: impl FnMut(&HostKey, &HostEntry)) {
-        for k in std::mem::take(&mut self.dirty) {
-            if let Some(e) = self.hosts.get_mut(&k) {
-                e.dirty = false;
-                f(&k, e);
+    /// Calls `f` for every host written since the last call, read at `now_sec`, then
+    /// forgets them.
+    pub fn drain_dirty(&mut self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
+        for (v6, i) in std::mem::take(&mut self.dirty) {
+            let m = self.meta_mut(v6, i);
+            // A slot freed (and maybe reused) since it was listed has no DIRTY flag left
+            // or was listed again; either way it is visited at most once.
+            if m.flags & (LIVE | DIRTY) != (LIVE | DIRTY) {
+                continue;
             }
+            m.flags &= !DIRTY;
+            let dir = m.dir;
+            let ip = if v6 {
+                self.v6.slots[i as usize].key.ip()
+            } else {
+                self.v4.slots[i as usize].key.ip()
+            };
+            let key = HostKey { ip, dir };
+            f(&key, &self.entry(v6, i, now_sec));
         }
     }
 
-    pub fn get(&self, key: &HostKey) -> Option<&HostEntry> {
-        self.hosts.get(key)
+    pub fn get(&self, key: &HostKey, now_sec: u32) -> Option<HostEntry> {
+        self.find(key).map(|(v6, i)| self.entry(v6, i, now_sec))
     }
 
     pub fn group_sum(&self, group: usize, now_sec: u32) -> Counters {
         self.groups
             .get(group)
-            .map(|w| w.sum(now_sec))
+            .map(|g| g.sums(eval_sec(now_sec), &self.decay))
             .unwrap_or_default()
     }
 
@@ -243,20 +475,32 @@ impl Shard {
         let pressure = self.refused > 0;
         let short = self.window_seconds + 1;
         let (mut idle, mut press) = (0, 0);
-        self.hosts.retain(|k, e| {
-            let age = now_sec.saturating_sub(e.last_seen_sec);
-            if keep(k) {
-                true
+        let mut gone = Vec::new();
+        let mut evict = |k: HostKey, m: &Meta| {
+            let age = now_sec.saturating_sub(m.rates.last_sec());
+            let out = if keep(&k) {
+                false
             } else if age >= idle_seconds {
                 idle += 1;
-                false
+                true
             } else if pressure && age >= short {
                 press += 1;
-                false
-            } else {
                 true
+            } else {
+                false
+            };
+            if out {
+                gone.push(k);
             }
-        });
+            out
+        };
+        self.v4.retain(&mut evict);
+        self.v6.retain(&mut evict);
+        if let Some(t) = &mut self.totals {
+            for k in &gone {
+                t.remove(k);
+            }
+        }
         self.evicted_idle += idle;
         self.evicted_pressure += press;
     }
@@ -278,11 +522,33 @@ impl Shard {
         self.watched.get(key).map(|t| t.top(n)).unwrap_or_default()
     }
 
-    /// Every host, for `top` queries and `--totals`.
-    pub fn for_each(&self, mut f: impl FnMut(&HostKey, &HostEntry)) {
-        for (k, e) in &self.hosts {
-            f(k, e);
+    /// Every host read at `now_sec`, for `top` queries.
+    pub fn for_each(&self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
+        for (v6, n) in [(false, self.v4.slots.len()), (true, self.v6.slots.len())] {
+            for i in 0..n as u32 {
+                let (live, ip, dir) = if v6 {
+                    let s = &self.v6.slots[i as usize];
+                    (s.m.flags & LIVE != 0, s.key.ip(), s.m.dir)
+                } else {
+                    let s = &self.v4.slots[i as usize];
+                    (s.m.flags & LIVE != 0, s.key.ip(), s.m.dir)
+                };
+                if live {
+                    f(&HostKey { ip, dir }, &self.entry(v6, i, now_sec));
+                }
+            }
         }
+    }
+
+    /// Lifetime totals of every tracked host-direction, if kept.
+    pub fn for_each_total(&self, mut f: impl FnMut(&HostKey, &Counters)) {
+        for (k, c) in self.totals.iter().flatten() {
+            f(k, c);
+        }
+    }
+
+    pub fn totals_of(&self, key: &HostKey) -> Option<Counters> {
+        self.totals.as_ref()?.get(key).copied()
     }
 }
 
@@ -310,6 +576,13 @@ impl HostTable {
         }
     }
 
+    /// Keeps lifetime totals per host-direction (128 bytes each more).
+    pub fn keep_totals(&self) {
+        for s in &self.shards {
+            s.lock().keep_totals();
+        }
+    }
+
     pub fn shard_of(&self, ip: &IpAddr) -> usize {
         (self.hasher.hash_one(ip) % self.shards.len() as u64) as usize
     }
@@ -322,8 +595,12 @@ impl HostTable {
         self.len() == 0
     }
 
-    pub fn get(&self, key: &HostKey) -> Option<HostEntry> {
-        self.shards[self.shard_of(&key.ip)].lock().get(key).cloned()
+    pub fn get(&self, key: &HostKey, now_sec: u32) -> Option<HostEntry> {
+        self.shards[self.shard_of(&key.ip)].lock().get(key, now_sec)
+    }
+
+    pub fn totals_of(&self, key: &HostKey) -> Option<Counters> {
+        self.shards[self.shard_of(&key.ip)].lock().totals_of(key)
     }
 }
 
@@ -380,10 +657,55 @@ mod tests {
         }
         s.apply(&upd("192.0.2.2", "198.51.100.1", 1), 5_000);
         let mut n = 0;
-        s.drain_dirty(|_, _| n += 1);
+        s.drain_dirty(5, |_, _| n += 1);
         assert_eq!(n, 2);
-        s.drain_dirty(|_, _| n += 1);
+        s.drain_dirty(5, |_, _| n += 1);
         assert_eq!(n, 2, "nothing written since");
+    }
+
+    #[test]
+    fn slots_are_small_reused_after_eviction_and_both_families_work() {
+        assert!(std::mem::size_of::<Slot<u32>>() <= 84);
+        assert!(std::mem::size_of::<Slot<[u32; 4]>>() <= 96);
+        let mut s = Shard::new(3, 5, 300, 1);
+        s.apply(&upd("192.0.2.1", "198.51.100.1", 7), 5_000);
+        s.apply(&upd("2001:db8::1", "2001:db8:1::1", 9), 5_000);
+        let v6 = upd("2001:db8::1", "2001:db8:1::1", 0).key;
+        let e = s.get(&v6, 6).unwrap();
+        // 9 packets in one second read 9·2/(W+1) = 3 pps (window-equivalent sum 15).
+        assert_eq!((e.rates.pps, e.rates.udp_pps, e.last_seen_sec), (3, 3, 5));
+        s.sweep(100, 60, &|_| false);
+        assert!(s.is_empty());
+        assert!(s.get(&v6, 100).is_none());
+        // The freed slots are reused, not appended.
+        s.apply(&upd("192.0.2.2", "198.51.100.1", 1), 100_000);
+        s.apply(&upd("192.0.2.3", "198.51.100.1", 1), 100_000);
+        assert_eq!((s.v4.slots.len(), s.len()), (2, 2));
+        let mut seen = Vec::new();
+        s.for_each(101, |k, _| seen.push(k.ip.to_string()));
+        seen.sort();
+        assert_eq!(seen, ["192.0.2.2", "192.0.2.3"]);
+        // Each host is visited once by the pass, stale dirty entries of freed slots not.
+        let mut n = 0;
+        s.drain_dirty(101, |_, _| n += 1);
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn totals_are_kept_only_on_request_and_exactly() {
+        let mut s = Shard::new(10, 5, 300, 1);
+        s.apply(&upd("192.0.2.1", "198.51.100.1", 3), 5_000);
+        let key = upd("192.0.2.1", "198.51.100.1", 0).key;
+        assert_eq!(s.totals_of(&key), None);
+        s.keep_totals();
+        for t in [5_000, 9_000, 70_000] {
+            s.apply(&upd("192.0.2.1", "198.51.100.1", 1_000_001), t);
+        }
+        let t = s.totals_of(&key).unwrap();
+        assert_eq!(
+            (t.packets, t.bytes, t.udp_flows),
+            (3_000_003, 300_000_300, 3)
+        );
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub struct FlowRecord {
     /// (sFlow has no notion of flows).
     pub flows: u32,
     /// How long before the datagram was exported the flow's last packet was seen, in ms,
-    /// by the exporter's own clock. Anchoring on the exporter's clock difference (not its
-    /// absolute time) makes placement immune to exporter clock skew.
+    /// by the exporter's own clock (immune to its clock skew). Decoded, but rates count a
+    /// record on arrival: see `aggregate::rate::place` for why.
     pub end_age_ms: u32,
     /// first..last switched span in ms (0 for sFlow samples and one-packet flows).
     pub duration_ms: u32,
