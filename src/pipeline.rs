@@ -280,6 +280,10 @@ impl Pipeline {
             }
         }
         obs.extend(self.group_observations(&det, now_sec));
+        // Shards are visited in hash order, which is random per process; attacks that
+        // start in the same pass get their ids in address order instead, so a replay is
+        // reproducible.
+        obs.sort_by_key(|o| o.key);
         let transitions = det.observe(now_ms, &obs);
         let events = self.events_of(&mut det, transitions, now_ms);
         self.metrics.tracked_hosts.set(tracked as i64);

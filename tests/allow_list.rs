@@ -33,6 +33,9 @@ allowed_exporters = ["{ALLOWED}/32"]
 [networks]
 protected = ["127.0.0.16/28"]
 
+[aggregate]
+host_totals = true
+
 [[hostgroup]]
 name = "default"
 threshold_pps = 1000000000
@@ -160,8 +163,9 @@ async fn only_allowed_exporters_reach_the_parser() {
         .pipeline
         .host(IpAddr::from(TARGET), flowguard::clock::system_now_ms())
         .expect("target host tracked");
-    let total: u64 = host.directions.iter().map(|d| d.totals.packets).sum();
-    let bytes: u64 = host.directions.iter().map(|d| d.totals.bytes).sum();
+    let totals = || host.directions.iter().filter_map(|d| d.totals);
+    let total: u64 = totals().map(|t| t.packets).sum();
+    let bytes: u64 = totals().map(|t| t.bytes).sum();
     assert_eq!(
         (total, bytes),
         (12, 1200),

@@ -164,6 +164,8 @@ protocol = "sflow"
 listen = "127.0.0.1:{sf}"
 [networks]
 protected = ["127.0.0.40/29"]
+[aggregate]
+host_totals = true
 [state]
 dir = "{}"
 "#,
