@@ -37,6 +37,16 @@ fn refuses_targets_outside_loopback() {
 
 /// Runs loadgen against a local socket and decodes everything received.
 fn roundtrip(format: &str, extra: &[&str]) -> (serde_json::Value, Vec<FlowRecord>, usize) {
+    roundtrip_at(format, "20000", "0.5", extra)
+}
+
+/// [`roundtrip`] at a given `--rate` and `--duration`.
+fn roundtrip_at(
+    format: &str,
+    rate: &str,
+    duration: &str,
+    extra: &[&str],
+) -> (serde_json::Value, Vec<FlowRecord>, usize) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket2::SockRef::from(&sock)
         .set_recv_buffer_size(4 << 20)
@@ -51,9 +61,9 @@ fn roundtrip(format: &str, extra: &[&str]) -> (serde_json::Value, Vec<FlowRecord
             "--target",
             &target,
             "--rate",
-            "20000",
+            rate,
             "--duration",
-            "0.5",
+            duration,
             "--hosts",
             "500",
         ])
@@ -146,4 +156,96 @@ fn walk_prefix_spreads_destinations_over_the_prefix() {
     assert_eq!(hosts.len(), recs.len(), "every record a new destination");
     let net: ipnet::IpNet = "10.0.0.0/8".parse().unwrap();
     assert!(recs.iter().all(|r| net.contains(&r.dst)));
+}
+
+#[test]
+fn walk_sources_gives_every_record_a_new_source_in_the_source_prefix() {
+    let (v, recs, _) = roundtrip(
+        "v5",
+        &[
+            "--walk-sources",
+            "--source-prefix",
+            "10.0.0.0/12",
+            "--attack-host",
+            "100.64.7.7",
+            "--attack-share",
+            "0.25",
+        ],
+    );
+    assert!(recs.len() > 5000, "{v}");
+    assert_eq!(recs.len() as u64, v["records"].as_u64().unwrap(), "{v}");
+    let sources: std::collections::HashSet<_> = recs.iter().map(|r| r.src).collect();
+    assert_eq!(sources.len(), recs.len(), "every record a new source");
+    let src_net: ipnet::IpNet = "10.0.0.0/12".parse().unwrap();
+    assert!(recs.iter().all(|r| src_net.contains(&r.src)));
+    // Attack records are walked too and still go to the attacked host as SYNs;
+    // destinations are left alone.
+    let attacked: std::net::IpAddr = "100.64.7.7".parse().unwrap();
+    let attack: Vec<_> = recs.iter().filter(|r| r.dst == attacked).collect();
+    assert_eq!(attack.len() as u64, v["attack_records"].as_u64().unwrap());
+    assert!(attack.len() > 1000 && attack.iter().all(|r| r.is_syn()));
+    let dst_net: ipnet::IpNet = "100.64.0.0/16".parse().unwrap();
+    assert!(recs.iter().all(|r| dst_net.contains(&r.dst)));
+    assert_eq!(v["walk_sources"], true);
+    assert_eq!(v["source_prefix"], "10.0.0.0/12");
+}
+
+#[test]
+fn source_prefix_without_walking_sets_the_pool_sources() {
+    let (_, recs, _) = roundtrip("v5", &["--source-prefix", "203.0.113.0/24"]);
+    let net: ipnet::IpNet = "203.0.113.0/24".parse().unwrap();
+    assert!(recs.len() > 5000);
+    assert!(recs.iter().all(|r| net.contains(&r.src)));
+}
+
+#[test]
+fn walks_stay_distinct_when_a_batch_is_larger_than_the_pool() {
+    // As fast as possible: every sendmmsg batch is full (32 datagrams) while the pool
+    // holds 17 (500 hosts / 30 per datagram). A walked datagram is rewritten in place, so
+    // a batch holding it twice would send the second rewrite twice.
+    let (v, recs, _) = roundtrip_at(
+        "v5",
+        "0",
+        "0.05",
+        &[
+            "--walk-prefix",
+            "--prefix",
+            "10.0.0.0/8",
+            "--walk-sources",
+            "--source-prefix",
+            "172.16.0.0/12",
+        ],
+    );
+    assert_eq!(v["pool_datagrams"], 17, "{v}");
+    assert!(recs.len() > 1000, "{} records received: {v}", recs.len());
+    // Fewer than 2^20 records: neither walk has come round yet.
+    assert!(v["records"].as_u64().unwrap() < 1 << 20, "{v}");
+    let dsts: std::collections::HashSet<_> = recs.iter().map(|r| r.dst).collect();
+    let srcs: std::collections::HashSet<_> = recs.iter().map(|r| r.src).collect();
+    assert_eq!(dsts.len(), recs.len(), "destinations repeated");
+    assert_eq!(srcs.len(), recs.len(), "sources repeated");
+}
+
+#[test]
+fn walks_are_for_v5_only() {
+    for flag in ["--walk-prefix", "--walk-sources"] {
+        let out = Command::new(EXE)
+            .args([
+                "--format",
+                "v9",
+                "--target",
+                "127.0.0.1:9",
+                "--duration",
+                "1",
+            ])
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert!(out.stdout.is_empty(), "{flag}: nothing offered");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("v5 only"),
+            "{flag}"
+        );
+    }
 }

@@ -108,6 +108,11 @@ pub fn v5(flows: &[Flow], seq: u32, uptime_ms: u32, unix_secs: u32) -> Vec<u8> {
     v
 }
 
+/// Byte offset of record `i`'s source address in a v5 datagram.
+pub fn v5_src_offset(i: usize) -> usize {
+    24 + 48 * i
+}
+
 /// Byte offset of record `i`'s destination address in a v5 datagram.
 pub fn v5_dst_offset(i: usize) -> usize {
     24 + 48 * i + 4

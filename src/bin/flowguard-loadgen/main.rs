@@ -5,7 +5,9 @@
 //! `sendmmsg(2)` in batches, paced against the wall clock. Hard limits: the target must be
 //! a loopback address (127.0.0.0/8 or ::1) and the run lasts at most [`MAX_SECONDS`].
 //! Addresses *inside* the exported records are just data (a protected range such as
-//! 100.64.0.0/16, sources from the 198.18.0.0/15 benchmark range).
+//! 100.64.0.0/16, sources from `--source-prefix`, by default the 198.18.0.0/15 benchmark
+//! range); `--walk-prefix` and `--walk-sources` rewrite them on the fly so a run can offer
+//! millions of distinct destinations or sources (the bounded-state tests).
 //!
 //! Prints one JSON object on stdout saying what it offered.
 
@@ -66,6 +68,15 @@ struct Cli {
     /// destination flood for the host-table cap test). v5 only.
     #[arg(long)]
     walk_prefix: bool,
+    /// The prefix record sources are taken from (record contents only; the UDP source
+    /// stays loopback).
+    #[arg(long, default_value = "198.18.0.0/15")]
+    source_prefix: Ipv4Net,
+    /// Rewrite v5 sources on the fly, normal and attack records alike, so they walk the
+    /// whole `--source-prefix` (a flood from a million distinct sources needs a /12).
+    /// Each address is used once before the walk repeats. v5 only.
+    #[arg(long)]
+    walk_sources: bool,
     /// One host that receives a flood mixed into the normal traffic.
     #[arg(long)]
     attack_host: Option<Ipv4Addr>,
@@ -121,10 +132,44 @@ struct Plan {
     templates: Vec<u8>,
 }
 
-fn normal_flow(rng: &mut rand::rngs::StdRng, dst: Ipv4Addr, packets: u32) -> Flow {
+/// A walk over every address of a prefix: a fixed odd stride modulo the prefix size
+/// visits each address once per period, in an order that spreads consecutive addresses
+/// over the whole prefix (and so over the host table's shards).
+struct Walk {
+    base: u32,
+    mask: u32,
+    pos: u32,
+}
+
+impl Walk {
+    fn new(p: &Ipv4Net) -> Walk {
+        Walk {
+            base: u32::from(p.network()),
+            mask: host_mask(p),
+            pos: 0,
+        }
+    }
+
+    fn next(&mut self) -> [u8; 4] {
+        self.pos = self.pos.wrapping_add(0x9E37_79B1);
+        (self.base | (self.pos & self.mask)).to_be_bytes()
+    }
+}
+
+/// The host bits of a prefix (0 for a /32, all ones for a /0).
+fn host_mask(p: &Ipv4Net) -> u32 {
+    u32::MAX.checked_shr(u32::from(p.prefix_len())).unwrap_or(0)
+}
+
+/// A random address of `p`.
+fn random_in(rng: &mut rand::rngs::StdRng, p: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(p.network()) | rng.gen_range(0..=host_mask(p)))
+}
+
+fn normal_flow(rng: &mut rand::rngs::StdRng, src: &Ipv4Net, dst: Ipv4Addr, packets: u32) -> Flow {
     let udp = rng.gen_ratio(1, 4);
     Flow {
-        src: Ipv4Addr::from(0xC612_0000u32 | rng.gen_range(0..0x2_0000u32)),
+        src: random_in(rng, src),
         dst,
         src_port: rng.gen_range(1024..65535),
         dst_port: if udp { 53 } else { 443 },
@@ -135,10 +180,16 @@ fn normal_flow(rng: &mut rand::rngs::StdRng, dst: Ipv4Addr, packets: u32) -> Flo
     }
 }
 
-fn attack_flow(rng: &mut rand::rngs::StdRng, dst: Ipv4Addr, kind: &str, packets: u32) -> Flow {
+fn attack_flow(
+    rng: &mut rand::rngs::StdRng,
+    src: &Ipv4Net,
+    dst: Ipv4Addr,
+    kind: &str,
+    packets: u32,
+) -> Flow {
     let syn = kind != "udp";
     Flow {
-        src: Ipv4Addr::from(0xC612_0000u32 | rng.gen_range(0..0x2_0000u32)),
+        src: random_in(rng, src),
         dst,
         src_port: rng.gen_range(1024..65535),
         dst_port: if syn { 80 } else { 53 },
@@ -181,6 +232,7 @@ fn build(cli: &Cli, fmt: Format, per: usize) -> Plan {
                 h += 1;
                 normal_flow(
                     &mut rng,
+                    &cli.source_prefix,
                     Ipv4Addr::from(base.wrapping_add(off as u32)),
                     cli.packets,
                 )
@@ -194,7 +246,15 @@ fn build(cli: &Cli, fmt: Format, per: usize) -> Plan {
     if let Some(a) = cli.attack_host {
         for i in 0..64 {
             let flows: Vec<Flow> = (0..per)
-                .map(|_| attack_flow(&mut rng, a, &cli.attack_kind, cli.attack_packets))
+                .map(|_| {
+                    attack_flow(
+                        &mut rng,
+                        &cli.source_prefix,
+                        a,
+                        &cli.attack_kind,
+                        cli.attack_packets,
+                    )
+                })
                 .collect();
             attack.push(encode(fmt, &flows, (npool + i) as u32, cli.sampling_rate));
             attack_records.push(per as u32);
@@ -276,6 +336,9 @@ fn run(cli: Cli) -> Result<serde_json::Value, String> {
     if cli.walk_prefix && fmt != Format::V5 {
         return Err("--walk-prefix is for v5 only".into());
     }
+    if cli.walk_sources && fmt != Format::V5 {
+        return Err("--walk-sources is for v5 only".into());
+    }
     if !(cli.attack_share > 0.0 && cli.attack_share <= 1.0) {
         return Err("--attack-share must be in (0, 1]".into());
     }
@@ -313,12 +376,21 @@ fn run(cli: Cli) -> Result<serde_json::Value, String> {
     } else {
         cli.rate as f64 / per as f64
     };
-    let walk_span = 1u32
-        .checked_shl(32 - u32::from(cli.prefix.prefix_len()))
-        .unwrap_or(0)
-        .wrapping_sub(1);
-    let walk_base = u32::from(cli.prefix.network());
-    let mut walk = 0u32;
+    let mut dst_walk = Walk::new(&cli.prefix);
+    let mut src_walk = Walk::new(&cli.source_prefix);
+    // Walked datagrams are rewritten in place before the batch goes out, so one batch
+    // must not hold the same pool datagram twice (the second rewrite would overwrite the
+    // first): at most one pool's worth per batch.
+    let batch = if cli.walk_prefix || cli.walk_sources {
+        let smallest = if plan.attack.is_empty() {
+            plan.normal.len()
+        } else {
+            plan.normal.len().min(plan.attack.len())
+        };
+        batch.min(smallest)
+    } else {
+        batch
+    };
 
     let (mut datagrams, mut records, mut attack_records, mut attack_dgrams) =
         (0u64, 0u64, 0u64, 0u64);
@@ -372,18 +444,28 @@ fn run(cli: Cli) -> Result<serde_json::Value, String> {
         for _ in 0..n {
             k += 1;
             if attacking && k % attack_every == 0 {
-                sel.push((true, ai % plan.attack.len()));
+                let i = ai % plan.attack.len();
                 ai += 1;
+                if cli.walk_sources {
+                    let d = &mut plan.attack[i];
+                    for r in 0..plan.attack_records[i] as usize {
+                        let o = gen::v5_src_offset(r);
+                        d[o..o + 4].copy_from_slice(&src_walk.next());
+                    }
+                }
+                sel.push((true, i));
             } else {
                 let i = ni % plan.normal.len();
                 ni += 1;
-                if cli.walk_prefix {
-                    let d = &mut plan.normal[i];
-                    for r in 0..plan.normal_records[i] as usize {
-                        walk = walk.wrapping_add(0x9E37_79B1);
-                        let a = walk_base | (walk & walk_span);
+                let d = &mut plan.normal[i];
+                for r in 0..plan.normal_records[i] as usize {
+                    if cli.walk_prefix {
                         let o = gen::v5_dst_offset(r);
-                        d[o..o + 4].copy_from_slice(&a.to_be_bytes());
+                        d[o..o + 4].copy_from_slice(&dst_walk.next());
+                    }
+                    if cli.walk_sources {
+                        let o = gen::v5_src_offset(r);
+                        d[o..o + 4].copy_from_slice(&src_walk.next());
                     }
                 }
                 sel.push((false, i));
@@ -445,6 +527,9 @@ fn run(cli: Cli) -> Result<serde_json::Value, String> {
         "records_per_datagram": per,
         "hosts": cli.hosts,
         "prefix": cli.prefix.to_string(),
+        "source_prefix": cli.source_prefix.to_string(),
+        "walk_prefix": cli.walk_prefix,
+        "walk_sources": cli.walk_sources,
         "pool_datagrams": plan.normal.len(),
         "datagrams": datagrams,
         "records": records,
@@ -498,5 +583,25 @@ mod tests {
         ] {
             assert!(check_target(&bad.parse().unwrap()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_walk_visits_every_address_of_its_prefix_once_per_period() {
+        for p in ["10.0.0.0/20", "192.0.2.0/24", "198.51.100.7/32"] {
+            let net: Ipv4Net = p.parse().unwrap();
+            let n = 1usize << (32 - net.prefix_len());
+            let mut w = Walk::new(&net);
+            let seen: std::collections::HashSet<Ipv4Addr> =
+                (0..n).map(|_| Ipv4Addr::from(w.next())).collect();
+            assert_eq!(seen.len(), n, "{p}");
+            assert!(seen.iter().all(|a| net.contains(a)), "{p}");
+            // The next period starts over.
+            assert!(seen.contains(&Ipv4Addr::from(w.next())), "{p}");
+        }
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(host_mask(&all), u32::MAX);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let net: Ipv4Net = "203.0.113.0/28".parse().unwrap();
+        assert!((0..1000).all(|_| net.contains(&random_in(&mut rng, &net))));
     }
 }
