@@ -416,8 +416,8 @@ impl Config {
         if self.aggregate.window_seconds == 0 || self.aggregate.window_seconds > 60 {
             p.push("aggregate.window_seconds: must be 1..=60".into());
         }
-        if self.aggregate.max_tracked_hosts == 0 {
-            p.push("aggregate.max_tracked_hosts: must be at least 1".into());
+        if self.aggregate.max_tracked_hosts == 0 || self.aggregate.max_tracked_hosts > 1 << 30 {
+            p.push("aggregate.max_tracked_hosts: must be 1..=1073741824".into());
         }
         if self.aggregate.idle_timeout_seconds == 0 {
             p.push("aggregate.idle_timeout_seconds: must be at least 1".into());

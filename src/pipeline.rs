@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{Counters, HostKey, HostTable, Networks, Rates, Update};
+use crate::aggregate::{Counters, HostKey, HostTable, Networks, Rates, Shard, Update};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeOutcome, FlowRecord};
 use crate::detect::classify::exceeded;
@@ -231,6 +231,7 @@ impl Pipeline {
         for (i, shard) in self.table.shards.iter().enumerate() {
             let mut shard = shard.lock();
             tracked += shard.len();
+            self.publish_evictions(&mut shard);
             let mut seen = Vec::new();
             shard.drain_dirty(now_sec, |k, e| {
                 let (counters, rates) = (e.sums, e.rates);
@@ -364,7 +365,11 @@ impl Pipeline {
 
     fn sweep_if_due(&self, now_ms: i64, det: &Detector) {
         let last = self.last_sweep_ms.load(Ordering::Relaxed);
-        let pressure = self.table.shards.iter().any(|s| s.lock().refused > 0);
+        let pressure = self
+            .table
+            .shards
+            .iter()
+            .any(|s| s.lock().refused_since_sweep);
         if now_ms - last < SWEEP_INTERVAL_MS && !pressure {
             return;
         }
@@ -375,21 +380,27 @@ impl Pipeline {
         for s in &self.table.shards {
             let mut s = s.lock();
             s.sweep(now_sec, self.idle_seconds, &keep);
-            self.metrics
-                .host_evictions
-                .with_label_values(&["idle"])
-                .inc_by(std::mem::take(&mut s.evicted_idle));
-            self.metrics
-                .host_evictions
-                .with_label_values(&["pressure"])
-                .inc_by(std::mem::take(&mut s.evicted_pressure));
-            self.metrics
-                .host_evictions
-                .with_label_values(&["cap_refused"])
-                .inc_by(std::mem::take(&mut s.refused));
+            self.publish_evictions(&mut s);
             tracked += s.len();
         }
         self.metrics.tracked_hosts.set(tracked as i64);
+    }
+
+    /// Moves a shard's eviction counts into the metrics.
+    fn publish_evictions(&self, s: &mut Shard) {
+        for (reason, n) in [
+            ("idle", &mut s.evicted_idle),
+            ("pressure", &mut s.evicted_pressure),
+            ("cap_refused", &mut s.refused),
+        ] {
+            let n = std::mem::take(n);
+            if n > 0 {
+                self.metrics
+                    .host_evictions
+                    .with_label_values(&[reason])
+                    .inc_by(n);
+            }
+        }
     }
 
     /// An external detector's ban/unban (FastNetMon hook); returns the events produced.

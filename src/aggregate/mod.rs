@@ -2,10 +2,11 @@
 //!
 //! - [`networks`]: which addresses are protected, their hostgroup, the whitelist.
 //! - [`rate`]: counters, their moving averages, placing NetFlow records in time.
-//! - [`table`]: the sharded, capped host table.
+//! - [`table`]: the sharded, capped host table; [`index`]: its hash index.
 //!
 //! It decides nothing about attacks; the detect stage reads rates from here.
 
+pub mod index;
 pub mod networks;
 pub mod rate;
 pub mod table;

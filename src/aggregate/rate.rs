@@ -463,6 +463,12 @@ pub struct Ewma<C: Cells = Compact> {
 }
 
 impl<C: Cells> Ewma<C> {
+    /// The stored packet sum (undecayed since the last write): how busy a host has been,
+    /// for choosing eviction victims.
+    pub fn packet_sum(&self) -> u64 {
+        self.cells.get(PACKETS)
+    }
+
     /// The newest second with data (0 = none).
     pub fn last_sec(&self) -> u32 {
         self.last_sec

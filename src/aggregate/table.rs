@@ -6,24 +6,25 @@
 //! attack, so idle hosts cost nothing per second.
 //!
 //! Compact: a host-direction is a slot in a dense array (84 bytes for IPv4, 96 for IPv6:
-//! address, group, flags and its [`Ewma`] rates) found through a hash index of 4-byte
-//! slot numbers, about 90–100 bytes in all instead of ~1 KB for a ring of per-second
-//! buckets. The hot set of a busy collector fits in L2, which is what the per-record cost
+//! address, group, flags and its [`Ewma`] rates) found through a [`SlotIndex`] of 4-byte
+//! slot numbers (~6–8 bytes per host at its load), about 92 bytes in all for IPv4 instead
+//! of ~1 KB for a ring of per-second buckets. The hot set of a busy collector fits in L2, which is what the per-record cost
 //! is made of. Lifetime totals per host (128 bytes more) are kept only on request
 //! (`replay --totals`, `[aggregate] host_totals`).
 //!
-//! Bounded: at most `cap` host-directions per shard. A new host beyond the cap is refused
-//! and counted; under that pressure the idle timeout shrinks to the window length so
-//! room is made for hosts that are active now. Idle hosts are swept periodically; freed
-//! slots are reused, so memory stays flat at the cap.
+//! Bounded: at most `cap` host-directions per shard. A new host at the cap replaces the
+//! least busy of 8 sampled host-directions (sampled LFU; hosts under attack are never
+//! chosen), counted as a pressure eviction; only if none can go is it refused and
+//! counted. After refusals the idle timeout shrinks to the window length. Idle hosts are
+//! swept periodically; freed slots are reused, so memory stays flat at the cap.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hashbrown::HashTable;
 use parking_lot::Mutex;
 
+use super::index::SlotIndex;
 use super::rate::{place, Class, Counters, Decay, Dither, Ewma, Rates, Wide};
 use crate::decode::FlowRecord;
 use crate::model::{Direction, TopSource};
@@ -53,6 +54,16 @@ struct Meta {
     flags: u8,
     rates: Ewma,
 }
+
+/// Most slots reserved up front per family and shard (400 MB of address space for IPv6);
+/// a larger cap grows by doubling past it.
+const MAX_RESERVED_SLOTS: usize = 1 << 22;
+
+/// Slots looked at per eviction at the cap.
+const EVICTION_PROBES: usize = 8;
+
+/// Marks an IPv6 slot number in the dirty list (slot numbers stay below 2^31: the cap).
+const V6_BIT: u32 = 1 << 31;
 
 const LIVE: u8 = 1;
 const DIRTY: u8 = 2;
@@ -96,16 +107,22 @@ fn v6_key(a: Ipv6Addr) -> [u32; 4] {
 /// Slots of one address family and their index.
 struct Family<K> {
     slots: Vec<Slot<K>>,
-    index: HashTable<u32>,
+    index: SlotIndex,
     free: Vec<u32>,
+    /// Where the next look for an eviction victim starts.
+    hand: usize,
 }
 
 impl<K: SlotKey> Family<K> {
-    fn new() -> Family<K> {
+    /// Slot room for `cap` is reserved up front: address space only, pages become
+    /// resident as slots fill. Growing by doubling instead would leave the old arrays
+    /// behind in the allocator's heap and double the resident size per host.
+    fn new(cap: usize) -> Family<K> {
         Family {
-            slots: Vec::new(),
-            index: HashTable::new(),
+            slots: Vec::with_capacity(cap.min(MAX_RESERVED_SLOTS)),
+            index: SlotIndex::default(),
             free: Vec::new(),
+            hand: 0,
         }
     }
 
@@ -119,12 +136,18 @@ impl<K: SlotKey> Family<K> {
 
     fn find(&self, h: &ahash::RandomState, key: K, dir: Direction) -> Option<u32> {
         let slots = &self.slots;
-        self.index
-            .find(Self::hash(h, key, dir), |&i| {
-                let s = &slots[i as usize];
-                s.key == key && s.m.dir == dir
-            })
-            .copied()
+        self.index.find(Self::hash(h, key, dir), |i| {
+            let s = &slots[i as usize];
+            s.key == key && s.m.dir == dir
+        })
+    }
+
+    /// The hash of what slot `i` holds.
+    fn rehash<'a>(slots: &'a [Slot<K>], h: &'a ahash::RandomState) -> impl Fn(u32) -> u64 + 'a {
+        move |i| {
+            let s = &slots[i as usize];
+            Self::hash(h, s.key, s.m.dir)
+        }
     }
 
     /// The slot of `key`, inserted with `group` if new and `full` is false.
@@ -138,13 +161,10 @@ impl<K: SlotKey> Family<K> {
     ) -> Option<u32> {
         let hash = Self::hash(h, key, dir);
         let slots = &mut self.slots;
-        let found = self
-            .index
-            .find(hash, |&i| {
-                let s = &slots[i as usize];
-                s.key == key && s.m.dir == dir
-            })
-            .copied();
+        let found = self.index.find(hash, |i| {
+            let s = &slots[i as usize];
+            s.key == key && s.m.dir == dir
+        });
         if found.is_some() || full {
             return found;
         }
@@ -167,33 +187,74 @@ impl<K: SlotKey> Family<K> {
                 (slots.len() - 1) as u32
             }
         };
-        self.index.insert_unique(hash, i, |&j| {
-            let s = &slots[j as usize];
-            Self::hash(h, s.key, s.m.dir)
-        });
+        self.index.insert(hash, i, Self::rehash(slots, h));
         Some(i)
     }
 
-    /// Removes every live slot `evict` says to, freeing it for reuse.
-    fn retain(&mut self, mut evict: impl FnMut(HostKey, &Meta) -> bool) {
-        let slots = &mut self.slots;
-        let free = &mut self.free;
-        self.index.retain(|&mut i| {
-            let s = &mut slots[i as usize];
-            if evict(
-                HostKey {
-                    ip: s.key.ip(),
-                    dir: s.m.dir,
-                },
-                &s.m,
-            ) {
-                s.m.flags = 0;
-                free.push(i);
-                false
-            } else {
-                true
+    /// Frees the slot with the least traffic (smallest averaged packet sum) among the next
+    /// `probes` live slots from the clock hand that `keep` does not protect: sampled
+    /// least-frequently-used, as Redis evicts. Returns the evicted key.
+    fn evict_one(
+        &mut self,
+        h: &ahash::RandomState,
+        probes: usize,
+        keep: impl Fn(&HostKey) -> bool,
+    ) -> Option<HostKey> {
+        let n = self.slots.len();
+        let mut best: Option<(u64, usize)> = None;
+        for _ in 0..probes.min(n) {
+            let i = self.hand % n;
+            self.hand = i + 1;
+            let s = &self.slots[i];
+            if s.m.flags & LIVE == 0 {
+                continue;
             }
-        });
+            let weight = s.m.rates.packet_sum();
+            if best.is_some_and(|(w, _)| w <= weight) {
+                continue;
+            }
+            if keep(&HostKey {
+                ip: s.key.ip(),
+                dir: s.m.dir,
+            }) {
+                continue;
+            }
+            best = Some((weight, i));
+        }
+        let (_, i) = best?;
+        let s = self.slots[i];
+        let hash = Self::hash(h, s.key, s.m.dir);
+        self.index
+            .remove(hash, i as u32, Self::rehash(&self.slots, h));
+        self.slots[i].m.flags = 0;
+        self.free.push(i as u32);
+        Some(HostKey {
+            ip: s.key.ip(),
+            dir: s.m.dir,
+        })
+    }
+
+    /// Removes every live slot `evict` says to, freeing it for reuse.
+    fn retain(&mut self, h: &ahash::RandomState, mut evict: impl FnMut(HostKey, &Meta) -> bool) {
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if s.m.flags & LIVE == 0
+                || !evict(
+                    HostKey {
+                        ip: s.key.ip(),
+                        dir: s.m.dir,
+                    },
+                    &s.m,
+                )
+            {
+                continue;
+            }
+            let hash = Self::hash(h, s.key, s.m.dir);
+            self.index
+                .remove(hash, i as u32, Self::rehash(&self.slots, h));
+            self.slots[i].m.flags = 0;
+            self.free.push(i as u32);
+        }
     }
 }
 
@@ -263,8 +324,8 @@ pub struct Shard {
     v4: Family<u32>,
     v6: Family<[u32; 4]>,
     hasher: ahash::RandomState,
-    /// Slots written since the last pass: (is IPv6, slot).
-    dirty: Vec<(bool, u32)>,
+    /// Slots written since the last pass: the slot number, top bit set for IPv6.
+    dirty: Vec<u32>,
     /// Incoming traffic summed per hostgroup (carpet-bombing detection).
     groups: Vec<Ewma<Wide>>,
     decay: Decay,
@@ -277,8 +338,11 @@ pub struct Shard {
     cap: usize,
     window_seconds: u32,
     max_spread_ms: u32,
-    /// New hosts refused because the shard was full, since the last `take_stats`.
+    /// New hosts refused because the shard was full (counts since the metrics last took
+    /// them).
     pub refused: u64,
+    /// Hosts were refused since the last sweep: the next pass sweeps harder.
+    pub refused_since_sweep: bool,
     pub evicted_idle: u64,
     pub evicted_pressure: u64,
 }
@@ -291,8 +355,8 @@ fn eval_sec(now_sec: u32) -> u32 {
 impl Shard {
     pub fn new(cap: usize, window_seconds: u32, max_spread_seconds: u32, groups: usize) -> Shard {
         Shard {
-            v4: Family::new(),
-            v6: Family::new(),
+            v4: Family::new(cap),
+            v6: Family::new(cap),
             hasher: ahash::RandomState::new(),
             dirty: Vec::new(),
             groups: vec![Ewma::default(); groups],
@@ -306,6 +370,7 @@ impl Shard {
             window_seconds,
             max_spread_ms: max_spread_seconds.saturating_mul(1000),
             refused: 0,
+            refused_since_sweep: false,
             evicted_idle: 0,
             evicted_pressure: 0,
         }
@@ -360,9 +425,35 @@ impl Shard {
         }
     }
 
+    /// At the cap, makes room for `key` if it is new: the least busy of a few sampled
+    /// host-directions (never one under attack) goes. A host new to a full table (a real
+    /// flood target during a random-destination flood) is thereby tracked at once instead
+    /// of after the next sweep. Returns whether the table is still full for `key`.
+    fn make_room(&mut self, key: &HostKey) -> bool {
+        if self.find(key).is_some() {
+            return false;
+        }
+        let watched = &self.watched;
+        let keep = |k: &HostKey| watched.contains_key(k);
+        let gone = match key.ip {
+            IpAddr::V4(_) => self.v4.evict_one(&self.hasher, EVICTION_PROBES, keep),
+            IpAddr::V6(_) => self.v6.evict_one(&self.hasher, EVICTION_PROBES, keep),
+        };
+        match gone {
+            Some(k) => {
+                self.evicted_pressure += 1;
+                if let Some(t) = &mut self.totals {
+                    t.remove(&k);
+                }
+                false
+            }
+            None => true,
+        }
+    }
+
     /// Applies one update at time `now_ms`.
     pub fn apply(&mut self, u: &Update, now_ms: i64) {
-        let full = self.len() >= self.cap;
+        let full = self.len() >= self.cap && self.make_room(&u.key);
         let found = match u.key.ip {
             IpAddr::V4(a) => self
                 .v4
@@ -375,6 +466,7 @@ impl Shard {
         };
         let Some((v6, i)) = found else {
             self.refused += 1;
+            self.refused_since_sweep = true;
             return;
         };
         let r = &u.rec;
@@ -392,7 +484,7 @@ impl Shard {
             .add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
         if m.flags & DIRTY == 0 {
             m.flags |= DIRTY;
-            self.dirty.push((v6, i));
+            self.dirty.push(if v6 { i | V6_BIT } else { i });
         }
         if u.key.dir == Direction::Incoming {
             if let Some(g) = self.groups.get_mut(usize::from(u.group)) {
@@ -439,7 +531,8 @@ impl Shard {
     /// Calls `f` for every host written since the last call, read at `now_sec`, then
     /// forgets them.
     pub fn drain_dirty(&mut self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
-        for (v6, i) in std::mem::take(&mut self.dirty) {
+        for d in std::mem::take(&mut self.dirty) {
+            let (v6, i) = (d & V6_BIT != 0, d & !V6_BIT);
             let m = self.meta_mut(v6, i);
             // A slot freed (and maybe reused) since it was listed has no DIRTY flag left
             // or was listed again; either way it is visited at most once.
@@ -472,7 +565,7 @@ impl Shard {
     /// Evicts hosts idle for `idle_seconds`; under cap pressure (hosts were refused),
     /// hosts idle for longer than the window go too. Hosts in `keep` stay.
     pub fn sweep(&mut self, now_sec: u32, idle_seconds: u32, keep: &dyn Fn(&HostKey) -> bool) {
-        let pressure = self.refused > 0;
+        let pressure = std::mem::take(&mut self.refused_since_sweep);
         let short = self.window_seconds + 1;
         let (mut idle, mut press) = (0, 0);
         let mut gone = Vec::new();
@@ -494,8 +587,8 @@ impl Shard {
             }
             out
         };
-        self.v4.retain(&mut evict);
-        self.v6.retain(&mut evict);
+        self.v4.retain(&self.hasher, &mut evict);
+        self.v6.retain(&self.hasher, &mut evict);
         if let Some(t) = &mut self.totals {
             for k in &gone {
                 t.remove(k);
@@ -629,24 +722,40 @@ mod tests {
     }
 
     #[test]
-    fn cap_refuses_new_hosts_and_pressure_sweep_makes_room() {
+    fn at_the_cap_the_least_busy_host_makes_room_and_attacked_hosts_never_do() {
         let mut s = Shard::new(2, 5, 300, 1);
         let t0 = 1_000_000_000;
-        s.apply(&upd("192.0.2.1", "198.51.100.1", 1), t0);
+        let key = |ip: &str| upd(ip, "198.51.100.1", 0).key;
+        s.apply(&upd("192.0.2.1", "198.51.100.1", 100), t0);
         s.apply(&upd("192.0.2.2", "198.51.100.1", 1), t0);
-        s.apply(&upd("192.0.2.3", "198.51.100.1", 1), t0);
+        // A new host at the cap replaces the least busy one (.2), not the flood target.
+        s.apply(&upd("192.0.2.3", "198.51.100.1", 50), t0);
+        assert_eq!((s.len(), s.evicted_pressure, s.refused), (2, 1, 0));
+        assert!(s.get(&key("192.0.2.2"), t0_sec(t0)).is_none());
+        assert_eq!(
+            s.get(&key("192.0.2.1"), t0_sec(t0)).unwrap().sums.packets,
+            167
+        );
+        // Hosts under attack (watched) never go: with both watched, a newcomer is refused.
+        s.watch(key("192.0.2.1"));
+        s.watch(key("192.0.2.3"));
+        s.apply(&upd("192.0.2.4", "198.51.100.1", 1), t0);
         assert_eq!((s.len(), s.refused), (2, 1));
+        assert!(s.get(&key("192.0.2.4"), t0_sec(t0)).is_none());
         // Existing hosts still update at the cap.
         s.apply(&upd("192.0.2.1", "198.51.100.1", 1), t0 + 10_000);
-        // 10 s later: .2 is idle longer than the window; pressure evicts it, not .1.
-        s.sweep(1_000_010, 60, &|_| false);
-        assert_eq!((s.len(), s.evicted_pressure), (1, 1));
-        s.refused = 0;
-        s.apply(&upd("192.0.2.3", "198.51.100.1", 1), t0 + 10_000);
-        assert_eq!(s.len(), 2);
+        // After refusals, the sweep also evicts hosts idle longer than the window: .3,
+        // unless kept (hosts under attack are passed in `keep`).
+        s.unwatch(&key("192.0.2.3"));
+        s.sweep(1_000_010, 60, &|k| k.ip.to_string() == "192.0.2.1");
+        assert_eq!((s.len(), s.evicted_pressure), (1, 2));
         // Plain idle eviction.
         s.sweep(1_000_100, 60, &|_| false);
-        assert_eq!((s.len(), s.evicted_idle), (0, 2));
+        assert_eq!((s.len(), s.evicted_idle), (0, 1));
+    }
+
+    fn t0_sec(t0_ms: i64) -> u32 {
+        (t0_ms / 1000) as u32 + 1
     }
 
     #[test]

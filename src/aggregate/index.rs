@@ -1,0 +1,189 @@
+//! The host table's index: an open-addressing hash table of 4-byte slot numbers with
+//! linear probing and backward-shift deletion.
+//!
+//! Why not `hashbrown::HashTable<u32>` (used before): its deletions leave tombstones, and
+//! at the cap every new host evicts an old one. With more than half of the buckets live,
+//! hashbrown clears tombstones by doubling the table, so under a random-destination flood
+//! the index settled at twice the size it needs (~21 instead of ~8 bytes per host). Backward
+//! shift leaves no tombstones: the table only grows with the number of live entries.
+//!
+//! The caller owns the keys (in its slot array); every operation gets the hash of the key
+//! it is about and a closure that hashes or compares a stored slot number.
+
+/// A bucket with no entry.
+const EMPTY: u32 = u32::MAX;
+/// Grow when more than 7 in 10 buckets are used: linear probing stays short below that.
+const MAX_LOAD_TENTHS: usize = 7;
+
+#[derive(Debug, Clone)]
+pub struct SlotIndex {
+    buckets: Box<[u32]>,
+    len: usize,
+}
+
+impl Default for SlotIndex {
+    fn default() -> Self {
+        SlotIndex {
+            buckets: vec![EMPTY; 16].into_boxed_slice(),
+            len: 0,
+        }
+    }
+}
+
+impl SlotIndex {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Buckets allocated (for memory accounting in tests).
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn mask(&self) -> usize {
+        self.buckets.len() - 1
+    }
+
+    /// The stored value for which `is` holds, probing from `hash`.
+    #[inline]
+    pub fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mask = self.mask();
+        let mut p = hash as usize & mask;
+        loop {
+            let e = self.buckets[p];
+            if e == EMPTY {
+                return None;
+            }
+            if is(e) {
+                return Some(e);
+            }
+            p = (p + 1) & mask;
+        }
+    }
+
+    /// Inserts `v` (not present yet) under `hash`; `rehash(v)` gives the hash of any
+    /// stored value when the table grows.
+    pub fn insert(&mut self, hash: u64, v: u32, rehash: impl Fn(u32) -> u64) {
+        debug_assert_ne!(v, EMPTY);
+        if (self.len + 1) * 10 > self.buckets.len() * MAX_LOAD_TENTHS {
+            self.grow(&rehash);
+        }
+        self.place(hash, v);
+        self.len += 1;
+    }
+
+    fn place(&mut self, hash: u64, v: u32) {
+        let mask = self.mask();
+        let mut p = hash as usize & mask;
+        while self.buckets[p] != EMPTY {
+            p = (p + 1) & mask;
+        }
+        self.buckets[p] = v;
+    }
+
+    fn grow(&mut self, rehash: &impl Fn(u32) -> u64) {
+        let bigger = vec![EMPTY; self.buckets.len() * 2].into_boxed_slice();
+        let old = std::mem::replace(&mut self.buckets, bigger);
+        for v in old.iter().copied().filter(|&v| v != EMPTY) {
+            self.place(rehash(v), v);
+        }
+    }
+
+    /// Removes `v`, stored under `hash`. Later entries of the probe run move back into the
+    /// hole when their home bucket allows it, so no tombstone is left. Returns whether
+    /// `v` was there.
+    pub fn remove(&mut self, hash: u64, v: u32, rehash: impl Fn(u32) -> u64) -> bool {
+        let mask = self.mask();
+        let mut p = hash as usize & mask;
+        loop {
+            match self.buckets[p] {
+                EMPTY => return false,
+                e if e == v => break,
+                _ => p = (p + 1) & mask,
+            }
+        }
+        let mut hole = p;
+        let mut q = (p + 1) & mask;
+        loop {
+            let e = self.buckets[q];
+            if e == EMPTY {
+                break;
+            }
+            let home = rehash(e) as usize & mask;
+            // `e` may fill the hole if the hole lies on its probe path: between its home
+            // and its bucket, cyclically.
+            if (q.wrapping_sub(home) & mask) >= (q.wrapping_sub(hole) & mask) {
+                self.buckets[hole] = e;
+                hole = q;
+            }
+            q = (q + 1) & mask;
+        }
+        self.buckets[hole] = EMPTY;
+        self.len -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// A deliberately bad hash (many collisions, wrap-around at the table's end) so probe
+    /// runs and backward shifts are exercised.
+    fn h(v: u32) -> u64 {
+        u64::from(v % 7) * 0x9E37_79B9 + u64::from(v % 3)
+    }
+
+    #[test]
+    fn behaves_like_a_set_under_random_churn() {
+        let mut idx = SlotIndex::default();
+        let mut model = HashSet::new();
+        let mut x = 12345u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x % 500) as u32;
+            if model.contains(&v) {
+                assert!(idx.remove(h(v), v, h));
+                model.remove(&v);
+            } else {
+                assert_eq!(idx.find(h(v), |e| e == v), None);
+                idx.insert(h(v), v, h);
+                model.insert(v);
+            }
+            assert_eq!(idx.len(), model.len());
+        }
+        for v in 0..500 {
+            assert_eq!(
+                idx.find(h(v), |e| e == v).is_some(),
+                model.contains(&v),
+                "{v}"
+            );
+        }
+        assert!(!idx.remove(h(9999), 9999, h));
+    }
+
+    #[test]
+    fn churn_at_a_steady_size_does_not_grow_the_table() {
+        let mut idx = SlotIndex::default();
+        let hash = |v: u32| ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(v);
+        for v in 0..10_000 {
+            idx.insert(hash(v), v, hash);
+        }
+        let buckets = idx.buckets();
+        // A million replacements: one out, one in, as at the host cap.
+        for v in 10_000..1_010_000u32 {
+            let old = v - 10_000;
+            assert!(idx.remove(hash(old), old, hash));
+            idx.insert(hash(v), v, hash);
+        }
+        assert_eq!((idx.len(), idx.buckets()), (10_000, buckets));
+        assert_eq!(buckets, 16_384, "10 000 entries at load ≤ 0.7");
+    }
+}
