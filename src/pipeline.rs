@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{Counters, HostKey, HostTable, Networks, Rates, Shard, Update};
+use crate::aggregate::{Counters, HostKey, HostTable, Networks, Pending, Rates, Shard};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeOutcome, FlowRecord};
 use crate::detect::classify::exceeded;
@@ -43,7 +43,7 @@ pub struct Pipeline {
 /// Per-thread buffers for [`Pipeline::ingest`], reused across batches so the hot path
 /// does not allocate.
 pub struct Scratch {
-    per_shard: Vec<Vec<Update>>,
+    per_shard: Vec<Vec<Pending>>,
 }
 
 /// One host-direction in `--totals` output and the hosts API.
@@ -165,7 +165,7 @@ impl Pipeline {
         // [direction][tcp, udp, icmp, other] packets and bytes, summed per batch so the
         // shared counters are touched once per batch, not per record.
         let mut traffic = [[(0u64, 0u64); 4]; 2];
-        for r in recs {
+        for (ri, r) in recs.iter().enumerate() {
             let mut hit = false;
             let proto = match r.protocol {
                 crate::decode::PROTO_TCP => 0,
@@ -180,10 +180,13 @@ impl Pipeline {
                 let t = &mut traffic[d as usize][proto];
                 t.0 += r.packets;
                 t.1 += r.bytes;
-                s.per_shard[self.table.shard_of(&ip)].push(Update {
-                    key: HostKey { ip, dir: d },
+                let key = HostKey { ip, dir: d };
+                let hash = self.table.hash_of(&key);
+                s.per_shard[self.table.shard_of_hash(hash)].push(Pending {
+                    key,
+                    hash,
                     group,
-                    rec: *r,
+                    rec: ri as u32,
                 });
                 hit = true;
             }
@@ -197,7 +200,7 @@ impl Pipeline {
             }
             let mut shard = self.table.shards[i].lock();
             for u in v.iter() {
-                shard.apply(u, now_ms);
+                shard.apply_hashed(&u.key, u.hash, u.group, &recs[u.rec as usize], now_ms);
             }
             v.clear();
         }
@@ -256,7 +259,7 @@ impl Pipeline {
             });
             // Hosts under attack: those that saw no traffic this second still need a look,
             // so their attack can end; all get their top sources refreshed.
-            for k in active.iter().filter(|k| self.table.shard_of(&k.ip) == i) {
+            for k in active.iter().filter(|k| self.table.shard_of(&k) == i) {
                 if !seen.contains(k) {
                     if let Some(e) = shard.get(k, now_sec) {
                         let (counters, rates) = (e.sums, e.rates);
@@ -426,7 +429,7 @@ impl Pipeline {
         for t in transitions {
             match t {
                 Transition::Start(k) => {
-                    let mut shard = self.table.shards[self.table.shard_of(&k.ip)].lock();
+                    let mut shard = self.table.shards[self.table.shard_of(&k)].lock();
                     shard.watch(k);
                     let top = shard.top_sources(&k, self.top_n);
                     drop(shard);
@@ -443,7 +446,7 @@ impl Pipeline {
                     }
                 }
                 Transition::End(k) => {
-                    self.table.shards[self.table.shard_of(&k.ip)]
+                    self.table.shards[self.table.shard_of(&k)]
                         .lock()
                         .unwatch(&k);
                     if let Some(a) = det.ended(&k) {

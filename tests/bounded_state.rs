@@ -36,14 +36,14 @@ const CAP: u64 = 40_000;
 /// Host-table shards, fixed so the per-shard cap (CAP / SHARDS) does not depend on the
 /// machine's core count.
 const SHARDS: u64 = 2;
-/// The RSS bound for README.md (Security, "Floods of new hosts"; the README gives the
-/// measurement behind it, about 1.05 KB per tracked host-direction, from
-/// benches/README.md): `BASE_RSS_BYTES + max_tracked_hosts * BYTES_PER_HOST_DIRECTION_BOUND`.
-/// The base covers the binary, the runtime, the receive buffers (64 x 64 KiB per
-/// collector) and the other bounded caches. BYTES_PER_HOST_DIRECTION_BOUND is to be
-/// tightened when the compact host table lands.
+/// The RSS bound documented in README.md (Security, "Floods of new hosts"):
+/// `BASE_RSS_BYTES + max_tracked_hosts * BYTES_PER_HOST_DIRECTION_BOUND`. The base covers
+/// the binary, the runtime, the receive buffers (64 x 64 KiB per collector) and the other
+/// bounded caches (the recent-records ring, exporter state). A host-direction costs about
+/// 99 bytes (84-byte slot, index, dirty list; measured at a 1 M cap, benches/README.md);
+/// 160 leaves room for allocator slack at small caps like this one.
 const BASE_RSS_BYTES: u64 = 64 << 20;
-const BYTES_PER_HOST_DIRECTION_BOUND: u64 = 1536;
+const BYTES_PER_HOST_DIRECTION_BOUND: u64 = 160;
 /// RSS may grow at most this much (percent) between the table filling up and the end of
 /// the flood, while the cap churns (refusals, pressure evictions, refills).
 const MAX_RSS_GROWTH_PERCENT: u64 = 10;

@@ -134,9 +134,9 @@ impl<K: SlotKey> Family<K> {
         h.hash_one((key, dir))
     }
 
-    fn find(&self, h: &ahash::RandomState, key: K, dir: Direction) -> Option<u32> {
+    fn find(&self, hash: u64, key: K, dir: Direction) -> Option<u32> {
         let slots = &self.slots;
-        self.index.find(Self::hash(h, key, dir), |i| {
+        self.index.find(hash, |i| {
             let s = &slots[i as usize];
             s.key == key && s.m.dir == dir
         })
@@ -151,15 +151,16 @@ impl<K: SlotKey> Family<K> {
     }
 
     /// The slot of `key`, inserted with `group` if new and `full` is false.
+    #[allow(clippy::too_many_arguments)]
     fn upsert(
         &mut self,
         h: &ahash::RandomState,
+        hash: u64,
         key: K,
         dir: Direction,
         group: u16,
         full: bool,
     ) -> Option<u32> {
-        let hash = Self::hash(h, key, dir);
         let slots = &mut self.slots;
         let found = self.index.find(hash, |i| {
             let s = &slots[i as usize];
@@ -264,6 +265,24 @@ pub struct Update {
     pub key: HostKey,
     pub group: u16,
     pub rec: FlowRecord,
+}
+
+/// The hot path's form of an [`Update`]: the key's hash computed once (it picks the shard
+/// and the index bucket) and the record by its position in the batch, not copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub key: HostKey,
+    pub hash: u64,
+    pub group: u16,
+    pub rec: u32,
+}
+
+/// The hash a slot of `key` is indexed under; [`Family::hash`] of its stored form.
+fn key_hash(h: &ahash::RandomState, key: &HostKey) -> u64 {
+    match key.ip {
+        IpAddr::V4(a) => Family::<u32>::hash(h, u32::from(a), key.dir),
+        IpAddr::V6(a) => Family::<[u32; 4]>::hash(h, v6_key(a), key.dir),
+    }
 }
 
 /// A recent record touching a protected host, kept for attack reports.
@@ -398,15 +417,16 @@ impl Shard {
     }
 
     fn find(&self, key: &HostKey) -> Option<(bool, u32)> {
+        self.find_hashed(key, key_hash(&self.hasher, key))
+    }
+
+    fn find_hashed(&self, key: &HostKey, hash: u64) -> Option<(bool, u32)> {
         match key.ip {
             IpAddr::V4(a) => self
                 .v4
-                .find(&self.hasher, u32::from(a), key.dir)
+                .find(hash, u32::from(a), key.dir)
                 .map(|i| (false, i)),
-            IpAddr::V6(a) => self
-                .v6
-                .find(&self.hasher, v6_key(a), key.dir)
-                .map(|i| (true, i)),
+            IpAddr::V6(a) => self.v6.find(hash, v6_key(a), key.dir).map(|i| (true, i)),
         }
     }
 
@@ -429,8 +449,8 @@ impl Shard {
     /// host-directions (never one under attack) goes. A host new to a full table (a real
     /// flood target during a random-destination flood) is thereby tracked at once instead
     /// of after the next sweep. Returns whether the table is still full for `key`.
-    fn make_room(&mut self, key: &HostKey) -> bool {
-        if self.find(key).is_some() {
+    fn make_room(&mut self, key: &HostKey, hash: u64) -> bool {
+        if self.find_hashed(key, hash).is_some() {
             return false;
         }
         let watched = &self.watched;
@@ -453,15 +473,28 @@ impl Shard {
 
     /// Applies one update at time `now_ms`.
     pub fn apply(&mut self, u: &Update, now_ms: i64) {
-        let full = self.len() >= self.cap && self.make_room(&u.key);
-        let found = match u.key.ip {
+        let hash = key_hash(&self.hasher, &u.key);
+        self.apply_hashed(&u.key, hash, u.group, &u.rec, now_ms);
+    }
+
+    /// Applies record `r` to host-direction `key` (whose [`HostTable::hash_of`] is `hash`).
+    pub fn apply_hashed(
+        &mut self,
+        key: &HostKey,
+        hash: u64,
+        group: u16,
+        r: &FlowRecord,
+        now_ms: i64,
+    ) {
+        let full = self.len() >= self.cap && self.make_room(key, hash);
+        let found = match key.ip {
             IpAddr::V4(a) => self
                 .v4
-                .upsert(&self.hasher, u32::from(a), u.key.dir, u.group, full)
+                .upsert(&self.hasher, hash, u32::from(a), key.dir, group, full)
                 .map(|i| (false, i)),
             IpAddr::V6(a) => self
                 .v6
-                .upsert(&self.hasher, v6_key(a), u.key.dir, u.group, full)
+                .upsert(&self.hasher, hash, v6_key(a), key.dir, group, full)
                 .map(|i| (true, i)),
         };
         let Some((v6, i)) = found else {
@@ -469,7 +502,6 @@ impl Shard {
             self.refused_since_sweep = true;
             return;
         };
-        let r = &u.rec;
         let (sec, weight) = place(r, now_ms, self.max_spread_ms, &self.decay);
         let class = Class::of(r);
         let flows = u64::from(r.flows);
@@ -486,22 +518,22 @@ impl Shard {
             m.flags |= DIRTY;
             self.dirty.push(if v6 { i | V6_BIT } else { i });
         }
-        if u.key.dir == Direction::Incoming {
-            if let Some(g) = self.groups.get_mut(usize::from(u.group)) {
+        if key.dir == Direction::Incoming {
+            if let Some(g) = self.groups.get_mut(usize::from(group)) {
                 g.add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
             }
         }
         if let Some(t) = &mut self.totals {
-            t.entry(u.key)
+            t.entry(*key)
                 .or_default()
                 .add(&Counters::of(r, r.packets, r.bytes, flows));
         }
-        let (peer, port) = match u.key.dir {
+        let (peer, port) = match key.dir {
             Direction::Incoming => (r.src, r.src_port),
             Direction::Outgoing => (r.dst, r.dst_port),
         };
         if !self.watched.is_empty() {
-            if let Some(t) = self.watched.get_mut(&u.key) {
+            if let Some(t) = self.watched.get_mut(key) {
                 t.add(peer, port, r.packets);
             }
         }
@@ -509,13 +541,13 @@ impl Shard {
         // single-source flood does not flush everyone else out of the ring.
         let last = (self.ring_pos + RING_LEN - 1) % RING_LEN;
         if let Some(l) = self.ring.get_mut(last) {
-            if l.key == u.key && l.peer == peer {
+            if l.key == *key && l.peer == peer {
                 l.packets += r.packets;
                 return;
             }
         }
         let entry = RingEntry {
-            key: u.key,
+            key: *key,
             peer,
             peer_port: port,
             packets: r.packets,
@@ -661,11 +693,18 @@ impl HostTable {
     ) -> HostTable {
         let n = shards.max(1);
         let per = cap_total.div_ceil(n).max(1);
+        let hasher = ahash::RandomState::new();
         HostTable {
             shards: (0..n)
-                .map(|_| Mutex::new(Shard::new(per, window_seconds, max_spread_seconds, groups)))
+                .map(|_| {
+                    let mut s = Shard::new(per, window_seconds, max_spread_seconds, groups);
+                    // One hasher for the table and its shards: a key's hash, computed once
+                    // per record, picks both the shard and the index bucket.
+                    s.hasher = hasher.clone();
+                    Mutex::new(s)
+                })
                 .collect(),
-            hasher: ahash::RandomState::new(),
+            hasher,
         }
     }
 
@@ -676,8 +715,17 @@ impl HostTable {
         }
     }
 
-    pub fn shard_of(&self, ip: &IpAddr) -> usize {
-        (self.hasher.hash_one(ip) % self.shards.len() as u64) as usize
+    pub fn hash_of(&self, key: &HostKey) -> u64 {
+        key_hash(&self.hasher, key)
+    }
+
+    /// The shard of a key hash: its high bits (the index uses the low ones).
+    pub fn shard_of_hash(&self, hash: u64) -> usize {
+        ((hash >> 40) % self.shards.len() as u64) as usize
+    }
+
+    pub fn shard_of(&self, key: &HostKey) -> usize {
+        self.shard_of_hash(self.hash_of(key))
     }
 
     pub fn len(&self) -> usize {
@@ -689,11 +737,11 @@ impl HostTable {
     }
 
     pub fn get(&self, key: &HostKey, now_sec: u32) -> Option<HostEntry> {
-        self.shards[self.shard_of(&key.ip)].lock().get(key, now_sec)
+        self.shards[self.shard_of(key)].lock().get(key, now_sec)
     }
 
     pub fn totals_of(&self, key: &HostKey) -> Option<Counters> {
-        self.shards[self.shard_of(&key.ip)].lock().totals_of(key)
+        self.shards[self.shard_of(key)].lock().totals_of(key)
     }
 }
 

@@ -29,6 +29,8 @@ use crate::pipeline::{count_decode, Pipeline};
 
 /// Datagrams per `recvmmsg` call.
 pub const BATCH: usize = 64;
+/// How long a collector waits after draining its socket before reading again.
+const COALESCE: Duration = Duration::from_millis(1);
 /// Receive buffer per datagram: the largest UDP payload.
 const DGRAM_MAX: usize = 65_536;
 /// NetFlow exporter scopes silent for this long lose their template state (bounded
@@ -244,6 +246,15 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
                 .templates_known
                 .with_label_values(&[&b.label])
                 .set(templates as i64);
+        }
+        // Coalescing: a partial batch means the socket is drained. Waiting a moment lets
+        // the next datagrams queue up so they come in one call instead of one wake-up
+        // each: at 1 M records/s that is ~30 datagrams per call instead of 1-2, and the
+        // per-call cost (syscall, wake-up) was most of the CPU per record there. Full
+        // batches never wait, so a flood is read as fast as before; the receive buffer
+        // holds far more than COALESCE worth of datagrams.
+        if n > 0 && n < BATCH {
+            std::thread::sleep(COALESCE);
         }
     }
     tracing::info!(collector = %b.label, "collector stopped");
