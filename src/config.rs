@@ -151,7 +151,9 @@ pub struct AggregateConfig {
     /// `average_calculation_time`). A steady rate reads exactly; a 1-second burst of N
     /// reads N/`window_seconds`.
     pub window_seconds: u32,
-    /// Hard cap on tracked host-directions; new hosts beyond it are counted and dropped.
+    /// Hard cap on tracked host-directions (about 100 bytes each). At the cap a new host
+    /// replaces the least busy of a small sample (never a host under attack); both
+    /// replacements and refusals are counted.
     pub max_tracked_hosts: usize,
     /// A host-direction with no traffic for this long is evicted.
     pub idle_timeout_seconds: u32,

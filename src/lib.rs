@@ -7,7 +7,7 @@
 //! - [`collectors`]: UDP sockets (batched receive), exporter allow-list; I/O only.
 //! - [`decode`]: NetFlow v5/v9/IPFIX and sFlow v5 datagrams → [`decode::FlowRecord`]s, with
 //!   per-exporter template and sampling state. Pure: bytes and `now` in, records out.
-//! - [`aggregate`]: protected networks, per-host per-direction sliding windows, the sharded
+//! - [`aggregate`]: protected networks, per-host per-direction moving-average rates, the sharded
 //!   host table with its cap and eviction.
 //! - [`detect`]: hostgroups and thresholds, classification, attack lifecycle and reports;
 //!   emits [`model::AttackEvent`]s.

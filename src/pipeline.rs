@@ -259,7 +259,7 @@ impl Pipeline {
             });
             // Hosts under attack: those that saw no traffic this second still need a look,
             // so their attack can end; all get their top sources refreshed.
-            for k in active.iter().filter(|k| self.table.shard_of(&k) == i) {
+            for k in active.iter().filter(|k| self.table.shard_of(k) == i) {
                 if !seen.contains(k) {
                     if let Some(e) = shard.get(k, now_sec) {
                         let (counters, rates) = (e.sums, e.rates);

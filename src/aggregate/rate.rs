@@ -334,7 +334,8 @@ impl Dither {
     }
 
     pub fn round(&mut self, x: f64) -> u64 {
-        if !(x > 0.0) {
+        // Also catches NaN (a NaN weight cannot come from `place`, but stays harmless).
+        if x.is_nan() || x <= 0.0 {
             return 0;
         }
         let f = x.floor();

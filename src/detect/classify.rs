@@ -1,6 +1,6 @@
 //! Attack classification in FastNetMon's vocabulary, and which threshold a rate breaks.
 //!
-//! Rule (on the attack traffic's window counters, one direction of one host):
+//! Rule (on the attack traffic's averaged counters, one direction of one host):
 //! 1. fragments ≥ half the packets → `ip_fragmentation` (checked first: a fragment flood
 //!    is also a UDP or TCP flood, and the fragments are what hurts);
 //! 2. TCP SYN without ACK ≥ half → `syn_flood`;

@@ -84,7 +84,7 @@ pub struct Attack {
     pub current: Rates,
     pub peak_pps: u64,
     pub peak_bps: u64,
-    /// Window counters when the attack started (what it was classified on).
+    /// Averaged counters (rate × window) when the attack started (what it was classified on).
     #[serde(skip)]
     pub counters: Counters,
     pub top_sources: Vec<TopSource>,
