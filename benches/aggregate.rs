@@ -1,5 +1,5 @@
 //! The host table and the detection pass: records/s through `Pipeline::ingest` (prefix
-//! lookup, shard routing, window update) over 10 000 hosts, and `Pipeline::tick` with
+//! lookup, shard routing, rate update) over 10 000 hosts, and `Pipeline::tick` with
 //! 1 M tracked host-directions of which only a few had traffic since the last pass.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -49,7 +49,7 @@ const NOW: i64 = 1_700_000_000_000;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("aggregate");
-    // Window update: batches of 1920 records (64 datagrams x 30) over 10 000 hosts.
+    // Rate update: batches of 1920 records (64 datagrams x 30) over 10 000 hosts.
     let p = pipeline("100.64.0.0/16", 1_000_000);
     let mut s = p.scratch();
     let batches: Vec<Vec<FlowRecord>> = (0..64u32)
