@@ -14,7 +14,7 @@ use crate::config::{Config, Sources};
     version,
     about = "DDoS detection from NetFlow/IPFIX/sFlow with MITIGATOR mitigation",
     long_about = "flowguard collects NetFlow v5/v9/IPFIX and sFlow v5 from routers, keeps \
-per-host sliding-window rates for the protected networks, detects floods against per-hostgroup \
+per-host moving-average rates for the protected networks, detects floods against per-hostgroup \
 thresholds, and drives MITIGATOR to mitigate them. Without a subcommand it runs the service.\n\n\
 Configuration: --config FILE (repeatable, later files win), or the bundled layout \
 (collectors/*.toml, thresholds/*.toml, flowguard.toml) under --config-dir (default: the current \

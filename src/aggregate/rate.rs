@@ -452,7 +452,7 @@ impl Cells for Wide {
 /// decaying sum `S(t) = Σ count(s)·d^(t-s)` with `d = 1-α`; the rate is `α·S`. A steady
 /// rate reads exactly; a one-second burst of N reads 2N/(W+1) at first (N/3 for W = 5, a
 /// sliding window would read N/5), then fades by `d` per second; a burst spread over the
-/// whole window reads about what the window would (0.84 of it for W = 5).
+/// whole window reads about what the window would (0.87 of it for W = 5).
 ///
 /// Writes are integer adds; the decay (16 multiplications) runs once per host per
 /// second, on its first write of a new second. Pure: every call takes the time.
