@@ -132,7 +132,8 @@ impl fmt::Display for AttackType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopSource {
     pub ip: IpAddr,
-    /// Most frequent source port seen from this address, if the protocol has ports.
+    /// The port this address sends at least half of its packets from, if there is one
+    /// (none when ports vary, as in a SYN flood with random source ports).
     pub port: Option<u16>,
     /// Share of the attack's sampled packets, 0.0..=1.0.
     pub share: f64,

@@ -75,6 +75,18 @@ pub struct HostView {
 
 impl Pipeline {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Pipeline, ConfigError> {
+        Pipeline::with_seed(cfg, metrics, None)
+    }
+
+    /// A pipeline whose host-table hash is seeded with `seed` instead of at random, so
+    /// that which hosts share a shard (and so the recent-records ring that seeds attack
+    /// reports) is the same on every run: `replay` is reproducible. The service keeps
+    /// random seeds: a known hash lets an attacker craft colliding addresses.
+    pub fn with_seed(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        seed: Option<u64>,
+    ) -> Result<Pipeline, ConfigError> {
         let protected = cfg.protected_prefixes()?;
         let whitelist = cfg.whitelist_prefixes()?;
         let mut groups: Vec<Group> = cfg.hostgroups.iter().map(Group::from_config).collect();
@@ -118,6 +130,7 @@ impl Pipeline {
         };
         let ngroups = groups.len();
         let table = HostTable::new(
+            seed,
             shards,
             cfg.aggregate.max_tracked_hosts,
             cfg.aggregate.window_seconds,

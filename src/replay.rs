@@ -32,6 +32,9 @@ use crate::metrics::Metrics;
 use crate::model::{AttackEvent, EventKind, TopSource};
 use crate::pipeline::{count_decode, Pipeline};
 
+/// Host-table hash seed of every replay (see `Pipeline::with_seed`).
+const REPLAY_SEED: u64 = 0x666c_6f77_6775_6172;
+
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
     pub totals: bool,
@@ -113,7 +116,8 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
     let metrics = Arc::new(Metrics::new());
-    let pipeline = Pipeline::new(cfg, metrics.clone())?;
+    // Fixed seed: the same capture gives the same events and reports on every run.
+    let pipeline = Pipeline::with_seed(cfg, metrics.clone(), Some(REPLAY_SEED))?;
     if opts.totals {
         pipeline.keep_totals();
     }

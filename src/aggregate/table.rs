@@ -324,9 +324,13 @@ impl SourceTracker {
             .take(n)
             .map(|(ip, (p, ports))| TopSource {
                 ip: *ip,
+                // Only a port that carries at least half of the address's packets: with
+                // random source ports (a SYN flood) there is none, and naming one would
+                // only report which ports happened to be seen first.
                 port: ports
                     .iter()
                     .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                    .filter(|(_, n)| **n * 2 >= *p)
                     .map(|(port, _)| *port)
                     .filter(|p| *p != 0),
                 share: if self.total == 0 {
@@ -684,7 +688,9 @@ pub struct HostTable {
 }
 
 impl HostTable {
+    /// `seed`: a fixed hash seed (reproducible replays), or None for a random one.
     pub fn new(
+        seed: Option<u64>,
         shards: usize,
         cap_total: usize,
         window_seconds: u32,
@@ -693,7 +699,10 @@ impl HostTable {
     ) -> HostTable {
         let n = shards.max(1);
         let per = cap_total.div_ceil(n).max(1);
-        let hasher = ahash::RandomState::new();
+        let hasher = match seed {
+            Some(k) => ahash::RandomState::with_seeds(k, k ^ 0x5851_F42D, k.rotate_left(17), !k),
+            None => ahash::RandomState::new(),
+        };
         HostTable {
             shards: (0..n)
                 .map(|_| {
