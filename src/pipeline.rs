@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{Counters, HostKey, HostTable, Networks, Pending, Rates, Shard};
+use crate::aggregate::{Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeOutcome, FlowRecord};
 use crate::detect::classify::exceeded;
@@ -240,7 +240,11 @@ impl Pipeline {
         let timer = self.metrics.detection_pass_seconds.start_timer();
         let now_sec = (now_ms / 1000).max(0) as u32;
         let mut det = self.detector.lock();
-        let active: Vec<HostKey> = det.active().map(Attack::key).collect();
+        // Hosts under attack with their shard, hashed once per pass.
+        let active: Vec<(usize, HostKey)> = det
+            .active()
+            .map(|a| (self.table.shard_of(&a.key()), a.key()))
+            .collect();
         let mut obs = Vec::new();
         let mut tracked = 0usize;
         let mut top = TopRanks::default();
@@ -250,42 +254,28 @@ impl Pipeline {
             self.publish_evictions(&mut shard);
             let mut seen = Vec::new();
             shard.drain_dirty(now_sec, |k, e| {
-                let (counters, rates) = (e.sums, e.rates);
-                top.offer(k.dir, &rates);
+                top.offer(k.dir, &e.rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
                 }
                 let Some(t) = det.thresholds(e.group, k.dir) else {
                     return;
                 };
-                let over = exceeded(t, &rates);
+                let over = exceeded(t, &e.rates);
                 if over.is_some() || det.is_active(k) {
                     seen.push(*k);
-                    obs.push(Observation {
-                        key: *k,
-                        group: e.group,
-                        counters,
-                        rates,
-                        over,
-                    });
+                    obs.push(observation(k, e, over));
                 }
             });
             // Hosts under attack: those that saw no traffic this second still need a look,
             // so their attack can end; all get their top sources refreshed.
-            for k in active.iter().filter(|k| self.table.shard_of(k) == i) {
+            for (_, k) in active.iter().filter(|(s, _)| *s == i) {
                 if !seen.contains(k) {
                     if let Some(e) = shard.get(k, now_sec) {
-                        let (counters, rates) = (e.sums, e.rates);
                         let over = det
                             .thresholds(e.group, k.dir)
-                            .and_then(|t| exceeded(t, &rates));
-                        obs.push(Observation {
-                            key: *k,
-                            group: e.group,
-                            counters,
-                            rates,
-                            over,
-                        });
+                            .and_then(|t| exceeded(t, &e.rates));
+                        obs.push(observation(k, &e, over));
                     }
                 }
                 let top = shard.top_sources(k, self.top_n);
@@ -562,6 +552,17 @@ impl Pipeline {
         v.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
+    }
+}
+
+/// What the detector is shown of host-direction `k` read as `e`.
+fn observation(k: &HostKey, e: &HostEntry, over: Option<&'static str>) -> Observation {
+    Observation {
+        key: *k,
+        group: e.group,
+        counters: e.sums,
+        rates: e.rates,
+        over,
     }
 }
 

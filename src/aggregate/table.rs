@@ -74,6 +74,15 @@ struct Slot<K> {
     m: Meta,
 }
 
+impl<K: SlotKey> Slot<K> {
+    fn host_key(&self) -> HostKey {
+        HostKey {
+            ip: self.key.ip(),
+            dir: self.m.dir,
+        }
+    }
+}
+
 /// An address as a slot stores it: IPv4 in 4 bytes, IPv6 in 16 (4-byte aligned, not 16
 /// as u128 would be).
 trait SlotKey: Copy + Eq + Hash {
@@ -161,14 +170,11 @@ impl<K: SlotKey> Family<K> {
         group: u16,
         full: bool,
     ) -> Option<u32> {
-        let slots = &mut self.slots;
-        let found = self.index.find(hash, |i| {
-            let s = &slots[i as usize];
-            s.key == key && s.m.dir == dir
-        });
+        let found = self.find(hash, key, dir);
         if found.is_some() || full {
             return found;
         }
+        let slots = &mut self.slots;
         let slot = Slot {
             key,
             m: Meta {
@@ -214,61 +220,41 @@ impl<K: SlotKey> Family<K> {
             if best.is_some_and(|(w, _)| w <= weight) {
                 continue;
             }
-            if keep(&HostKey {
-                ip: s.key.ip(),
-                dir: s.m.dir,
-            }) {
+            if keep(&s.host_key()) {
                 continue;
             }
             best = Some((weight, i));
         }
         let (_, i) = best?;
+        let key = self.slots[i].host_key();
+        self.free_slot(h, i);
+        Some(key)
+    }
+
+    /// Takes live slot `i` out of the index and onto the free list.
+    fn free_slot(&mut self, h: &ahash::RandomState, i: usize) {
         let s = self.slots[i];
         let hash = Self::hash(h, s.key, s.m.dir);
         self.index
             .remove(hash, i as u32, Self::rehash(&self.slots, h));
         self.slots[i].m.flags = 0;
         self.free.push(i as u32);
-        Some(HostKey {
-            ip: s.key.ip(),
-            dir: s.m.dir,
-        })
     }
 
     /// Removes every live slot `evict` says to, freeing it for reuse.
     fn retain(&mut self, h: &ahash::RandomState, mut evict: impl FnMut(HostKey, &Meta) -> bool) {
         for i in 0..self.slots.len() {
-            let s = self.slots[i];
-            if s.m.flags & LIVE == 0
-                || !evict(
-                    HostKey {
-                        ip: s.key.ip(),
-                        dir: s.m.dir,
-                    },
-                    &s.m,
-                )
-            {
-                continue;
+            let s = &self.slots[i];
+            if s.m.flags & LIVE != 0 && evict(s.host_key(), &s.m) {
+                self.free_slot(h, i);
             }
-            let hash = Self::hash(h, s.key, s.m.dir);
-            self.index
-                .remove(hash, i as u32, Self::rehash(&self.slots, h));
-            self.slots[i].m.flags = 0;
-            self.free.push(i as u32);
         }
     }
 }
 
-/// One record's effect on one protected host.
-#[derive(Debug, Clone, Copy)]
-pub struct Update {
-    pub key: HostKey,
-    pub group: u16,
-    pub rec: FlowRecord,
-}
-
-/// The hot path's form of an [`Update`]: the key's hash computed once (it picks the shard
-/// and the index bucket) and the record by its position in the batch, not copied.
+/// One record's effect on one protected host, as the collectors queue it per shard: the
+/// key's hash computed once (it picks the shard and the index bucket) and the record by
+/// its position in the batch, not copied.
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
     pub key: HostKey,
@@ -370,6 +356,21 @@ pub struct Shard {
     pub evicted_pressure: u64,
 }
 
+/// Slot `i`'s state, mutably, taking only the two families (so other shard fields stay
+/// borrowable beside it).
+fn slot_meta_mut<'a>(
+    v4: &'a mut Family<u32>,
+    v6: &'a mut Family<[u32; 4]>,
+    is_v6: bool,
+    i: u32,
+) -> &'a mut Meta {
+    if is_v6 {
+        &mut v6.slots[i as usize].m
+    } else {
+        &mut v4.slots[i as usize].m
+    }
+}
+
 /// The last complete second at `now_sec`: what a pass at `now_sec` reads.
 fn eval_sec(now_sec: u32) -> u32 {
     now_sec.saturating_sub(1)
@@ -412,11 +413,14 @@ impl Shard {
         self.len() == 0
     }
 
-    fn meta_mut(&mut self, v6: bool, i: u32) -> &mut Meta {
+    /// The key and state of slot `i` of the IPv6 (`v6`) or IPv4 family.
+    fn slot(&self, v6: bool, i: u32) -> (HostKey, &Meta) {
         if v6 {
-            &mut self.v6.slots[i as usize].m
+            let s = &self.v6.slots[i as usize];
+            (s.host_key(), &s.m)
         } else {
-            &mut self.v4.slots[i as usize].m
+            let s = &self.v4.slots[i as usize];
+            (s.host_key(), &s.m)
         }
     }
 
@@ -435,11 +439,7 @@ impl Shard {
     }
 
     fn entry(&self, v6: bool, i: u32, now_sec: u32) -> HostEntry {
-        let m = if v6 {
-            &self.v6.slots[i as usize].m
-        } else {
-            &self.v4.slots[i as usize].m
-        };
+        let (_, m) = self.slot(v6, i);
         let sums = m.rates.sums(eval_sec(now_sec), &self.decay);
         HostEntry {
             group: m.group,
@@ -475,12 +475,6 @@ impl Shard {
         }
     }
 
-    /// Applies one update at time `now_ms`.
-    pub fn apply(&mut self, u: &Update, now_ms: i64) {
-        let hash = key_hash(&self.hasher, &u.key);
-        self.apply_hashed(&u.key, hash, u.group, &u.rec, now_ms);
-    }
-
     /// Applies record `r` to host-direction `key` (whose [`HostTable::hash_of`] is `hash`).
     pub fn apply_hashed(
         &mut self,
@@ -511,11 +505,7 @@ impl Shard {
         let flows = u64::from(r.flows);
         // Split borrows: the slot, the decay table and the dither are separate fields.
         let (decay, dither) = (&self.decay, &mut self.dither);
-        let m = if v6 {
-            &mut self.v6.slots[i as usize].m
-        } else {
-            &mut self.v4.slots[i as usize].m
-        };
+        let m = slot_meta_mut(&mut self.v4, &mut self.v6, v6, i);
         m.rates
             .add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
         if m.flags & DIRTY == 0 {
@@ -569,20 +559,14 @@ impl Shard {
     pub fn drain_dirty(&mut self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
         for d in std::mem::take(&mut self.dirty) {
             let (v6, i) = (d & V6_BIT != 0, d & !V6_BIT);
-            let m = self.meta_mut(v6, i);
+            let m = slot_meta_mut(&mut self.v4, &mut self.v6, v6, i);
             // A slot freed (and maybe reused) since it was listed has no DIRTY flag left
             // or was listed again; either way it is visited at most once.
             if m.flags & (LIVE | DIRTY) != (LIVE | DIRTY) {
                 continue;
             }
             m.flags &= !DIRTY;
-            let dir = m.dir;
-            let ip = if v6 {
-                self.v6.slots[i as usize].key.ip()
-            } else {
-                self.v4.slots[i as usize].key.ip()
-            };
-            let key = HostKey { ip, dir };
+            let (key, _) = self.slot(v6, i);
             f(&key, &self.entry(v6, i, now_sec));
         }
     }
@@ -655,15 +639,9 @@ impl Shard {
     pub fn for_each(&self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
         for (v6, n) in [(false, self.v4.slots.len()), (true, self.v6.slots.len())] {
             for i in 0..n as u32 {
-                let (live, ip, dir) = if v6 {
-                    let s = &self.v6.slots[i as usize];
-                    (s.m.flags & LIVE != 0, s.key.ip(), s.m.dir)
-                } else {
-                    let s = &self.v4.slots[i as usize];
-                    (s.m.flags & LIVE != 0, s.key.ip(), s.m.dir)
-                };
-                if live {
-                    f(&HostKey { ip, dir }, &self.entry(v6, i, now_sec));
+                let (key, m) = self.slot(v6, i);
+                if m.flags & LIVE != 0 {
+                    f(&key, &self.entry(v6, i, now_sec));
                 }
             }
         }
@@ -757,6 +735,20 @@ impl HostTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record's effect on one protected host, hash not yet computed.
+    struct Update {
+        key: HostKey,
+        group: u16,
+        rec: FlowRecord,
+    }
+
+    impl Shard {
+        fn apply(&mut self, u: &Update, now_ms: i64) {
+            let hash = key_hash(&self.hasher, &u.key);
+            self.apply_hashed(&u.key, hash, u.group, &u.rec, now_ms);
+        }
+    }
 
     fn upd(dst: &str, src: &str, packets: u64) -> Update {
         Update {

@@ -58,7 +58,7 @@ impl Group {
 pub struct Observation {
     pub key: HostKey,
     pub group: u16,
-    /// Sum over the window.
+    /// Averaged counters, rate × window (what a window of that length would sum).
     pub counters: Counters,
     pub rates: Rates,
     /// The threshold broken, if any.
