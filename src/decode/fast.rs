@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::netflow::Fields;
-use super::Version;
+use super::{be16, be32, Version};
 
 /// Compiled templates kept at most (over all exporters); beyond it new ones are not
 /// compiled and their data takes the crate path.
@@ -52,13 +52,6 @@ pub(super) struct FastTemplates {
 pub(super) enum Plan {
     V9 { scope: u32, sys_up_time: u32 },
     Ipfix { scope: u32, export_ms: u64 },
-}
-
-fn be16(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn be32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
 
 /// Whether a field of this id and length is read here exactly as the crate reads it

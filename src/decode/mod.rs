@@ -163,3 +163,17 @@ impl SamplingOverrides {
         self.per_exporter.get(&exporter).copied().or(self.collector)
     }
 }
+
+/// Big-endian u16 at byte `o` of `b`, if it is all there.
+pub(crate) fn be16(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(
+        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+/// Big-endian u32 at byte `o` of `b`, if it is all there.
+pub(crate) fn be32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
+}

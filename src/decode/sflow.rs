@@ -19,7 +19,7 @@ use sflow_parser::models::{FlowData, HeaderProtocol};
 use sflow_parser::{SampleData, SampleRecord};
 
 use super::packet::{decode_header, HeaderInfo, HeaderStart};
-use super::{DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version};
+use super::{be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version};
 
 /// Exporters whose last sampling rate we remember for metrics.
 const MAX_EXPORTERS: usize = 10_000;
@@ -262,32 +262,14 @@ impl SflowDecoder {
                         let ip = |o: usize| -> Option<IpAddr> {
                             Some(IpAddr::V4(std::net::Ipv4Addr::from(be32(rb, o)?)))
                         };
-                        info = Some(HeaderInfo {
-                            src: ip(8)?,
-                            dst: ip(12)?,
-                            protocol: be32(rb, 4)? as u8,
-                            src_port: be32(rb, 16)? as u16,
-                            dst_port: be32(rb, 20)? as u16,
-                            tcp_flags: be32(rb, 24)? as u8,
-                            fragment: false,
-                            ip_len: be32(rb, 0)?,
-                        });
+                        info = Some(sampled_ip(rb, ip(8)?, ip(12)?, 16)?);
                     }
                     4 if info.is_none() => {
                         let ip = |o: usize| -> Option<IpAddr> {
                             let a: [u8; 16] = rb.get(o..o + 16)?.try_into().ok()?;
                             Some(IpAddr::V6(std::net::Ipv6Addr::from(a)))
                         };
-                        info = Some(HeaderInfo {
-                            src: ip(8)?,
-                            dst: ip(24)?,
-                            protocol: be32(rb, 4)? as u8,
-                            src_port: be32(rb, 40)? as u16,
-                            dst_port: be32(rb, 44)? as u16,
-                            tcp_flags: be32(rb, 48)? as u8,
-                            fragment: false,
-                            ip_len: be32(rb, 0)?,
-                        });
+                        info = Some(sampled_ip(rb, ip(8)?, ip(24)?, 40)?);
                     }
                     _ => {}
                 }
@@ -298,10 +280,19 @@ impl SflowDecoder {
     }
 }
 
-fn be32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(
-        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
+/// A sampled_ipv4 (3) or sampled_ipv6 (4) record: IP length, protocol, the addresses
+/// (read by the caller), then ports and TCP flags from offset `rest`.
+fn sampled_ip(rb: &[u8], src: IpAddr, dst: IpAddr, rest: usize) -> Option<HeaderInfo> {
+    Some(HeaderInfo {
+        src,
+        dst,
+        protocol: be32(rb, 4)? as u8,
+        src_port: be32(rb, rest)? as u16,
+        dst_port: be32(rb, rest + 4)? as u16,
+        tcp_flags: be32(rb, rest + 8)? as u8,
+        fragment: false,
+        ip_len: be32(rb, 0)?,
+    })
 }
 
 /// One flow sample's record, scaled by its rate; nothing when no record was decodable.
