@@ -159,13 +159,28 @@ pub fn v9_template(source_id: u32, seq: u32, uptime_ms: u32, unix_secs: u32) -> 
     v9_header(&mut v, 1, uptime_ms, unix_secs, seq, source_id);
     p16(&mut v, 0); // template flowset
     p16(&mut v, (4 + 4 + 4 * V9_FIELDS.len()) as u16);
-    p16(&mut v, TEMPLATE_ID);
-    p16(&mut v, V9_FIELDS.len() as u16);
-    for (id, len) in V9_FIELDS {
-        p16(&mut v, *id);
-        p16(&mut v, *len);
-    }
+    put_template(&mut v, V9_FIELDS);
     v
+}
+
+/// One template record: id, field count, (element id, length) pairs.
+fn put_template(v: &mut Vec<u8>, fields: &[(u16, u16)]) {
+    p16(v, TEMPLATE_ID);
+    p16(v, fields.len() as u16);
+    for (id, len) in fields {
+        p16(v, *id);
+        p16(v, *len);
+    }
+}
+
+/// The fields both data templates start with: addresses, ports, protocol, TCP flags.
+fn put_flow_key(v: &mut Vec<u8>, f: &Flow) {
+    v.extend_from_slice(&f.src.octets());
+    v.extend_from_slice(&f.dst.octets());
+    p16(v, f.src_port);
+    p16(v, f.dst_port);
+    v.push(f.protocol);
+    v.push(f.tcp_flags);
 }
 
 /// A v9 datagram of data records for [`v9_template`].
@@ -189,12 +204,7 @@ pub fn v9_data(
     p16(&mut v, TEMPLATE_ID);
     p16(&mut v, 0); // length, patched below
     for f in flows {
-        v.extend_from_slice(&f.src.octets());
-        v.extend_from_slice(&f.dst.octets());
-        p16(&mut v, f.src_port);
-        p16(&mut v, f.dst_port);
-        v.push(f.protocol);
-        v.push(f.tcp_flags);
+        put_flow_key(&mut v, f);
         p32(&mut v, f.packets);
         p32(&mut v, f.bytes);
         p32(&mut v, uptime_ms);
@@ -227,12 +237,7 @@ pub fn ipfix_template(domain: u32, seq: u32, export_time: u32) -> Vec<u8> {
     ipfix_header(&mut v, export_time, seq, domain);
     p16(&mut v, 2); // template set
     p16(&mut v, (4 + 4 + 4 * IPFIX_FIELDS.len()) as u16);
-    p16(&mut v, TEMPLATE_ID);
-    p16(&mut v, IPFIX_FIELDS.len() as u16);
-    for (id, len) in IPFIX_FIELDS {
-        p16(&mut v, *id);
-        p16(&mut v, *len);
-    }
+    put_template(&mut v, IPFIX_FIELDS);
     ipfix_finish(&mut v);
     v
 }
@@ -244,12 +249,7 @@ pub fn ipfix_data(flows: &[Flow], domain: u32, seq: u32, export_time: u32) -> Ve
     p16(&mut v, TEMPLATE_ID);
     p16(&mut v, (4 + 30 * flows.len()) as u16);
     for f in flows {
-        v.extend_from_slice(&f.src.octets());
-        v.extend_from_slice(&f.dst.octets());
-        p16(&mut v, f.src_port);
-        p16(&mut v, f.dst_port);
-        v.push(f.protocol);
-        v.push(f.tcp_flags);
+        put_flow_key(&mut v, f);
         v.extend_from_slice(&u64::from(f.packets).to_be_bytes());
         v.extend_from_slice(&u64::from(f.bytes).to_be_bytes());
     }
