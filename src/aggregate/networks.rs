@@ -317,7 +317,7 @@ mod tests {
     }
 
     /// Brute force: the longest prefix of `nets` containing `ip`.
-    fn longest<'a, T>(nets: &'a [(IpNet, T)], ip: IpAddr) -> Option<&'a T> {
+    fn longest<T>(nets: &[(IpNet, T)], ip: IpAddr) -> Option<&T> {
         nets.iter()
             .filter(|(p, _)| p.contains(&ip))
             .max_by_key(|(p, _)| p.prefix_len())
@@ -342,7 +342,7 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..40 {
             // Addresses from a small pool of /8s so prefixes nest and overlap.
-            let mut v4 = |rng: &mut Rng, min_len: u64| -> IpNet {
+            let v4 = |rng: &mut Rng, min_len: u64| -> IpNet {
                 let a = ((rng.next() % 4) as u32 + 10) << 24 | (rng.next() as u32 & 0x00ff_ffff);
                 let len = (min_len + rng.next() % (33 - min_len)) as u8;
                 IpNet::from(ipnet::Ipv4Net::new(a.into(), len).unwrap()).trunc()
