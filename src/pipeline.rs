@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::aggregate::{Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard};
 use crate::config::{Config, ConfigError};
-use crate::decode::{DecodeOutcome, FlowRecord};
+use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
 use crate::detect::{Attack, Claim, Detector, Group, Observation, Transition};
 use crate::metrics::Metrics;
@@ -613,34 +613,90 @@ pub enum TopBy {
 }
 
 /// Counts one decoded datagram in the collect metrics.
+/// Decode outcomes summed over a batch of datagrams, so the labelled counters (a label
+/// hash and a lock each) are touched once per batch instead of once per datagram.
+#[derive(Debug, Default)]
+pub struct DecodeTally {
+    /// Datagrams and records per [`Version`] (index = `Version as usize`).
+    datagrams: [u64; VERSIONS],
+    records: [u64; VERSIONS],
+    errors: [u64; ERROR_KINDS],
+    skipped: u64,
+    template_misses: u64,
+    counter_samples: u64,
+}
+
+const VERSIONS: usize = 5;
+const ERROR_KINDS: usize = 4;
+const VERSION_OF: [Version; VERSIONS] = [
+    Version::V5,
+    Version::V9,
+    Version::Ipfix,
+    Version::Sflow5,
+    Version::Unknown,
+];
+const ERROR_OF: [DecodeErrorKind; ERROR_KINDS] = [
+    DecodeErrorKind::Truncated,
+    DecodeErrorKind::BadVersion,
+    DecodeErrorKind::Malformed,
+    DecodeErrorKind::UnsupportedHeader,
+];
+
+impl DecodeTally {
+    pub fn add(&mut self, oc: &DecodeOutcome) {
+        let v = oc.version.unwrap_or(Version::Unknown) as usize;
+        self.datagrams[v] += 1;
+        self.records[v] += oc.records as u64;
+        if let Some(e) = oc.error {
+            self.errors[e as usize] += 1;
+        }
+        self.skipped += oc.skipped as u64;
+        self.template_misses += oc.template_misses as u64;
+        self.counter_samples += oc.counter_samples as u64;
+    }
+
+    /// Adds the tally to the metrics of `collector` and starts over.
+    pub fn flush(&mut self, m: &Metrics, collector: &str) {
+        for (i, v) in VERSION_OF.iter().enumerate() {
+            let l = [collector, v.label()];
+            if self.datagrams[i] > 0 {
+                m.datagrams.with_label_values(&l).inc_by(self.datagrams[i]);
+            }
+            if self.records[i] > 0 {
+                m.flow_records.with_label_values(&l).inc_by(self.records[i]);
+            }
+        }
+        for (i, e) in ERROR_OF.iter().enumerate() {
+            if self.errors[i] > 0 {
+                m.decode_errors
+                    .with_label_values(&[collector, e.label()])
+                    .inc_by(self.errors[i]);
+            }
+        }
+        if self.skipped > 0 {
+            m.decode_errors
+                .with_label_values(&[collector, "record_skipped"])
+                .inc_by(self.skipped);
+        }
+        if self.template_misses > 0 {
+            m.template_misses
+                .with_label_values(&[collector])
+                .inc_by(self.template_misses);
+        }
+        if self.counter_samples > 0 {
+            m.counter_samples
+                .with_label_values(&[collector])
+                .inc_by(self.counter_samples);
+        }
+        *self = DecodeTally::default();
+    }
+}
+
+/// Counts one datagram's decode outcome (for callers without a batch).
 pub fn count_decode(m: &Metrics, collector: &str, oc: &DecodeOutcome) {
-    let version = oc.version.map_or("unknown", |v| v.label());
-    m.datagrams.with_label_values(&[collector, version]).inc();
-    if oc.records > 0 {
-        m.flow_records
-            .with_label_values(&[collector, version])
-            .inc_by(oc.records as u64);
-    }
-    if let Some(e) = oc.error {
-        m.decode_errors
-            .with_label_values(&[collector, e.label()])
-            .inc();
-    }
-    if oc.skipped > 0 {
-        m.decode_errors
-            .with_label_values(&[collector, "record_skipped"])
-            .inc_by(oc.skipped as u64);
-    }
-    if oc.template_misses > 0 {
-        m.template_misses
-            .with_label_values(&[collector])
-            .inc_by(oc.template_misses as u64);
-    }
-    if oc.counter_samples > 0 {
-        m.counter_samples
-            .with_label_values(&[collector])
-            .inc_by(oc.counter_samples as u64);
-    }
+    let mut t = DecodeTally::default();
+    t.add(oc);
+    t.flush(m, collector);
 }
 
 #[cfg(test)]
