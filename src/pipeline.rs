@@ -211,10 +211,7 @@ impl Pipeline {
             if v.is_empty() {
                 continue;
             }
-            let mut shard = self.table.shards[i].lock();
-            for u in v.iter() {
-                shard.apply_hashed(&u.key, u.hash, u.group, &recs[u.rec as usize], now_ms);
-            }
+            self.table.shards[i].lock().apply_all(v, recs, now_ms);
             v.clear();
         }
         if unprotected > 0 {

@@ -15,6 +15,35 @@ const EMPTY: u32 = u32::MAX;
 /// Grow when more than 7 in 10 buckets are used: linear probing stays short below that.
 const MAX_LOAD_TENTHS: usize = 7;
 
+/// A hint to load the cache line holding `*x`; never faults, has no effect on results.
+#[inline(always)]
+pub fn prefetch<T>(x: &T) {
+    prefetch_ptr(x as *const T as *const u8);
+}
+
+#[inline(always)]
+fn prefetch_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is only a hint: it does not access memory in the language sense
+    // and cannot fault, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// [`prefetch`] of every cache line `*x` spans (its first and last byte for anything up
+/// to a line long, which may still straddle two).
+#[inline(always)]
+pub fn prefetch_all<T>(x: &T) {
+    let first = x as *const T as *const u8;
+    let last = first.wrapping_add(std::mem::size_of::<T>().saturating_sub(1));
+    prefetch_ptr(first);
+    prefetch_ptr(last);
+}
+
 #[derive(Debug, Clone)]
 pub struct SlotIndex {
     buckets: Box<[u32]>,
@@ -46,6 +75,18 @@ impl SlotIndex {
 
     fn mask(&self) -> usize {
         self.buckets.len() - 1
+    }
+
+    /// Asks the CPU to start loading the home bucket of `hash` (see [`prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        prefetch(&self.buckets[hash as usize & self.mask()]);
+    }
+
+    /// The value in the home bucket of `hash`, if any: the likely match, to prefetch.
+    #[inline]
+    pub fn home(&self, hash: u64) -> Option<u32> {
+        Some(self.buckets[hash as usize & self.mask()]).filter(|&e| e != EMPTY)
     }
 
     /// The stored value for which `is` holds, probing from `hash`.

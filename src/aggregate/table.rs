@@ -143,6 +143,15 @@ impl<K: SlotKey> Family<K> {
         h.hash_one((key, dir))
     }
 
+    /// Prefetches the slot the home bucket of `hash` names (the bucket itself should have
+    /// been prefetched a little earlier); both ends, as a slot may straddle two lines.
+    #[inline]
+    fn prefetch_slot(&self, hash: u64) {
+        if let Some(s) = self.index.home(hash).and_then(|i| self.slots.get(i as usize)) {
+            super::index::prefetch_all(s);
+        }
+    }
+
     fn find(&self, hash: u64, key: K, dir: Direction) -> Option<u32> {
         let slots = &self.slots;
         self.index.find(hash, |i| {
@@ -476,6 +485,32 @@ impl Shard {
     }
 
     /// Applies record `r` to host-direction `key` (whose [`HostTable::hash_of`] is `hash`).
+    /// Applies a batch of routed records. The index bucket and then the slot of the
+    /// records a few places ahead are prefetched, so their cache misses overlap with the
+    /// work on the current one instead of stalling it: with 10 000 hosts the two
+    /// dependent misses (bucket, then slot) were half of this function's time.
+    pub fn apply_all(&mut self, items: &[Pending], recs: &[FlowRecord], now_ms: i64) {
+        const BUCKET_AHEAD: usize = 16;
+        const SLOT_AHEAD: usize = 8;
+        for (j, u) in items.iter().enumerate() {
+            if let Some(a) = items.get(j + BUCKET_AHEAD) {
+                match a.key.ip {
+                    IpAddr::V4(_) => self.v4.index.prefetch(a.hash),
+                    IpAddr::V6(_) => self.v6.index.prefetch(a.hash),
+                }
+            }
+            if let Some(b) = items.get(j + SLOT_AHEAD) {
+                match b.key.ip {
+                    IpAddr::V4(_) => self.v4.prefetch_slot(b.hash),
+                    IpAddr::V6(_) => self.v6.prefetch_slot(b.hash),
+                }
+            }
+            if let Some(r) = recs.get(u.rec as usize) {
+                self.apply_hashed(&u.key, u.hash, u.group, r, now_ms);
+            }
+        }
+    }
+
     pub fn apply_hashed(
         &mut self,
         key: &HostKey,
