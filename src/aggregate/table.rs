@@ -147,7 +147,11 @@ impl<K: SlotKey> Family<K> {
     /// been prefetched a little earlier); both ends, as a slot may straddle two lines.
     #[inline]
     fn prefetch_slot(&self, hash: u64) {
-        if let Some(s) = self.index.home(hash).and_then(|i| self.slots.get(i as usize)) {
+        if let Some(s) = self
+            .index
+            .home(hash)
+            .and_then(|i| self.slots.get(i as usize))
+        {
             super::index::prefetch_all(s);
         }
     }

@@ -365,7 +365,11 @@ impl BatchReceiver {
         let from =
             sockaddr_to(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let start = i * STRIDE;
-        (from, &self.bufs[start..start + len.min(DGRAM_MAX)], truncated)
+        (
+            from,
+            &self.bufs[start..start + len.min(DGRAM_MAX)],
+            truncated,
+        )
     }
 
     /// Cumulative kernel drops on this socket, when the kernel has reported any.

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netflow_parser::variable_versions::field_value::FieldValue;
 use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
@@ -37,7 +37,8 @@ use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParse
 
 use super::fast;
 use super::{
-    DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP, PROTO_UDP,
+    be16, be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP,
+    PROTO_UDP,
 };
 
 /// Largest end age we believe; more means a broken exporter clock, and the record is
@@ -95,6 +96,72 @@ pub struct NetflowDecoder {
     pub(super) fast: fast::FastTemplates,
     fast_enabled: bool,
     limits: NetflowLimits,
+    /// Exporters whose v5 datagrams took the fast path (the crate, which never saw them,
+    /// does not count them); at most `limits.max_sources`.
+    v5_sources: HashMap<SocketAddr, V5Source, ahash::RandomState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct V5Source {
+    /// Sent since the last prune; `last_seen` is brought up to date by the prune, so the
+    /// hot path needs no clock read.
+    touched: bool,
+    last_seen: Instant,
+}
+
+/// Header and record sizes of NetFlow v5 (fixed format).
+const V5_HEADER: usize = 24;
+const V5_RECORD: usize = 48;
+/// Records per v5 datagram as the crate accepts them (Cisco's maximum).
+const V5_MAX_RECORDS: usize = 30;
+
+/// The fields of one v5 record that flowguard reads, from the crate or from the bytes.
+struct V5Flow {
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    tcp_flags: u8,
+    packets: u32,
+    octets: u32,
+    first: u32,
+    last: u32,
+}
+
+impl V5Flow {
+    fn of_crate(f: &netflow_parser::static_versions::v5::FlowSet) -> V5Flow {
+        V5Flow {
+            src: f.src_addr,
+            dst: f.dst_addr,
+            src_port: f.src_port,
+            dst_port: f.dst_port,
+            protocol: f.protocol_number,
+            tcp_flags: f.tcp_flags,
+            packets: f.d_pkts,
+            octets: f.d_octets,
+            first: f.first,
+            last: f.last,
+        }
+    }
+
+    /// From one 48-byte record (v5 layout: addresses at 0 and 4, packets 16, octets 20,
+    /// first 24, last 28, ports 32 and 34, flags 37, protocol 38).
+    fn of_bytes(b: &[u8; V5_RECORD]) -> V5Flow {
+        let u32_at = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        V5Flow {
+            src: u32_at(0).into(),
+            dst: u32_at(4).into(),
+            src_port: u16::from_be_bytes([b[32], b[33]]),
+            dst_port: u16::from_be_bytes([b[34], b[35]]),
+            protocol: b[38],
+            tcp_flags: b[37],
+            packets: u32_at(16),
+            octets: u32_at(20),
+            first: u32_at(24),
+            last: u32_at(28),
+        }
+    }
 }
 
 impl NetflowDecoder {
@@ -130,6 +197,7 @@ impl NetflowDecoder {
             fast: fast::FastTemplates::default(),
             fast_enabled: true,
             limits,
+            v5_sources: HashMap::default(),
         }
     }
 
@@ -137,6 +205,11 @@ impl NetflowDecoder {
     /// for tests and benches that compare the two.
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_enabled = on;
+    }
+
+    /// Exporters whose v5 datagrams took the fast path.
+    pub fn fast_v5_exporters(&self) -> usize {
+        self.v5_sources.len()
     }
 
     /// Templates compiled for the fast path.
@@ -152,7 +225,15 @@ impl NetflowDecoder {
     /// learned sampling state); returns how many went. A returning exporter re-sends its
     /// templates within its refresh interval.
     pub fn prune_idle(&mut self, older_than: Duration) -> usize {
-        let n = self.parser.prune_idle_sources(older_than);
+        let now = Instant::now();
+        let before = self.v5_sources.len();
+        self.v5_sources.retain(|_, s| {
+            if std::mem::take(&mut s.touched) {
+                s.last_seen = now;
+            }
+            now.duration_since(s.last_seen) < older_than
+        });
+        let n = before - self.v5_sources.len() + self.parser.prune_idle_sources(older_than);
         if n > 0 {
             let live: std::collections::HashSet<IpAddr> = self
                 .parser
@@ -169,7 +250,14 @@ impl NetflowDecoder {
 
     /// Exporter scopes with template state.
     pub fn exporters(&self) -> usize {
-        self.parser.source_count()
+        // A v5 exporter that sent odd datagrams through the crate is known to both.
+        let legacy = self.parser.legacy_info();
+        let fast_only = self
+            .v5_sources
+            .keys()
+            .filter(|a| !legacy.iter().any(|(l, _)| **l == **a))
+            .count();
+        self.parser.source_count() + fast_only
     }
 
     /// Templates cached over all exporters.
@@ -222,6 +310,9 @@ impl NetflowDecoder {
             return oc;
         }
         let v = oc.version.unwrap_or(Version::Unknown);
+        if self.fast_enabled && v == Version::V5 && self.try_v5(from, payload, out, &mut oc) {
+            return oc;
+        }
         if self.fast_enabled && v != Version::V5 && self.try_fast(from, payload, v, out, &mut oc) {
             return oc;
         }
@@ -291,25 +382,91 @@ impl NetflowDecoder {
         oc: &mut DecodeOutcome,
     ) {
         let h = &v5.header;
+        let flows = v5.flowsets.iter().map(V5Flow::of_crate);
+        self.v5_records(exporter, h.sampling_interval, h.sys_up_time, flows, out, oc);
+    }
+
+    /// v5 fast path: the records straight from the bytes, with no allocation. Takes only
+    /// datagrams the crate would parse whole into exactly one packet — 1 to 30 records
+    /// and not a byte more — so both paths give the same records (tests/fast_decode.rs);
+    /// anything else goes to the crate, which stays the authority on errors.
+    fn try_v5(
+        &mut self,
+        from: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) -> bool {
+        let (Some(count), Some(sys_up_time), Some(interval)) =
+            (be16(payload, 2), be32(payload, 4), be16(payload, 22))
+        else {
+            return false;
+        };
+        let count = usize::from(count);
+        if count == 0 || count > V5_MAX_RECORDS || payload.len() != V5_HEADER + count * V5_RECORD {
+            return false;
+        }
+        self.note_v5_source(from);
+        let flows = payload[V5_HEADER..]
+            .chunks_exact(V5_RECORD)
+            .filter_map(|c| c.try_into().ok())
+            .map(V5Flow::of_bytes);
+        let before = out.len();
+        self.v5_records(from.ip(), interval, sys_up_time, flows, out, oc);
+        oc.records = out.len() - before;
+        true
+    }
+
+    fn note_v5_source(&mut self, from: SocketAddr) {
+        if let Some(s) = self.v5_sources.get_mut(&from) {
+            s.touched = true;
+            return;
+        }
+        // Hard cap against spoofed sources, as for the crate's scopes: an arbitrary entry
+        // goes (it only counts towards the exporters gauge).
+        if self.v5_sources.len() >= self.limits.max_sources {
+            if let Some(k) = self.v5_sources.keys().next().copied() {
+                self.v5_sources.remove(&k);
+            }
+        }
+        self.v5_sources.insert(
+            from,
+            V5Source {
+                touched: true,
+                last_seen: Instant::now(),
+            },
+        );
+    }
+
+    /// v5 records of one datagram, from either path.
+    fn v5_records(
+        &mut self,
+        exporter: IpAddr,
+        sampling_interval: u16,
+        sys_up_time: u32,
+        flows: impl Iterator<Item = V5Flow>,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) {
         // Top two bits are the mode, the low 14 the interval (Cisco v5 layout).
-        let interval = u32::from(h.sampling_interval & 0x3FFF);
+        let interval = u32::from(sampling_interval & 0x3FFF);
         let wire = (interval > 1).then_some(interval);
         let rate = self.rate(exporter, 0, wire);
         oc.sampling_rate = Some(rate);
-        for f in &v5.flowsets {
+        for f in flows {
             let mut r = FlowRecord {
-                src: IpAddr::V4(f.src_addr),
-                dst: IpAddr::V4(f.dst_addr),
+                src: IpAddr::V4(f.src),
+                dst: IpAddr::V4(f.dst),
                 src_port: f.src_port,
                 dst_port: f.dst_port,
-                protocol: f.protocol_number,
+                protocol: f.protocol,
                 tcp_flags: f.tcp_flags,
-                packets: u64::from(f.d_pkts) * u64::from(rate),
-                bytes: u64::from(f.d_octets) * u64::from(rate),
+                packets: u64::from(f.packets) * u64::from(rate),
+                bytes: u64::from(f.octets) * u64::from(rate),
                 flows: 1,
                 ..FlowRecord::default()
             };
-            set_times(&mut r, h.sys_up_time, f.first, f.last);
+            set_times(&mut r, sys_up_time, f.first, f.last);
             r.fragment = ports_zero_fragment(&r);
             out.push(r);
         }
