@@ -128,14 +128,16 @@ impl Pipeline {
         } else {
             cfg.aggregate.shards
         };
-        let ngroups = groups.len();
+        // Hostgroup sums cost a rate update per record: kept only where a total threshold
+        // reads them.
+        let summed: Vec<bool> = groups.iter().map(|g| g.total.is_some()).collect();
         let table = HostTable::new(
             seed,
             shards,
             cfg.aggregate.max_tracked_hosts,
             cfg.aggregate.window_seconds,
             cfg.aggregate.max_flow_spread_seconds,
-            ngroups,
+            &summed,
         );
         if cfg.aggregate.host_totals {
             table.keep_totals();
@@ -196,10 +198,11 @@ impl Pipeline {
                 let key = HostKey { ip, dir: d };
                 let hash = self.table.hash_of(&key);
                 s.per_shard[self.table.shard_of_hash(hash)].push(Pending {
-                    key,
                     hash,
-                    group,
                     rec: ri as u32,
+                    group,
+                    dir: d,
+                    v6: ip.is_ipv6(),
                 });
                 hit = true;
             }

@@ -266,14 +266,29 @@ impl<K: SlotKey> Family<K> {
 }
 
 /// One record's effect on one protected host, as the collectors queue it per shard: the
-/// key's hash computed once (it picks the shard and the index bucket) and the record by
-/// its position in the batch, not copied.
+/// key's hash computed once (it picks the shard and the index bucket), the record by its
+/// position in the batch, not copied, and the host as which of its addresses (16 bytes:
+/// a batch of them is written and read back once per record).
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
-    pub key: HostKey,
     pub hash: u64,
-    pub group: u16,
     pub rec: u32,
+    pub group: u16,
+    /// Which address of the record: the destination (incoming) or the source.
+    pub dir: Direction,
+    pub v6: bool,
+}
+
+impl Pending {
+    /// The host this is about, from its record.
+    #[inline]
+    pub fn key(&self, r: &FlowRecord) -> HostKey {
+        let ip = match self.dir {
+            Direction::Incoming => r.dst,
+            Direction::Outgoing => r.src,
+        };
+        HostKey { ip, dir: self.dir }
+    }
 }
 
 /// The hash a slot of `key` is indexed under; [`Family::hash`] of its stored form.
@@ -349,7 +364,9 @@ pub struct Shard {
     /// Slots written since the last pass: the slot number, top bit set for IPv6.
     dirty: Vec<u32>,
     /// Incoming traffic summed per hostgroup (carpet-bombing detection).
-    groups: Vec<Ewma<Wide>>,
+    /// Incoming sums per hostgroup, for groups with `[hostgroup.total]` thresholds
+    /// only (None for the others: one fewer rate update per record).
+    groups: Vec<Option<Ewma<Wide>>>,
     decay: Decay,
     dither: Dither,
     ring: Vec<RingEntry>,
@@ -390,13 +407,22 @@ fn eval_sec(now_sec: u32) -> u32 {
 }
 
 impl Shard {
-    pub fn new(cap: usize, window_seconds: u32, max_spread_seconds: u32, groups: usize) -> Shard {
+    /// `summed_groups[i]`: whether hostgroup `i` needs its incoming sum.
+    pub fn new(
+        cap: usize,
+        window_seconds: u32,
+        max_spread_seconds: u32,
+        summed_groups: &[bool],
+    ) -> Shard {
         Shard {
             v4: Family::new(cap),
             v6: Family::new(cap),
             hasher: ahash::RandomState::new(),
             dirty: Vec::new(),
-            groups: vec![Ewma::default(); groups],
+            groups: summed_groups
+                .iter()
+                .map(|&on| on.then(Ewma::default))
+                .collect(),
             decay: Decay::new(window_seconds),
             dither: Dither::new(0x9E37_79B9_7F4A_7C15),
             ring: Vec::with_capacity(RING_LEN),
@@ -498,19 +524,19 @@ impl Shard {
         const SLOT_AHEAD: usize = 8;
         for (j, u) in items.iter().enumerate() {
             if let Some(a) = items.get(j + BUCKET_AHEAD) {
-                match a.key.ip {
-                    IpAddr::V4(_) => self.v4.index.prefetch(a.hash),
-                    IpAddr::V6(_) => self.v6.index.prefetch(a.hash),
+                match a.v6 {
+                    false => self.v4.index.prefetch(a.hash),
+                    true => self.v6.index.prefetch(a.hash),
                 }
             }
             if let Some(b) = items.get(j + SLOT_AHEAD) {
-                match b.key.ip {
-                    IpAddr::V4(_) => self.v4.prefetch_slot(b.hash),
-                    IpAddr::V6(_) => self.v6.prefetch_slot(b.hash),
+                match b.v6 {
+                    false => self.v4.prefetch_slot(b.hash),
+                    true => self.v6.prefetch_slot(b.hash),
                 }
             }
             if let Some(r) = recs.get(u.rec as usize) {
-                self.apply_hashed(&u.key, u.hash, u.group, r, now_ms);
+                self.apply_hashed(&u.key(r), u.hash, u.group, r, now_ms);
             }
         }
     }
@@ -552,7 +578,7 @@ impl Shard {
             self.dirty.push(if v6 { i | V6_BIT } else { i });
         }
         if key.dir == Direction::Incoming {
-            if let Some(g) = self.groups.get_mut(usize::from(group)) {
+            if let Some(Some(g)) = self.groups.get_mut(usize::from(group)) {
                 g.add(sec, weight, class, r.packets, r.bytes, flows, decay, dither);
             }
         }
@@ -617,6 +643,7 @@ impl Shard {
     pub fn group_sum(&self, group: usize, now_sec: u32) -> Counters {
         self.groups
             .get(group)
+            .and_then(Option::as_ref)
             .map(|g| g.sums(eval_sec(now_sec), &self.decay))
             .unwrap_or_default()
     }
@@ -712,7 +739,7 @@ impl HostTable {
         cap_total: usize,
         window_seconds: u32,
         max_spread_seconds: u32,
-        groups: usize,
+        summed_groups: &[bool],
     ) -> HostTable {
         let n = shards.max(1);
         let per = cap_total.div_ceil(n).max(1);
@@ -723,7 +750,7 @@ impl HostTable {
         HostTable {
             shards: (0..n)
                 .map(|_| {
-                    let mut s = Shard::new(per, window_seconds, max_spread_seconds, groups);
+                    let mut s = Shard::new(per, window_seconds, max_spread_seconds, summed_groups);
                     // One hasher for the table and its shards: a key's hash, computed once
                     // per record, picks both the shard and the index bucket.
                     s.hasher = hasher.clone();
@@ -811,7 +838,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_the_least_busy_host_makes_room_and_attacked_hosts_never_do() {
-        let mut s = Shard::new(2, 5, 300, 1);
+        let mut s = Shard::new(2, 5, 300, &[true]);
         let t0 = 1_000_000_000;
         let key = |ip: &str| upd(ip, "198.51.100.1", 0).key;
         s.apply(&upd("192.0.2.1", "198.51.100.1", 100), t0);
@@ -848,7 +875,7 @@ mod tests {
 
     #[test]
     fn dirty_hosts_are_visited_once() {
-        let mut s = Shard::new(10, 5, 300, 1);
+        let mut s = Shard::new(10, 5, 300, &[true]);
         for _ in 0..3 {
             s.apply(&upd("192.0.2.1", "198.51.100.1", 1), 5_000);
         }
@@ -864,7 +891,7 @@ mod tests {
     fn slots_are_small_reused_after_eviction_and_both_families_work() {
         assert!(std::mem::size_of::<Slot<u32>>() <= 84);
         assert!(std::mem::size_of::<Slot<[u32; 4]>>() <= 96);
-        let mut s = Shard::new(3, 5, 300, 1);
+        let mut s = Shard::new(3, 5, 300, &[true]);
         s.apply(&upd("192.0.2.1", "198.51.100.1", 7), 5_000);
         s.apply(&upd("2001:db8::1", "2001:db8:1::1", 9), 5_000);
         let v6 = upd("2001:db8::1", "2001:db8:1::1", 0).key;
@@ -890,7 +917,7 @@ mod tests {
 
     #[test]
     fn totals_are_kept_only_on_request_and_exactly() {
-        let mut s = Shard::new(10, 5, 300, 1);
+        let mut s = Shard::new(10, 5, 300, &[true]);
         s.apply(&upd("192.0.2.1", "198.51.100.1", 3), 5_000);
         let key = upd("192.0.2.1", "198.51.100.1", 0).key;
         assert_eq!(s.totals_of(&key), None);
@@ -907,7 +934,7 @@ mod tests {
 
     #[test]
     fn watched_host_reports_top_sources_with_shares() {
-        let mut s = Shard::new(10, 5, 300, 1);
+        let mut s = Shard::new(10, 5, 300, &[true]);
         s.apply(&upd("192.0.2.1", "198.51.100.1", 30), 5_000);
         let key = upd("192.0.2.1", "198.51.100.1", 0).key;
         s.watch(key); // seeded from the ring: 198.51.100.1 has 30
