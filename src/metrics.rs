@@ -128,7 +128,7 @@ impl Metrics {
             flow_records: counter_vec(&r, "flowguard_flow_records_total", "Flow records and flow samples decoded, by collector and protocol version.", &["collector", "version"]),
             decode_errors: counter_vec(&r, "flowguard_decode_errors_total", "Datagrams or records that failed to decode, by collector and error kind.", &["collector", "kind"]),
             datagrams_dropped: counter_vec(&r, "flowguard_datagrams_dropped_total", "Datagrams dropped before decoding, by collector and reason.", &["collector", "reason"]),
-            socket_drops: gauge_vec(&r, "flowguard_socket_receive_drops", "Datagrams the kernel dropped on a collector socket (SO_RXQ_OVFL, cumulative since the socket opened).", &["collector"]),
+            socket_drops: gauge_vec(&r, "flowguard_socket_receive_drops", "Datagrams the kernel dropped on a collector socket (SO_MEMINFO, cumulative since the socket opened).", &["collector"]),
             template_misses: counter_vec(&r, "flowguard_template_misses_total", "NetFlow v9/IPFIX data flowsets that arrived before their template.", &["collector"]),
             templates_known: gauge_vec(&r, "flowguard_templates_known", "NetFlow v9/IPFIX templates currently cached, by collector.", &["collector"]),
             exporter_sampling_rate: gauge_vec(&r, "flowguard_exporter_sampling_rate", "Sampling rate (1 in N) in force per exporter.", &["collector", "exporter"]),

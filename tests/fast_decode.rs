@@ -118,7 +118,11 @@ fn v5_fast_path_matches_the_crate() {
     }
     assert!(a.len() > 100);
     assert!(a.iter().any(|r| r.fragment), "{:?}", &a[a.len() - 20..]);
-    assert!(a.iter().any(|r| r.packets == 1000), "{:?}", &a[a.len() - 20..]);
+    assert!(
+        a.iter().any(|r| r.packets == 1000),
+        "{:?}",
+        &a[a.len() - 20..]
+    );
     // Both exporters (softflowd's and ours) took the fast path, and are counted once
     // each although ours also sent odd datagrams through the crate.
     assert_eq!(quick.fast_v5_exporters(), 2);

@@ -26,7 +26,7 @@ const MAX_EXPORTERS: usize = 10_000;
 
 pub struct SflowDecoder {
     overrides: SamplingOverrides,
-    last_rate: HashMap<IpAddr, u32>,
+    last_rate: HashMap<IpAddr, u32, ahash::RandomState>,
     fast_enabled: bool,
 }
 
@@ -34,7 +34,7 @@ impl SflowDecoder {
     pub fn new(overrides: SamplingOverrides) -> Self {
         SflowDecoder {
             overrides,
-            last_rate: HashMap::new(),
+            last_rate: HashMap::default(),
             fast_enabled: true,
         }
     }
@@ -181,7 +181,9 @@ impl SflowDecoder {
             .for_exporter(exporter)
             .unwrap_or(wire_rate)
             .max(1);
-        if self.last_rate.len() < MAX_EXPORTERS || self.last_rate.contains_key(&exporter) {
+        if let Some(r) = self.last_rate.get_mut(&exporter) {
+            *r = wire_rate.max(1);
+        } else if self.last_rate.len() < MAX_EXPORTERS {
             self.last_rate.insert(exporter, wire_rate.max(1));
         }
         rate
@@ -208,6 +210,7 @@ impl SflowDecoder {
         o += 4 + addr_len + 12; // address, sub agent, sequence, uptime
         let n = be32(p, o)?;
         o += 4;
+        let mut memo: Option<(u32, u32)> = None;
         for _ in 0..n {
             let fmt = be32(p, o)?;
             let len = be32(p, o + 4)? as usize;
@@ -224,7 +227,16 @@ impl SflowDecoder {
             };
             let wire_rate = be32(body, rate_at)?;
             let nrec = be32(body, nrec_at)?;
-            let rate = self.sample_rate(exporter, wire_rate);
+            // The samples of a datagram nearly always share one rate: look it up (two
+            // hash probes) once per datagram, not per sample.
+            let rate = match memo {
+                Some((w, r)) if w == wire_rate => r,
+                _ => {
+                    let r = self.sample_rate(exporter, wire_rate);
+                    memo = Some((wire_rate, r));
+                    r
+                }
+            };
             oc.sampling_rate = Some(rate);
             let mut r = nrec_at + 4;
             let mut info = None;
