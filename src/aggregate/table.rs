@@ -129,7 +129,8 @@ impl<K: SlotKey> Family<K> {
     fn new(cap: usize) -> Family<K> {
         Family {
             slots: Vec::with_capacity(cap.min(MAX_RESERVED_SLOTS)),
-            index: SlotIndex::default(),
+            // Slot numbers stay below the cap (freed slots are reused first).
+            index: SlotIndex::for_values(cap),
             free: Vec::new(),
             hand: 0,
         }
