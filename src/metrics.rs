@@ -134,7 +134,7 @@ impl Metrics {
             exporter_sampling_rate: gauge_vec(&r, "flowguard_exporter_sampling_rate", "Sampling rate (1 in N) in force per exporter.", &["collector", "exporter"]),
             exporter_series_overflow: counter(&r, "flowguard_exporter_series_overflow_total", "Exporters not given their own series because the series cap was reached."),
             counter_samples: counter_vec(&r, "flowguard_sflow_stats_samples_total", "sFlow counter (interface statistics) samples received; counted, not used for detection.", &["collector"]),
-            exporters_known: gauge_vec(&r, "flowguard_exporters_known", "Exporters with template state, by collector.", &["collector"]),
+            exporters_known: gauge_vec(&r, "flowguard_exporters_known", "Exporters known (template scopes and v5 exporters), by collector.", &["collector"]),
             tracked_hosts: gauge(&r, "flowguard_tracked_hosts", "Host-directions with a live window."),
             host_evictions: counter_vec(&r, "flowguard_host_evictions_total", "Host-directions removed from the host table, by reason (idle, cap).", &["reason"]),
             records_unprotected: counter(&r, "flowguard_records_unprotected_total", "Flow records that touched no protected host."),

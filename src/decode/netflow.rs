@@ -248,7 +248,9 @@ impl NetflowDecoder {
         n
     }
 
-    /// Exporter scopes with template state.
+    /// Exporters known: the crate's scopes (v9/IPFIX template state, v5 parsers; at most
+    /// `max_sources`) plus v5 exporters only the fast path has seen (at most
+    /// `max_sources` more, and only an address each).
     pub fn exporters(&self) -> usize {
         // A v5 exporter that sent odd datagrams through the crate is known to both.
         let legacy = self.parser.legacy_info();
