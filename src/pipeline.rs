@@ -188,7 +188,14 @@ impl Pipeline {
                 crate::decode::PROTO_ICMP | crate::decode::PROTO_ICMPV6 => 2,
                 _ => 3,
             };
-            for (d, ip) in [(Direction::Incoming, r.dst), (Direction::Outgoing, r.src)] {
+            for d in Direction::ALL {
+                // The address read from the record per direction, not from an array of
+                // (direction, address) pairs: that array went through the stack and the
+                // narrow reads of it stalled on store forwarding (a quarter of this loop).
+                let ip = match d {
+                    Direction::Incoming => r.dst,
+                    Direction::Outgoing => r.src,
+                };
                 let Some(group) = self.networks.protected_group(ip) else {
                     continue;
                 };
