@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard};
+use crate::aggregate::{
+    host_addr, Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard,
+};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
@@ -192,10 +194,7 @@ impl Pipeline {
                 // The address read from the record per direction, not from an array of
                 // (direction, address) pairs: that array went through the stack and the
                 // narrow reads of it stalled on store forwarding (a quarter of this loop).
-                let ip = match d {
-                    Direction::Incoming => r.dst,
-                    Direction::Outgoing => r.src,
-                };
+                let ip = host_addr(r, d);
                 let Some(group) = self.networks.protected_group(ip) else {
                     continue;
                 };
@@ -635,6 +634,7 @@ pub struct DecodeTally {
 
 const VERSIONS: usize = 5;
 const ERROR_KINDS: usize = 4;
+/// Every version and error kind, in any order: the tally is indexed by discriminant.
 const VERSION_OF: [Version; VERSIONS] = [
     Version::V5,
     Version::V9,
@@ -664,8 +664,8 @@ impl DecodeTally {
 
     /// Adds the tally to the metrics of `collector` and starts over.
     pub fn flush(&mut self, m: &Metrics, collector: &str) {
-        for (i, v) in VERSION_OF.iter().enumerate() {
-            let l = [collector, v.label()];
+        for v in VERSION_OF {
+            let (i, l) = (v as usize, [collector, v.label()]);
             if self.datagrams[i] > 0 {
                 m.datagrams.with_label_values(&l).inc_by(self.datagrams[i]);
             }
@@ -673,11 +673,12 @@ impl DecodeTally {
                 m.flow_records.with_label_values(&l).inc_by(self.records[i]);
             }
         }
-        for (i, e) in ERROR_OF.iter().enumerate() {
-            if self.errors[i] > 0 {
+        for e in ERROR_OF {
+            let n = self.errors[e as usize];
+            if n > 0 {
                 m.decode_errors
                     .with_label_values(&[collector, e.label()])
-                    .inc_by(self.errors[i]);
+                    .inc_by(n);
             }
         }
         if self.skipped > 0 {

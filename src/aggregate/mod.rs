@@ -13,4 +13,4 @@ pub mod table;
 
 pub use networks::Networks;
 pub use rate::{Counters, Rates};
-pub use table::{HostEntry, HostKey, HostTable, Pending, Shard};
+pub use table::{host_addr, HostEntry, HostKey, HostTable, Pending, Shard};

@@ -284,11 +284,20 @@ impl Pending {
     /// The host this is about, from its record.
     #[inline]
     pub fn key(&self, r: &FlowRecord) -> HostKey {
-        let ip = match self.dir {
-            Direction::Incoming => r.dst,
-            Direction::Outgoing => r.src,
-        };
-        HostKey { ip, dir: self.dir }
+        HostKey {
+            ip: host_addr(r, self.dir),
+            dir: self.dir,
+        }
+    }
+}
+
+/// The address of `r` that is the host in direction `dir`: the destination of incoming
+/// traffic, the source of outgoing.
+#[inline]
+pub fn host_addr(r: &FlowRecord, dir: Direction) -> IpAddr {
+    match dir {
+        Direction::Incoming => r.dst,
+        Direction::Outgoing => r.src,
     }
 }
 

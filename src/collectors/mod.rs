@@ -30,8 +30,7 @@ use crate::pipeline::{DecodeTally, Pipeline};
 /// Datagrams per `recvmmsg` call.
 pub const BATCH: usize = 64;
 /// Longest wait after draining the socket before reading again (see [`coalesce_for`]).
-const MAX_COALESCE: Duration = Duration::from_millis(MAX_COALESCE_MS);
-const MAX_COALESCE_MS: u64 = 2;
+const MAX_COALESCE: Duration = Duration::from_millis(2);
 /// Kernel bookkeeping charged to the receive buffer per datagram beyond its payload
 /// (skb and its shared info), rounded up.
 const SKB_OVERHEAD_BYTES: u64 = 1024;
@@ -316,7 +315,7 @@ fn coalesce_for(rcvbuf: u64, dgrams_per_sec: u64, bytes_per_sec: u64) -> Duratio
     let truesize = bytes_per_sec / dgrams_per_sec + SKB_OVERHEAD_BYTES;
     let room = rcvbuf / 4 / truesize; // datagrams a quarter of the buffer holds
     let micros = room.saturating_mul(1_000_000) / dgrams_per_sec;
-    Duration::from_micros(micros.min(MAX_COALESCE_MS * 1000))
+    Duration::from_micros(micros).min(MAX_COALESCE)
 }
 
 /// Buffers for one `recvmmsg` batch, allocated once per thread.
@@ -418,7 +417,7 @@ fn sockaddr_to(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 #[cfg(test)]
-mod coalesce_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -436,14 +435,10 @@ mod coalesce_tests {
         // The wait never exceeds the maximum, however large the buffer.
         assert_eq!(coalesce_for(u64::MAX, 1, 1), MAX_COALESCE);
     }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
 
     /// A socket nobody reads, with the smallest queue, overflows: the kernel's drop
     /// count comes back through SO_MEMINFO (what `flowguard_socket_receive_drops` shows).
+    #[cfg(target_os = "linux")]
     #[test]
     fn kernel_drops_are_read_back() {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();

@@ -353,13 +353,8 @@ impl NetflowDecoder {
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
         // Bounded like the parser's sources: beyond the cap the oldest learned entries are
         // dropped (they are re-learned from the next options record).
-        if self.scopes.len() >= self.limits.max_sources && !self.scopes.contains_key(&key) {
-            // Hard cap against spoofed sources: forget an arbitrary entry; a real
-            // exporter re-announces its options within its refresh interval.
-            if let Some(k) = self.scopes.keys().next().copied() {
-                self.scopes.remove(&k);
-            }
-        }
+        // A real exporter re-announces its options within its refresh interval.
+        make_room(&mut self.scopes, &key, self.limits.max_sources);
         self.scopes.entry(key).or_default()
     }
 
@@ -424,13 +419,8 @@ impl NetflowDecoder {
             s.touched = true;
             return;
         }
-        // Hard cap against spoofed sources, as for the crate's scopes: an arbitrary entry
-        // goes (it only counts towards the exporters gauge).
-        if self.v5_sources.len() >= self.limits.max_sources {
-            if let Some(k) = self.v5_sources.keys().next().copied() {
-                self.v5_sources.remove(&k);
-            }
-        }
+        // The entry only counts towards the exporters gauge.
+        make_room(&mut self.v5_sources, &from, self.limits.max_sources);
         self.v5_sources.insert(
             from,
             V5Source {
@@ -735,6 +725,20 @@ fn ipfix_id(f: &IPFixField) -> u16 {
 }
 
 /// first/last are sysUpTime milliseconds; the export header's sysUpTime anchors them.
+/// Hard cap against spoofed sources: when `map` is full and `key` is new, an arbitrary
+/// entry is forgotten to make room for it.
+fn make_room<K, V, S>(map: &mut HashMap<K, V, S>, key: &K, cap: usize)
+where
+    K: Eq + std::hash::Hash + Copy,
+    S: std::hash::BuildHasher,
+{
+    if map.len() >= cap && !map.contains_key(key) {
+        if let Some(k) = map.keys().next().copied() {
+            map.remove(&k);
+        }
+    }
+}
+
 fn set_times(r: &mut FlowRecord, sys_up_time: u32, first: u32, last: u32) {
     let age = u64::from(sys_up_time.wrapping_sub(last));
     r.end_age_ms = if age > MAX_END_AGE_MS { 0 } else { age as u32 };

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket};
 
-use super::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use super::{be16, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// What flowguard needs from one packet header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ fn fast_header(start: HeaderStart, b: &[u8]) -> Option<HeaderInfo> {
         HeaderStart::Ipv4 | HeaderStart::Ipv6 => b,
         HeaderStart::Ethernet => {
             let mut o = 12;
-            let mut ethertype = u16::from_be_bytes(b.get(o..o + 2)?.try_into().ok()?);
+            let mut ethertype = be16(b, o)?;
             let mut tags = 0;
             while ETHERTYPE_VLAN.contains(&ethertype) {
                 tags += 1;
@@ -64,7 +64,7 @@ fn fast_header(start: HeaderStart, b: &[u8]) -> Option<HeaderInfo> {
                     return None;
                 }
                 o += 4;
-                ethertype = u16::from_be_bytes(b.get(o..o + 2)?.try_into().ok()?);
+                ethertype = be16(b, o)?;
             }
             if ethertype != ETHERTYPE_IPV4 && ethertype != ETHERTYPE_IPV6 {
                 return None;
@@ -262,13 +262,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn truncated_header_still_decodes() {
+    /// IPv4 from 198.51.100.7:5000 to 192.0.2.1:`dst_port`, UDP, `payload` zero bytes.
+    fn udp4(dst_port: u16, payload: usize) -> Vec<u8> {
         let mut p = Vec::new();
         PacketBuilder::ipv4([198, 51, 100, 7], [192, 0, 2, 1], 64)
-            .udp(5000, 53)
-            .write(&mut p, &[0u8; 1000])
+            .udp(5000, dst_port)
+            .write(&mut p, &vec![0u8; payload])
             .unwrap();
+        p
+    }
+
+    #[test]
+    fn truncated_header_still_decodes() {
+        let mut p = udp4(53, 1000);
         p.truncate(128);
         let h = decode_header(HeaderStart::Ipv4, &p).unwrap();
         assert_eq!((h.protocol, h.dst_port, h.ip_len), (17, 53, 1028));
@@ -276,11 +282,7 @@ mod tests {
 
     #[test]
     fn ipv4_fragments_are_flagged_and_non_first_have_no_ports() {
-        let mut p = Vec::new();
-        PacketBuilder::ipv4([198, 51, 100, 7], [192, 0, 2, 1], 64)
-            .udp(5000, 123)
-            .write(&mut p, &[0u8; 64])
-            .unwrap();
+        let p = udp4(123, 64);
         // First fragment: MF set (flags byte 6, bit 0x20).
         let mut first = p.clone();
         first[6] |= 0x20;
@@ -452,11 +454,7 @@ mod tests {
 
     #[test]
     fn ipv6_extension_headers_and_other_protocols_go_to_etherparse() {
-        let mut p = Vec::new();
-        PacketBuilder::ipv4([198, 51, 100, 7], [192, 0, 2, 1], 64)
-            .udp(5000, 53)
-            .write(&mut p, &[0u8; 8])
-            .unwrap();
+        let mut p = udp4(53, 8);
         p[9] = 47; // GRE
         assert_eq!(fast_header(HeaderStart::Ipv4, &p), None);
         let h = decode_header(HeaderStart::Ipv4, &p).unwrap();
