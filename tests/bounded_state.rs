@@ -337,10 +337,14 @@ fn random_destination_flood_over_a_slash_8_keeps_the_cap_and_a_real_flood_is_det
         ),
     );
     let mut max_rss = rss_full;
+    // RSS over time from the fill on, printed on failure: where growth happened.
+    let mut timeline: Vec<(f64, u64)> = vec![(started.elapsed().as_secs_f64(), rss_full)];
     // A host new to a full table replaces the least busy of a few sampled hosts (a walked
     // host with one packet), so it is tracked at once; then one detection pass.
     let detected = wait_for(16, || {
-        max_rss = max_rss.max(fg.rss());
+        let rss = fg.rss();
+        timeline.push((started.elapsed().as_secs_f64(), rss));
+        max_rss = max_rss.max(rss);
         let m = fg.metrics();
         max_tracked = max_tracked.max(m.tracked());
         fg.active_attack_on(target)
@@ -384,7 +388,9 @@ fn random_destination_flood_over_a_slash_8_keeps_the_cap_and_a_real_flood_is_det
 
     // The rest of the flood: RSS stays under the bound and flat, the cap holds.
     while walk.running() {
-        max_rss = max_rss.max(fg.rss());
+        let rss = fg.rss();
+        timeline.push((started.elapsed().as_secs_f64(), rss));
+        max_rss = max_rss.max(rss);
         max_tracked = max_tracked.max(fg.metrics().tracked());
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -413,6 +419,11 @@ fn random_destination_flood_over_a_slash_8_keeps_the_cap_and_a_real_flood_is_det
         mib(rss_end),
         mib(rss_bound())
     );
+    let timeline: Vec<String> = timeline
+        .iter()
+        .map(|(t, rss)| format!("{t:.1}s {:.1}", mib(*rss)))
+        .collect();
+    eprintln!("RSS (MiB) from the fill on: {}", timeline.join(", "));
     assert!(max_tracked <= CAP, "tracked {max_tracked} > cap {CAP}");
     assert!(
         max_rss <= rss_bound(),

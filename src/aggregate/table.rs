@@ -189,7 +189,7 @@ impl<K: SlotKey> Family<K> {
             return found;
         }
         let slots = &mut self.slots;
-        let slot = Slot {
+        let mut slot = Slot {
             key,
             m: Meta {
                 group,
@@ -200,6 +200,9 @@ impl<K: SlotKey> Family<K> {
         };
         let i = match self.free.pop() {
             Some(i) => {
+                // A freed slot still on the dirty list keeps its place there: the new host
+                // is visited by that entry, and the list never holds a slot twice.
+                slot.m.flags |= slots[i as usize].m.flags & DIRTY;
                 slots[i as usize] = slot;
                 i
             }
@@ -251,7 +254,8 @@ impl<K: SlotKey> Family<K> {
         let hash = Self::hash(h, s.key, s.m.dir);
         self.index
             .remove(hash, i as u32, Self::rehash(&self.slots, h));
-        self.slots[i].m.flags = 0;
+        // DIRTY stays: the slot's entry on the dirty list is still there (see upsert).
+        self.slots[i].m.flags &= DIRTY;
         self.free.push(i as u32);
     }
 
@@ -632,18 +636,24 @@ impl Shard {
     /// Calls `f` for every host written since the last call, read at `now_sec`, then
     /// forgets them.
     pub fn drain_dirty(&mut self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {
-        for d in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &d in &dirty {
             let (v6, i) = (d & V6_BIT != 0, d & !V6_BIT);
             let m = slot_meta_mut(&mut self.v4, &mut self.v6, v6, i);
-            // A slot freed (and maybe reused) since it was listed has no DIRTY flag left
-            // or was listed again; either way it is visited at most once.
-            if m.flags & (LIVE | DIRTY) != (LIVE | DIRTY) {
-                continue;
-            }
+            // A slot is listed at most once (DIRTY survives a free and a reuse), so the
+            // list is never longer than the slots. A slot freed and not reused since is
+            // skipped.
+            let live = m.flags & LIVE != 0;
             m.flags &= !DIRTY;
-            let (key, _) = self.slot(v6, i);
-            f(&key, &self.entry(v6, i, now_sec));
+            if live {
+                let (key, _) = self.slot(v6, i);
+                f(&key, &self.entry(v6, i, now_sec));
+            }
         }
+        // The allocation is kept: a list rebuilt from nothing every pass makes RSS swing
+        // by the list's size under a flood of new hosts.
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     pub fn get(&self, key: &HostKey, now_sec: u32) -> Option<HostEntry> {
@@ -895,6 +905,33 @@ mod tests {
         assert_eq!(n, 2);
         s.drain_dirty(5, |_, _| n += 1);
         assert_eq!(n, 2, "nothing written since");
+    }
+
+    #[test]
+    fn churn_at_the_cap_keeps_the_dirty_list_within_the_slots() {
+        // A flood of new hosts at a cap of 4: every record evicts a host and reuses its
+        // slot. The dirty list must not grow with the records (it once held an entry per
+        // reuse, ~1 MB a second per 150 k new hosts), and each host written and still
+        // tracked is visited once.
+        let mut s = Shard::new(4, 5, 300, &[true]);
+        for n in 0..1000u32 {
+            let dst = std::net::Ipv4Addr::from(0x0a00_0000 + n).to_string();
+            s.apply(&upd(&dst, "198.51.100.1", 1), 5_000);
+            assert!(s.dirty.len() <= s.v4.slots.len(), "{}", s.dirty.len());
+        }
+        assert_eq!(s.len(), 4);
+        let (mut seen, mut tracked) = (Vec::new(), Vec::new());
+        s.drain_dirty(5, |k, _| seen.push(k.ip));
+        s.for_each(5, |k, _| tracked.push(k.ip));
+        seen.sort();
+        tracked.sort();
+        assert_eq!(seen, tracked, "every tracked host once, no freed one");
+        // Written again after the pass: listed again, once.
+        s.apply(&upd("10.0.3.231", "198.51.100.1", 1), 5_000);
+        s.apply(&upd("10.0.3.231", "198.51.100.1", 1), 5_000);
+        let mut n = 0;
+        s.drain_dirty(5, |_, _| n += 1);
+        assert_eq!(n, 1);
     }
 
     #[test]
