@@ -343,6 +343,14 @@ impl Dither {
     }
 }
 
+/// Adds packets, bytes and flows to the three cells from `base` (a protocol's).
+#[inline(always)]
+fn add_three<C: Cells>(c: &mut C, base: usize, p: u64, b: u64, f: u64) {
+    c.add(base, p);
+    c.add(base + 1, b);
+    c.add(base + 2, f);
+}
+
 /// Storage of the 16 decaying sums: [`Compact`] for hosts, [`Wide`] for hostgroup sums.
 pub trait Cells: Copy + Default {
     fn get(&self, i: usize) -> u64;
@@ -514,11 +522,13 @@ impl<C: Cells> Ewma<C> {
         c.add(PACKETS, p);
         c.add(BYTES, b);
         c.add(FLOWS, f);
-        if let Some(i) = class.proto {
-            let base = PROTO_BASE[usize::from(i)];
-            c.add(base, p);
-            c.add(base + 1, b);
-            c.add(base + 2, f);
+        // One arm per protocol, so every cell index is a constant and the cell lookup
+        // folds away (an index from `PROTO_BASE` at run time kept it).
+        match class.proto {
+            Some(0) => add_three(c, PROTO_BASE[0], p, b, f),
+            Some(1) => add_three(c, PROTO_BASE[1], p, b, f),
+            Some(_) => add_three(c, PROTO_BASE[2], p, b, f),
+            None => {}
         }
         if class.syn {
             c.add(SYN_PACKETS, p);
