@@ -724,7 +724,6 @@ fn ipfix_id(f: &IPFixField) -> u16 {
     }
 }
 
-/// first/last are sysUpTime milliseconds; the export header's sysUpTime anchors them.
 /// Hard cap against spoofed sources: when `map` is full and `key` is new, an arbitrary
 /// entry is forgotten to make room for it.
 fn make_room<K, V, S>(map: &mut HashMap<K, V, S>, key: &K, cap: usize)
@@ -739,6 +738,7 @@ where
     }
 }
 
+/// first/last are sysUpTime milliseconds; the export header's sysUpTime anchors them.
 fn set_times(r: &mut FlowRecord, sys_up_time: u32, first: u32, last: u32) {
     let age = u64::from(sys_up_time.wrapping_sub(last));
     r.end_age_ms = if age > MAX_END_AGE_MS { 0 } else { age as u32 };
