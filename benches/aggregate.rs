@@ -2,33 +2,13 @@
 //! lookup, shard routing, rate update) over 10 000 hosts, and `Pipeline::tick` with
 //! 1 M tracked host-directions of which only a few had traffic since the last pass.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
+use common::pipeline;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use flowguard::config::Config;
 use flowguard::decode::FlowRecord;
-use flowguard::metrics::Metrics;
-use flowguard::pipeline::Pipeline;
-
-fn pipeline(protected: &str, max_hosts: usize) -> Pipeline {
-    let cfg: Config = toml::from_str(&format!(
-        r#"
-        [networks]
-        protected = ["{protected}"]
-        [aggregate]
-        window_seconds = 5
-        max_tracked_hosts = {max_hosts}
-        idle_timeout_seconds = 3600
-        [[hostgroup]]
-        name = "default"
-        threshold_pps = 1000000
-        threshold_mbps = 100000
-        "#
-    ))
-    .unwrap();
-    Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap()
-}
 
 fn rec(dst: u32, i: u32) -> FlowRecord {
     FlowRecord {

@@ -8,14 +8,13 @@
 //! own figure for IPv4 (`benches/README.md`, the /8 walk) is end to end; this one is the
 //! table alone, and the only one for IPv6, which the load generator does not produce.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
-use std::sync::Arc;
 
-use flowguard::config::Config;
+use common::pipeline;
 use flowguard::decode::FlowRecord;
-use flowguard::metrics::Metrics;
-use flowguard::pipeline::Pipeline;
 
 const CAP: usize = 1_000_000;
 /// Distinct hosts offered: three times the cap, so the table fills and then churns.
@@ -32,24 +31,6 @@ fn rss_bytes() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-fn pipeline(protected: &str) -> Pipeline {
-    let cfg: Config = toml::from_str(&format!(
-        r#"
-        [networks]
-        protected = ["{protected}"]
-        [aggregate]
-        window_seconds = 5
-        max_tracked_hosts = {CAP}
-        [[hostgroup]]
-        name = "default"
-        threshold_pps = 100000000
-        threshold_mbps = 1000000
-        "#
-    ))
-    .expect("config");
-    Pipeline::new(&cfg, Arc::new(Metrics::new())).expect("pipeline")
 }
 
 /// The `i`th host of the flood: a stride walk over the protected prefix, so the hosts
@@ -87,7 +68,7 @@ fn measure(v6: bool) {
         )
     };
     let before = rss_bytes();
-    let p = pipeline(protected);
+    let p = pipeline(protected, CAP);
     let mut s = p.scratch();
     let mut recs = Vec::with_capacity(CHUNK);
     let t0: i64 = 1_700_000_000_000;
