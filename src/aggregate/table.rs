@@ -404,9 +404,13 @@ const RING_SAMPLE: usize = 4;
 /// Distinct sources tracked per attacked host; later sources go to "other".
 const MAX_SOURCES: usize = 1024;
 
+/// The maps written per record of an attacked host: aHash, not the standard SipHash
+/// (30 M records to 100 hosts, all over the threshold: 3.33 → 2.71 s).
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 #[derive(Debug, Default, Clone)]
 struct SourceTracker {
-    by_source: HashMap<IpAddr, (u64, HashMap<u16, u64>)>,
+    by_source: FastMap<IpAddr, (u64, FastMap<u16, u64>)>,
     total: u64,
 }
 
@@ -466,7 +470,7 @@ pub struct Shard {
     /// Picks where the ring's sample of a batch starts (an LCG: its top bits are random
     /// enough).
     ring_lcg: u64,
-    watched: HashMap<HostKey, SourceTracker>,
+    watched: FastMap<HostKey, SourceTracker>,
     /// Lifetime totals per tracked host-direction, when asked for.
     totals: Option<HashMap<HostKey, Counters, ahash::RandomState>>,
     cap: usize,
@@ -523,7 +527,7 @@ impl Shard {
             ring: Vec::with_capacity(RING_LEN),
             ring_pos: 0,
             ring_lcg: 0x853C_49E6_748F_EA9B,
-            watched: HashMap::new(),
+            watched: FastMap::default(),
             totals: None,
             cap,
             window_seconds,
