@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::aggregate::{Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard};
+use crate::aggregate::{
+    host_addr, Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard,
+};
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
@@ -174,20 +176,20 @@ impl Pipeline {
         }
     }
 
-    /// Queues record `ri` for its shard if `ip`, its host in direction `d`, is protected;
+    /// Queues record `ri` for its shard if its host in direction `d` is protected;
     /// returns whether it was.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn route(
         &self,
         r: &FlowRecord,
         ri: usize,
         d: Direction,
-        ip: IpAddr,
         proto: usize,
         traffic: &mut [[(u64, u64); 4]; 2],
         s: &mut Scratch,
     ) -> bool {
+        // `d` is a constant at each (inlined) call, so this is a plain field read.
+        let ip = host_addr(r, d);
         let Some(group) = self.networks.protected_group(ip) else {
             return false;
         };
@@ -218,8 +220,8 @@ impl Pipeline {
             // pairs before it stalled on store forwarding. With the ranges counted
             // instead of searched (`Networks`), 84 fewer instructions per record of ~630
             // (cachegrind over 2 M records to 10 000 hosts).
-            let incoming = self.route(r, ri, Direction::Incoming, r.dst, proto, &mut traffic, s);
-            let outgoing = self.route(r, ri, Direction::Outgoing, r.src, proto, &mut traffic, s);
+            let incoming = self.route(r, ri, Direction::Incoming, proto, &mut traffic, s);
+            let outgoing = self.route(r, ri, Direction::Outgoing, proto, &mut traffic, s);
             if !(incoming || outgoing) {
                 unprotected += 1;
             }

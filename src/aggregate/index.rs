@@ -52,8 +52,6 @@ pub fn prefetch_all<T>(x: &T) {
 #[derive(Debug, Clone)]
 pub struct SlotIndex {
     buckets: Box<[u32]>,
-    /// `buckets.len() - 1` (a power of two less one), kept rather than recomputed.
-    mask: usize,
     len: usize,
     /// Bits of a bucket that hold the slot number; the rest is the tag.
     vbits: u32,
@@ -76,7 +74,6 @@ impl SlotIndex {
         let vbits = need.clamp(1, 32);
         SlotIndex {
             buckets: vec![EMPTY; 16].into_boxed_slice(),
-            mask: 15,
             len: 0,
             vbits,
             vmask: if vbits == 32 {
@@ -110,7 +107,7 @@ impl SlotIndex {
 
     #[inline]
     fn mask(&self) -> usize {
-        self.mask
+        self.buckets.len() - 1
     }
 
     /// Asks the CPU to start loading the home bucket of `hash` (see [`prefetch`]).
@@ -170,7 +167,6 @@ impl SlotIndex {
     fn grow(&mut self, rehash: &impl Fn(u32) -> u64) {
         let bigger = vec![EMPTY; self.buckets.len() * 2].into_boxed_slice();
         let old = std::mem::replace(&mut self.buckets, bigger);
-        self.mask = self.buckets.len() - 1;
         for e in old.iter().copied().filter(|&e| e != EMPTY) {
             self.place(rehash(e & self.vmask), e);
         }

@@ -223,7 +223,7 @@ impl Class {
     #[inline]
     pub fn of(r: &FlowRecord) -> Class {
         Class {
-            proto: PROTO_CLASS[usize::from(r.protocol)],
+            proto: proto_index(r.protocol) as u8,
             syn: r.is_syn(),
             frag: r.fragment,
         }

@@ -19,7 +19,6 @@
 //! swept periodically; freed slots are reused, so memory stays flat at the cap.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use parking_lot::Mutex;
@@ -85,9 +84,9 @@ impl<K: SlotKey> Slot<K> {
 
 /// An address as a slot stores it: IPv4 in 4 bytes, IPv6 in 16 (4-byte aligned, not 16
 /// as u128 would be).
-trait SlotKey: Copy + Eq + Hash {
+trait SlotKey: Copy + Eq {
     fn ip(self) -> IpAddr;
-    fn hash(self, h: &KeyHasher, dir: Direction) -> u64;
+    fn hash_with(self, h: &KeyHasher, dir: Direction) -> u64;
 }
 
 impl SlotKey for u32 {
@@ -96,7 +95,7 @@ impl SlotKey for u32 {
     }
 
     #[inline]
-    fn hash(self, h: &KeyHasher, dir: Direction) -> u64 {
+    fn hash_with(self, h: &KeyHasher, dir: Direction) -> u64 {
         h.v4(self, dir)
     }
 }
@@ -109,7 +108,7 @@ impl SlotKey for [u32; 4] {
     }
 
     #[inline]
-    fn hash(self, h: &KeyHasher, dir: Direction) -> u64 {
+    fn hash_with(self, h: &KeyHasher, dir: Direction) -> u64 {
         h.v6(self, dir)
     }
 }
@@ -211,11 +210,6 @@ impl<K: SlotKey> Family<K> {
         self.slots.len() - self.free.len()
     }
 
-    #[inline(always)]
-    fn hash(h: &KeyHasher, key: K, dir: Direction) -> u64 {
-        key.hash(h, dir)
-    }
-
     /// Prefetches the slot the home bucket of `hash` names (the bucket itself should have
     /// been prefetched a little earlier); both ends, as a slot may straddle two lines.
     #[inline]
@@ -241,7 +235,7 @@ impl<K: SlotKey> Family<K> {
     fn rehash<'a>(slots: &'a [Slot<K>], h: &'a KeyHasher) -> impl Fn(u32) -> u64 + 'a {
         move |i| {
             let s = &slots[i as usize];
-            Self::hash(h, s.key, s.m.dir)
+            s.key.hash_with(h, s.m.dir)
         }
     }
 
@@ -310,7 +304,7 @@ impl<K: SlotKey> Family<K> {
     /// Takes live slot `i` out of the index and onto the free list.
     fn free_slot(&mut self, h: &KeyHasher, i: usize) {
         let s = self.slots[i];
-        let hash = Self::hash(h, s.key, s.m.dir);
+        let hash = s.key.hash_with(h, s.m.dir);
         self.index
             .remove(hash, i as u32, Self::rehash(&self.slots, h));
         // DIRTY stays: the slot's entry on the dirty list is still there (see insert).
@@ -373,12 +367,12 @@ fn peer_of(r: &FlowRecord, dir: Direction) -> (IpAddr, u16) {
     }
 }
 
-/// The hash a slot of `key` is indexed under; [`Family::hash`] of its stored form.
+/// The hash a slot of `key` is indexed under: [`SlotKey::hash_with`] of its stored form.
 #[inline]
 fn key_hash(h: &KeyHasher, key: &HostKey) -> u64 {
     match key.ip {
-        IpAddr::V4(a) => Family::<u32>::hash(h, u32::from(a), key.dir),
-        IpAddr::V6(a) => Family::<[u32; 4]>::hash(h, v6_key(a), key.dir),
+        IpAddr::V4(a) => u32::from(a).hash_with(h, key.dir),
+        IpAddr::V6(a) => v6_key(a).hash_with(h, key.dir),
     }
 }
 
@@ -472,7 +466,7 @@ pub struct Shard {
     ring_lcg: u64,
     watched: FastMap<HostKey, SourceTracker>,
     /// Lifetime totals per tracked host-direction, when asked for.
-    totals: Option<HashMap<HostKey, Counters, ahash::RandomState>>,
+    totals: Option<FastMap<HostKey, Counters>>,
     cap: usize,
     window_seconds: u32,
     max_spread_ms: u32,
