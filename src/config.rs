@@ -104,6 +104,10 @@ pub struct CollectorConfig {
     /// Per-exporter sampling-rate overrides, keyed by exporter IP address.
     #[serde(default)]
     pub exporter_sampling_rate: std::collections::BTreeMap<String, u32>,
+    /// Sampling rate (1 in N) for records whose exporter announces none; unlike
+    /// `sampling_rate` it never overrides an announced rate.
+    #[serde(default)]
+    pub fallback_sampling_rate: Option<u32>,
     /// Only datagrams from these sources are parsed (empty = everyone). Checked before
     /// parsing, so spoofed datagrams cannot touch real exporters' template state.
     #[serde(default)]
@@ -126,6 +130,19 @@ impl CollectorConfig {
             };
             format!("{p}-{}", self.listen.port())
         })
+    }
+
+    /// The decode stage's sampling settings of this collector.
+    pub fn sampling(&self) -> crate::decode::SamplingOverrides {
+        crate::decode::SamplingOverrides {
+            collector: self.sampling_rate,
+            per_exporter: self
+                .exporter_sampling_rate
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+                .collect(),
+            fallback: self.fallback_sampling_rate,
+        }
     }
 }
 
@@ -391,6 +408,11 @@ impl Config {
             }
             if c.sampling_rate == Some(0) {
                 p.push(format!("collector[{i}].sampling_rate: must be at least 1"));
+            }
+            if c.fallback_sampling_rate == Some(0) {
+                p.push(format!(
+                    "collector[{i}].fallback_sampling_rate: must be at least 1"
+                ));
             }
             for (k, v) in &c.exporter_sampling_rate {
                 if k.parse::<std::net::IpAddr>().is_err() {

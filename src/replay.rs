@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::clock::rfc3339;
 use crate::config::Config;
-use crate::decode::{FlowRecord, NetflowDecoder, SamplingOverrides, SflowDecoder, Version};
+use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
 use crate::metrics::Metrics;
 use crate::model::{AttackEvent, EventKind, TopSource};
 use crate::pipeline::{count_decode, Pipeline};
@@ -162,7 +162,9 @@ pub fn run(
                 .iter()
                 .position(|c| c.listen.port() == d.dst_port);
             let dec = decoders.entry(coll).or_insert_with(|| {
-                let ov = coll.map(|i| overrides_of(cfg, i)).unwrap_or_default();
+                let ov = coll
+                    .map(|i| cfg.collectors[i].sampling())
+                    .unwrap_or_default();
                 Decoders {
                     netflow: NetflowDecoder::new(ov.clone()),
                     sflow: SflowDecoder::new(ov),
@@ -223,18 +225,6 @@ fn progress_bar(enabled: bool, len: u64, path: &Path) -> Option<indicatif::Progr
     );
     b.set_message(path.display().to_string());
     Some(b)
-}
-
-pub fn overrides_of(cfg: &Config, i: usize) -> SamplingOverrides {
-    let c = &cfg.collectors[i];
-    SamplingOverrides {
-        collector: c.sampling_rate,
-        per_exporter: c
-            .exporter_sampling_rate
-            .iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
-            .collect(),
-    }
 }
 
 /// Calls `f` for every UDP datagram of a pcap or pcapng file, in file order.

@@ -145,15 +145,7 @@ enum Decoder {
 
 fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
     let metrics = pipeline.metrics().clone();
-    let ov = crate::decode::SamplingOverrides {
-        collector: b.cfg.sampling_rate,
-        per_exporter: b
-            .cfg
-            .exporter_sampling_rate
-            .iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
-            .collect(),
-    };
+    let ov = b.cfg.sampling();
     let mut dec = match b.cfg.protocol {
         CollectorProtocol::Netflow => Decoder::Netflow(Box::new(NetflowDecoder::new(ov))),
         CollectorProtocol::Sflow => Decoder::Sflow(SflowDecoder::new(ov)),

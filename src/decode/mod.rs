@@ -151,16 +151,30 @@ pub struct DecodeOutcome {
     pub sampling_rate: Option<u32>,
 }
 
-/// Sampling-rate overrides from config, applied before anything learned from the wire.
+/// Sampling rates from config: overrides, applied before anything learned from the wire,
+/// and a fallback, applied only when the exporter announced no rate at all.
 #[derive(Debug, Clone, Default)]
 pub struct SamplingOverrides {
     pub collector: Option<u32>,
     pub per_exporter: std::collections::HashMap<IpAddr, u32>,
+    /// Used only for records whose exporter announced no rate (FastNetMon's
+    /// `netflow_sampling_ratio` has this meaning).
+    pub fallback: Option<u32>,
 }
 
 impl SamplingOverrides {
     pub fn for_exporter(&self, exporter: IpAddr) -> Option<u32> {
         self.per_exporter.get(&exporter).copied().or(self.collector)
+    }
+
+    /// The rate in force: an override, else what the exporter announced, else the
+    /// fallback, else 1 (never 0).
+    pub fn resolve(&self, exporter: IpAddr, announced: Option<u32>) -> u32 {
+        self.for_exporter(exporter)
+            .or(announced.filter(|r| *r > 0))
+            .or(self.fallback)
+            .unwrap_or(1)
+            .max(1)
     }
 }
 

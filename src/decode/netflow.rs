@@ -359,16 +359,12 @@ impl NetflowDecoder {
     }
 
     fn rate(&self, exporter: IpAddr, scope: u32, in_record: Option<u32>) -> u32 {
-        self.overrides
-            .for_exporter(exporter)
-            .or(in_record)
-            .or_else(|| {
-                self.scopes
-                    .get(&(exporter, scope))
-                    .and_then(|s| s.sampling_rate)
-            })
-            .unwrap_or(1)
-            .max(1)
+        let announced = in_record.or_else(|| {
+            self.scopes
+                .get(&(exporter, scope))
+                .and_then(|s| s.sampling_rate)
+        });
+        self.overrides.resolve(exporter, announced)
     }
 
     fn v5(

@@ -176,11 +176,7 @@ impl SflowDecoder {
 
     /// Rate in force for a flow sample, remembering the wire rate for metrics.
     fn sample_rate(&mut self, exporter: IpAddr, wire_rate: u32) -> u32 {
-        let rate = self
-            .overrides
-            .for_exporter(exporter)
-            .unwrap_or(wire_rate)
-            .max(1);
+        let rate = self.overrides.resolve(exporter, Some(wire_rate));
         if let Some(r) = self.last_rate.get_mut(&exporter) {
             *r = wire_rate.max(1);
         } else if self.last_rate.len() < MAX_EXPORTERS {
