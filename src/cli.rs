@@ -173,10 +173,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let s = crate::replay::run(&cfg, &a.captures, &opts, &mut out)?;
             use std::io::Write;
             out.flush()?;
-            eprintln!(
-                "replay: {} datagrams, {} records, {} attacks, {} undecodable, {} non-UDP packets skipped",
-                s.datagrams, s.records, s.attacks, s.undecodable, s.not_udp
-            );
+            eprintln!("{}", s.line());
             Ok(ExitCode::SUCCESS)
         }
         Command::Hook(HookCommand::Fastnetmon(a)) => {

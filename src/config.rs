@@ -112,6 +112,12 @@ pub struct CollectorConfig {
     /// parsing, so spoofed datagrams cannot touch real exporters' template state.
     #[serde(default)]
     pub allowed_exporters: Vec<IpNet>,
+    /// Count the reverse counters of RFC 5103 biflow records (IPFIX PEN 29305, as YAF
+    /// exports) as traffic from the flow's destination to its source. Off by default:
+    /// then per-destination totals are those of the forward counters, as tshark and
+    /// most collectors sum them.
+    #[serde(default)]
+    pub biflow_reverse: bool,
     /// SO_RCVBUF asked for; the kernel caps it at net.core.rmem_max.
     #[serde(default = "default_rcvbuf")]
     pub receive_buffer_bytes: usize,

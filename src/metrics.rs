@@ -29,6 +29,7 @@ pub struct Metrics {
     pub datagrams_dropped: IntCounterVec,
     pub socket_drops: IntGaugeVec,
     pub template_misses: IntCounterVec,
+    pub records_skipped: IntCounterVec,
     pub templates_known: IntGaugeVec,
     pub exporter_sampling_rate: IntGaugeVec,
     pub exporter_series_overflow: IntCounter,
@@ -130,6 +131,7 @@ impl Metrics {
             datagrams_dropped: counter_vec(&r, "flowguard_datagrams_dropped_total", "Datagrams dropped before decoding, by collector and reason.", &["collector", "reason"]),
             socket_drops: gauge_vec(&r, "flowguard_socket_receive_drops", "Datagrams the kernel dropped on a collector socket (SO_MEMINFO, cumulative since the socket opened).", &["collector"]),
             template_misses: counter_vec(&r, "flowguard_template_misses_total", "NetFlow v9/IPFIX data flowsets that arrived before their template.", &["collector"]),
+            records_skipped: counter_vec(&r, "flowguard_records_skipped_total", "Records (data sets, for no_template) not counted as traffic, by collector and reason.", &["collector", "reason"]),
             templates_known: gauge_vec(&r, "flowguard_templates_known", "NetFlow v9/IPFIX templates currently cached, by collector.", &["collector"]),
             exporter_sampling_rate: gauge_vec(&r, "flowguard_exporter_sampling_rate", "Sampling rate (1 in N) in force per exporter.", &["collector", "exporter"]),
             exporter_series_overflow: counter(&r, "flowguard_exporter_series_overflow_total", "Exporters not given their own series because the series cap was reached."),
@@ -183,9 +185,11 @@ impl Metrics {
                 "bad_version",
                 "malformed",
                 "unsupported_header",
-                "record_skipped",
             ] {
                 self.decode_errors.with_label_values(&[c, k]);
+            }
+            for r in crate::decode::SkipReason::ALL {
+                self.records_skipped.with_label_values(&[c, r.label()]);
             }
             for r in ["not_allowed", "truncated"] {
                 self.datagrams_dropped.with_label_values(&[c, r]);

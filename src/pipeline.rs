@@ -142,7 +142,7 @@ impl Pipeline {
             &summed,
         );
         if cfg.aggregate.host_totals {
-            table.keep_totals();
+            table.keep_totals(false);
         }
         Ok(Pipeline {
             networks,
@@ -531,9 +531,10 @@ impl Pipeline {
         (!directions.is_empty()).then_some(HostView { ip, directions })
     }
 
-    /// Keeps lifetime totals per host-direction from now on.
+    /// Keeps lifetime totals per host-direction from now on, including those of hosts
+    /// evicted later (replay: totals of the whole capture).
     pub fn keep_totals(&self) {
-        self.table.keep_totals();
+        self.table.keep_totals(true);
     }
 
     /// Every tracked host-direction's totals (kept only after [`Self::keep_totals`] or
@@ -637,7 +638,7 @@ pub struct DecodeTally {
     datagrams: [u64; VERSIONS],
     records: [u64; VERSIONS],
     errors: [u64; ERROR_KINDS],
-    skipped: u64,
+    skips: crate::decode::Skips,
     template_misses: u64,
     counter_samples: u64,
 }
@@ -667,7 +668,7 @@ impl DecodeTally {
         if let Some(e) = oc.error {
             self.errors[e as usize] += 1;
         }
-        self.skipped += oc.skipped as u64;
+        self.skips.merge(&oc.skips);
         self.template_misses += oc.template_misses as u64;
         self.counter_samples += oc.counter_samples as u64;
     }
@@ -691,10 +692,13 @@ impl DecodeTally {
                     .inc_by(n);
             }
         }
-        if self.skipped > 0 {
-            m.decode_errors
-                .with_label_values(&[collector, "record_skipped"])
-                .inc_by(self.skipped);
+        for r in crate::decode::SkipReason::ALL {
+            let n = self.skips.get(r);
+            if n > 0 {
+                m.records_skipped
+                    .with_label_values(&[collector, r.label()])
+                    .inc_by(n);
+            }
         }
         if self.template_misses > 0 {
             m.template_misses

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::DataLink;
 use serde::Serialize;
@@ -48,7 +47,44 @@ pub struct Summary {
     pub records: u64,
     pub not_udp: u64,
     pub undecodable: u64,
+    /// Datagrams with a decode error, also those that still gave records.
+    pub decode_errors: u64,
+    /// Records not counted as traffic, by reason.
+    #[serde(skip)]
+    pub skips: crate::decode::Skips,
+    /// Capture records with a bad header (e.g. a sub-second field of a million µs, which
+    /// real capture writers produce); read all the same.
+    pub bad_capture_records: u64,
     pub attacks: u64,
+}
+
+impl Summary {
+    /// The replay's closing line: every record not counted has its reason here.
+    pub fn line(&self) -> String {
+        use crate::decode::SkipReason;
+        let skipped: Vec<String> = SkipReason::ALL
+            .iter()
+            .filter(|r| self.skips.get(**r) > 0)
+            .map(|r| format!("{} {}", self.skips.get(*r), r.label()))
+            .collect();
+        format!(
+            "replay: {} datagrams, {} records, {} attacks, {} undecodable, {} with decode errors, \
+             {} records skipped{}, {} bad capture records, {} non-UDP packets skipped",
+            self.datagrams,
+            self.records,
+            self.attacks,
+            self.undecodable,
+            self.decode_errors,
+            self.skips.total(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", skipped.join(", "))
+            },
+            self.bad_capture_records,
+            self.not_udp
+        )
+    }
 }
 
 /// A captured UDP datagram.
@@ -165,8 +201,10 @@ pub fn run(
                 let ov = coll
                     .map(|i| cfg.collectors[i].sampling())
                     .unwrap_or_default();
+                let mut netflow = NetflowDecoder::new(ov.clone());
+                netflow.set_biflow_reverse(coll.is_some_and(|i| cfg.collectors[i].biflow_reverse));
                 Decoders {
-                    netflow: NetflowDecoder::new(ov.clone()),
+                    netflow,
                     sflow: SflowDecoder::new(ov),
                 }
             });
@@ -176,17 +214,22 @@ pub fn run(
                 _ => dec.netflow.decode(d.from, &d.payload, &mut records),
             };
             count_decode(&metrics, "replay", &oc);
-            if oc.error.is_some() && oc.records == 0 {
-                summary.undecodable += 1;
+            if oc.error.is_some() {
+                summary.decode_errors += 1;
+                if oc.records == 0 {
+                    summary.undecodable += 1;
+                }
             }
+            summary.skips.merge(&oc.skips);
             summary.records += records.len() as u64;
             pipeline.ingest(&records, d.ts_ms, &mut scratch);
             Ok(())
         };
-        let mut not_udp = 0;
-        read_capture(path, &mut on_datagram, &mut not_udp)
+        let mut counts = CaptureCounts::default();
+        read_capture(path, &mut on_datagram, &mut counts)
             .with_context(|| format!("reading {}", path.display()))?;
-        summary.not_udp += not_udp;
+        summary.not_udp += counts.not_udp;
+        summary.bad_capture_records += counts.bad_records;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -227,12 +270,20 @@ fn progress_bar(enabled: bool, len: u64, path: &Path) -> Option<indicatif::Progr
     Some(b)
 }
 
+/// What reading a capture passed over.
+#[derive(Debug, Default)]
+struct CaptureCounts {
+    not_udp: u64,
+    bad_records: u64,
+}
+
 /// Calls `f` for every UDP datagram of a pcap or pcapng file, in file order.
 fn read_capture(
     path: &Path,
     f: &mut dyn FnMut(Datagram, u64) -> anyhow::Result<()>,
-    not_udp: &mut u64,
+    counts: &mut CaptureCounts,
 ) -> anyhow::Result<()> {
+    let not_udp = &mut counts.not_udp;
     let mut file = File::open(path)?;
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic)
@@ -280,18 +331,7 @@ fn read_capture(
         | [0xa1, 0xb2, 0xc3, 0xd4]
         | [0x4d, 0x3c, 0xb2, 0xa1]
         | [0xa1, 0xb2, 0x3c, 0x4d] => {
-            let mut r = PcapReader::new(reader)?;
-            let link = r.header().datalink;
-            let mut n = 24u64;
-            while let Some(pkt) = r.next_packet() {
-                let pkt = pkt?;
-                n += 16 + pkt.data.len() as u64;
-                let ts = pkt.timestamp.as_millis() as i64;
-                match udp_of(link, &pkt.data, ts) {
-                    Some(d) => f(d, n)?,
-                    None => *not_udp += 1,
-                }
-            }
+            read_legacy_pcap(reader, magic, f, counts)?;
         }
         _ => bail!("not a pcap or pcapng file"),
     }
@@ -315,6 +355,87 @@ fn ticks_per_second(
         }
     }
     1_000_000
+}
+
+/// Largest capture record believed (pcap's usual snaplen); a larger length means the
+/// file is broken from there on.
+const MAX_PCAP_RECORD: usize = 262_144;
+
+/// Legacy pcap, read here rather than with pcap-file, which stops at the first record
+/// header it dislikes: a sub-second field out of range is counted and read as its
+/// whole seconds plus the overflow, and the replay goes on. A record whose length runs
+/// past the file (or past [`MAX_PCAP_RECORD`]) ends the file, counted.
+fn read_legacy_pcap(
+    mut r: impl Read,
+    magic: [u8; 4],
+    f: &mut dyn FnMut(Datagram, u64) -> anyhow::Result<()>,
+    counts: &mut CaptureCounts,
+) -> anyhow::Result<()> {
+    let le = matches!(magic, [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1]);
+    let nanos = matches!(magic, [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d]);
+    let u32_of = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut hdr = [0u8; 24];
+    r.read_exact(&mut hdr).context("pcap header")?;
+    let link = DataLink::from(u32_of(&hdr[20..24]));
+    let (per_sec, frac_ms) = if nanos { (1_000_000_000u64, 1_000_000u64) } else { (1_000_000, 1_000) };
+    let mut n = 24u64;
+    let mut data = Vec::new();
+    loop {
+        let mut rh = [0u8; 16];
+        match read_full(&mut r, &mut rh)? {
+            0 => break,
+            16 => {}
+            _ => {
+                counts.bad_records += 1;
+                break;
+            }
+        }
+        let (sec, frac, incl) = (
+            u64::from(u32_of(&rh[0..4])),
+            u64::from(u32_of(&rh[4..8])),
+            u32_of(&rh[8..12]) as usize,
+        );
+        if frac >= per_sec {
+            counts.bad_records += 1;
+        }
+        if incl > MAX_PCAP_RECORD {
+            counts.bad_records += 1;
+            break;
+        }
+        data.resize(incl, 0);
+        if read_full(&mut r, &mut data)? < incl {
+            counts.bad_records += 1;
+            break;
+        }
+        n += 16 + incl as u64;
+        let ts = (sec * 1000 + frac / frac_ms) as i64;
+        match udp_of(link, &data, ts) {
+            Some(d) => f(d, n)?,
+            None => counts.not_udp += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn udp_of(link: DataLink, data: &[u8], ts_ms: i64) -> Option<Datagram> {

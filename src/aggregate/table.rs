@@ -467,6 +467,9 @@ pub struct Shard {
     watched: FastMap<HostKey, SourceTracker>,
     /// Lifetime totals per tracked host-direction, when asked for.
     totals: Option<FastMap<HostKey, Counters>>,
+    /// Totals outlive the host's eviction (replay: totals of the whole capture; the
+    /// capture bounds them). Off for the live service, whose totals follow the table.
+    totals_keep_evicted: bool,
     cap: usize,
     window_seconds: u32,
     max_spread_ms: u32,
@@ -523,6 +526,7 @@ impl Shard {
             ring_lcg: 0x853C_49E6_748F_EA9B,
             watched: FastMap::default(),
             totals: None,
+            totals_keep_evicted: false,
             cap,
             window_seconds,
             max_spread_ms: max_spread_seconds.saturating_mul(1000),
@@ -533,9 +537,11 @@ impl Shard {
         }
     }
 
-    /// Keeps lifetime totals per host-direction from now on (`replay --totals`).
-    pub fn keep_totals(&mut self) {
+    /// Keeps lifetime totals per host-direction from now on; with `keep_evicted`, also
+    /// those of hosts evicted since (`replay --totals`).
+    pub fn keep_totals(&mut self, keep_evicted: bool) {
         self.totals.get_or_insert_with(HashMap::default);
+        self.totals_keep_evicted = keep_evicted;
     }
 
     pub fn len(&self) -> usize {
@@ -596,7 +602,7 @@ impl Shard {
         match gone {
             Some(k) => {
                 self.evicted_pressure += 1;
-                if let Some(t) = &mut self.totals {
+                if let Some(t) = self.totals.as_mut().filter(|_| !self.totals_keep_evicted) {
                     t.remove(&k);
                 }
                 false
@@ -809,7 +815,7 @@ impl Shard {
         };
         self.v4.retain(&self.hasher, &mut evict);
         self.v6.retain(&self.hasher, &mut evict);
-        if let Some(t) = &mut self.totals {
+        if let Some(t) = self.totals.as_mut().filter(|_| !self.totals_keep_evicted) {
             for k in &gone {
                 t.remove(k);
             }
@@ -892,10 +898,11 @@ impl HostTable {
         }
     }
 
-    /// Keeps lifetime totals per host-direction (128 bytes each more).
-    pub fn keep_totals(&self) {
+    /// Keeps lifetime totals per host-direction (128 bytes each more); see
+    /// [`Shard::keep_totals`] for `keep_evicted`.
+    pub fn keep_totals(&self, keep_evicted: bool) {
         for s in &self.shards {
-            s.lock().keep_totals();
+            s.lock().keep_totals(keep_evicted);
         }
     }
 
@@ -1140,7 +1147,7 @@ mod tests {
         s.apply(&upd("192.0.2.1", "198.51.100.1", 3), 5_000);
         let key = upd("192.0.2.1", "198.51.100.1", 0).key;
         assert_eq!(s.totals_of(&key), None);
-        s.keep_totals();
+        s.keep_totals(false);
         for t in [5_000, 9_000, 70_000] {
             s.apply(&upd("192.0.2.1", "198.51.100.1", 1_000_001), t);
         }

@@ -147,7 +147,11 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
     let metrics = pipeline.metrics().clone();
     let ov = b.cfg.sampling();
     let mut dec = match b.cfg.protocol {
-        CollectorProtocol::Netflow => Decoder::Netflow(Box::new(NetflowDecoder::new(ov))),
+        CollectorProtocol::Netflow => {
+            let mut d = NetflowDecoder::new(ov);
+            d.set_biflow_reverse(b.cfg.biflow_reverse);
+            Decoder::Netflow(Box::new(d))
+        }
         CollectorProtocol::Sflow => Decoder::Sflow(SflowDecoder::new(ov)),
     };
     let allowed: Vec<IpNet> = b.cfg.allowed_exporters.clone();
@@ -375,8 +379,11 @@ impl BatchReceiver {
     fn get(&self, i: usize) -> (SocketAddr, &[u8], bool) {
         let len = self.hdrs[i].msg_len as usize;
         let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        let from =
-            sockaddr_to(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // An IPv4 exporter on a dual-stack socket is the IPv4 exporter for the
+        // allow-list, the sampling overrides, metric labels and template scope alike.
+        let from = crate::decode::canonical(
+            sockaddr_to(&self.addrs[i]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        );
         let start = i * STRIDE;
         (
             from,

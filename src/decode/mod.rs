@@ -1,14 +1,16 @@
 //! Decode stage: exported datagrams → [`FlowRecord`]s.
 //!
-//! Owns per-exporter decoding state (NetFlow v9/IPFIX templates, learned sampling rates,
-//! IPFIX system-init times) and nothing else: it does no I/O and reads no clock. Callers
-//! pass the datagram, its source address and `now`; records come out with packets and
-//! bytes already scaled by the sampling rate in force.
+//! Owns per-exporter decoding state (NetFlow v9/IPFIX templates, learned sampling rates
+//! per exporter scope and sampler, IPFIX system-init times) and nothing else: it does no
+//! I/O. Callers pass the datagram and its source address; records come out with packets
+//! and bytes already scaled by the sampling rate in force. The only clock read is the
+//! idle-scope bookkeeping of `NetflowDecoder` (`prune_idle` and the crate's LRU).
 //!
 //! Bad input never panics: a datagram that fails part-way yields the records decoded
 //! before the failure plus an error kind, which the caller counts.
 
 mod fast;
+mod fields;
 pub mod netflow;
 pub mod packet;
 pub mod sflow;
@@ -143,12 +145,72 @@ pub struct DecodeOutcome {
     pub template_misses: usize,
     /// sFlow counter samples (counted, not used).
     pub counter_samples: usize,
-    /// Records skipped inside an otherwise good datagram (e.g. an undecodable sFlow
-    /// header).
-    pub skipped: usize,
+    /// Records not counted as traffic inside an otherwise good datagram, by reason.
+    pub skips: Skips,
     pub error: Option<DecodeErrorKind>,
     /// Sampling rate applied to this datagram's records (the last one, if several).
     pub sampling_rate: Option<u32>,
+}
+
+/// Why a record (or, before its template, a data set) was not counted as traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// v9/IPFIX data set before its template, or of a template that was refused (one
+    /// per set: without the template its records cannot be told apart).
+    NoTemplate,
+    /// No source and destination address of one family (e.g. a layer-2-only record).
+    NoAddress,
+    /// A record kind flowguard does not read (an sFlow header protocol other than
+    /// Ethernet, IPv4 or IPv6).
+    Unsupported,
+    /// A sampled header (sFlow, or an IPFIX packet section) that could not be read.
+    BadHeader,
+    /// Options data (sampling, interface tables): read for its settings, not traffic.
+    Options,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 5] = [
+        SkipReason::NoTemplate,
+        SkipReason::NoAddress,
+        SkipReason::Unsupported,
+        SkipReason::BadHeader,
+        SkipReason::Options,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::NoTemplate => "no_template",
+            SkipReason::NoAddress => "no_address",
+            SkipReason::Unsupported => "unsupported",
+            SkipReason::BadHeader => "bad_header",
+            SkipReason::Options => "options",
+        }
+    }
+}
+
+/// Skipped records by [`SkipReason`] (index = discriminant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skips(pub [u64; 5]);
+
+impl Skips {
+    pub fn add(&mut self, r: SkipReason, n: u64) {
+        self.0[r as usize] += n;
+    }
+
+    pub fn get(&self, r: SkipReason) -> u64 {
+        self.0[r as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn merge(&mut self, o: &Skips) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+    }
 }
 
 /// Sampling rates from config: overrides, applied before anything learned from the wire,
@@ -190,4 +252,16 @@ pub(crate) fn be32(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_be_bytes(
         b.get(o..o.checked_add(4)?)?.try_into().ok()?,
     ))
+}
+
+/// The exporter address as flowguard keys it: an IPv4 exporter that reached a
+/// dual-stack (`[::]`) socket arrives as `::ffff:a.b.c.d` and is the IPv4 exporter.
+pub fn canonical(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
 }

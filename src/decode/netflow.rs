@@ -7,9 +7,15 @@
 //! `systemInitTimeMilliseconds` for sysUpTime-relative timestamps, and the mapping of a
 //! record's fields onto a [`FlowRecord`].
 //!
-//! Data sets of templates already seen take a fast path ([`super::fast`]) that reads the
-//! fields straight from the bytes; the crate still parses every datagram with templates,
-//! options or anything unusual.
+//! Data sets of templates already seen are read straight from the bytes
+//! ([`super::fast`]), also inside datagrams the crate parses: the crate parses every
+//! datagram that carries templates, options or a set the fast path does not know, and
+//! stays the authority for options data (sampling) and for templates the fast path does
+//! not compile; its records are used only for data sets of such templates. That way a
+//! data set the crate refuses (an empty variable-length field, a v9 template with
+//! variable-length fields) is still decoded, and zero padding after the last set is cut
+//! before the crate sees it. What a record's fields mean is decided once, in
+//! [`super::fields`].
 //!
 //! Hostile input: every cache here is bounded ([`NetflowLimits`]): exporter scopes (LRU,
 //! plus [`NetflowDecoder::prune_idle`]), templates per scope, fields per template and the
@@ -36,9 +42,9 @@ use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
 use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParser};
 
 use super::fast;
+use super::fields::{ports_zero_fragment, Fields, Skip, Value, REVERSE};
 use super::{
-    be16, be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version, PROTO_TCP,
-    PROTO_UDP,
+    be16, be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, SkipReason, Version,
 };
 
 /// Largest end age we believe; more means a broken exporter clock, and the record is
@@ -48,11 +54,62 @@ const MAX_END_AGE_MS: u64 = 3_600_000;
 /// The scope options data applies to: exporter address and source id / domain.
 type ScopeKey = (IpAddr, u32);
 
-#[derive(Debug, Default, Clone, Copy)]
+/// Samplers (selectors) remembered per exporter scope; beyond it the oldest goes.
+const MAX_SAMPLERS: usize = 64;
+
+#[derive(Debug, Default, Clone)]
 struct ScopeState {
+    /// Rate announced by options data that names no sampler.
     sampling_rate: Option<u32>,
+    /// Rates announced per sampler / selector id (v9 FLOW_SAMPLER_ID 48, IPFIX
+    /// samplerId 48 / selectorId 302), at most [`MAX_SAMPLERS`].
+    samplers: Vec<(u64, u32)>,
     /// IPFIX systemInitTimeMilliseconds (Unix ms).
     system_init_ms: Option<u64>,
+}
+
+impl ScopeState {
+    /// Takes what one options record announces.
+    fn learn(&mut self, f: &Fields) {
+        if let Some(rate) = f.sampling_rate() {
+            match f.sampler_id {
+                Some(id) => {
+                    if let Some(s) = self.samplers.iter_mut().find(|s| s.0 == id) {
+                        s.1 = rate;
+                    } else {
+                        if self.samplers.len() >= MAX_SAMPLERS {
+                            self.samplers.remove(0);
+                        }
+                        self.samplers.push((id, rate));
+                    }
+                }
+                None => self.sampling_rate = Some(rate),
+            }
+        }
+        if let Some(init) = f.system_init_ms {
+            self.system_init_ms = Some(init);
+        }
+    }
+
+    /// The rate options data announced for a record of `sampler` (None = the record
+    /// names none). A named sampler gets its own rate; one whose options have not come
+    /// yet gets none while other samplers are known (it may differ from all of them).
+    /// A record that names none gets the scope's single announced rate, if there is
+    /// exactly one.
+    fn rate_for(&self, sampler: Option<u64>) -> Option<u32> {
+        match sampler {
+            Some(id) => match self.samplers.iter().find(|s| s.0 == id) {
+                Some(s) => Some(s.1),
+                None if self.samplers.is_empty() => self.sampling_rate,
+                None => None,
+            },
+            None => {
+                let mut rates = self.sampling_rate.into_iter().chain(self.samplers.iter().map(|s| s.1));
+                let r = rates.next()?;
+                rates.all(|x| x == r).then_some(r)
+            }
+        }
+    }
 }
 
 /// Default cap on exporter scopes with template state (address + port + source id /
@@ -95,6 +152,8 @@ pub struct NetflowDecoder {
     overrides: SamplingOverrides,
     pub(super) fast: fast::FastTemplates,
     fast_enabled: bool,
+    /// Count RFC 5103 reverse counters as the reverse direction's traffic.
+    biflow_reverse: bool,
     limits: NetflowLimits,
     /// Exporters whose v5 datagrams took the fast path (the crate, which never saw them,
     /// does not count them); at most `limits.max_sources`.
@@ -194,8 +253,12 @@ impl NetflowDecoder {
             parser,
             scopes: HashMap::new(),
             overrides,
-            fast: fast::FastTemplates::default(),
+            fast: fast::FastTemplates::new(fast::Limits {
+                max_fields: limits.max_fields,
+                max_record_bytes: limits.max_record_bytes,
+            }),
             fast_enabled: true,
+            biflow_reverse: false,
             limits,
             v5_sources: HashMap::default(),
         }
@@ -205,6 +268,12 @@ impl NetflowDecoder {
     /// for tests and benches that compare the two.
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_enabled = on;
+    }
+
+    /// Counts the reverse counters of RFC 5103 biflow records as traffic from the
+    /// destination to the source (collector option `biflow_reverse`).
+    pub fn set_biflow_reverse(&mut self, on: bool) {
+        self.biflow_reverse = on;
     }
 
     /// Exporters whose v5 datagrams took the fast path.
@@ -299,6 +368,8 @@ impl NetflowDecoder {
         payload: &[u8],
         out: &mut Vec<FlowRecord>,
     ) -> DecodeOutcome {
+        // An IPv4 exporter reaching a dual-stack socket is the IPv4 exporter everywhere.
+        let from = super::canonical(from);
         let mut oc = DecodeOutcome {
             version: Some(Version::sniff(payload)),
             ..DecodeOutcome::default()
@@ -318,37 +389,120 @@ impl NetflowDecoder {
         if self.fast_enabled && v != Version::V5 && self.try_fast(from, payload, v, out, &mut oc) {
             return oc;
         }
+        // Zero padding after the last set is not a set: the crate would refuse it.
+        let payload = match fast::header(payload, v).map(|(start, _)| fast::unpadded_len(payload, start)) {
+            Some(Some(n)) if n < payload.len() && v == Version::V9 => &payload[..n],
+            _ => payload,
+        };
         let result = self.parser.parse_from_source(from, payload);
-        if self.fast_enabled && v != Version::V5 {
+        let refused = if self.fast_enabled && v != Version::V5 {
             // The crate saw this datagram's templates; the fast path learns them too.
-            self.fast.learn(from, payload, v);
-        }
+            self.fast.learn(from, payload, v)
+        } else {
+            0
+        };
         let before = out.len();
         for pkt in &result.packets {
             match pkt {
                 NetflowPacket::V5(v5) => self.v5(from.ip(), v5, out, &mut oc),
-                NetflowPacket::V9(v9) => self.v9(from.ip(), v9, out, &mut oc),
-                NetflowPacket::IPFix(ipfix) => self.ipfix(from.ip(), ipfix, out, &mut oc),
-                _ => oc.skipped += 1,
+                NetflowPacket::V9(v9) => self.v9(from, v9, out, &mut oc),
+                NetflowPacket::IPFix(ipfix) => self.ipfix(from, ipfix, out, &mut oc),
+                _ => oc.skips.add(SkipReason::Unsupported, 1),
             }
+        }
+        let mut whole = false;
+        if self.fast_enabled && v != Version::V5 {
+            whole = self.fast_sets_of_mixed(from, payload, v, &result.packets, out, &mut oc);
         }
         oc.records = out.len() - before;
         // The crate drops an IPFIX set it cannot use (e.g. a template over the limits)
         // without an error; count such a datagram as malformed all the same.
         if let [NetflowPacket::IPFix(msg)] = result.packets.as_slice() {
-            if result.error.is_none() && msg.flowsets.len() < ipfix_set_count(payload) {
+            if result.error.is_none() && msg.flowsets.len() < ipfix_set_count(payload) && !whole {
                 oc.error = Some(DecodeErrorKind::Malformed);
             }
         }
         if let Some(e) = result.error {
-            oc.error = Some(match e {
-                NetflowError::Incomplete { .. } => DecodeErrorKind::Truncated,
-                NetflowError::UnsupportedVersion { .. } => DecodeErrorKind::BadVersion,
-                _ => DecodeErrorKind::Malformed,
-            });
+            // The crate refuses things real exporters send (a zero-length variable field,
+            // RFC 7011 §7); when every set was read here and no template was refused,
+            // its error is about something decoded all the same.
+            if !(whole && refused == 0) {
+                oc.error = Some(match e {
+                    NetflowError::Incomplete { .. } => DecodeErrorKind::Truncated,
+                    NetflowError::UnsupportedVersion { .. } => DecodeErrorKind::BadVersion,
+                    _ => DecodeErrorKind::Malformed,
+                });
+            }
+        }
+        if refused > 0 {
+            oc.error = Some(DecodeErrorKind::Malformed);
         }
         oc
     }
+
+    /// In a datagram the crate parsed (it carried templates or options, or a set the
+    /// fast path did not know), the data sets of compiled templates are read from the
+    /// bytes; the crate's records were used only for the others (see `v9`/`ipfix`).
+    /// Returns whether every set of the datagram was accounted for without a fault.
+    fn fast_sets_of_mixed(
+        &self,
+        from: SocketAddr,
+        payload: &[u8],
+        v: Version,
+        packets: &[NetflowPacket],
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) -> bool {
+        let Some((start, scope)) = fast::header(payload, v) else {
+            return false;
+        };
+        let Some(sets) = fast::sets(payload, start) else {
+            return false;
+        };
+        // Set ids the crate answered for (templates, options, data it decoded or could not).
+        let crate_ids: Vec<u16> = packets
+            .iter()
+            .flat_map(|p| -> Vec<u16> {
+                match p {
+                    NetflowPacket::V9(m) => m.flowsets.iter().map(|f| f.header.flowset_id).collect(),
+                    NetflowPacket::IPFix(m) => m.flowsets.iter().map(|f| f.header.header_id).collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+        let exporter = from.ip();
+        let mut whole = true;
+        // Template sets were read here too (`learn`, whose refusals the caller counts).
+        let tmpl_set = if v == Version::V9 { 0 } else { 2 };
+        for set in sets {
+            let id = set.0;
+            if id == tmpl_set {
+                continue;
+            }
+            if id < 256 || !self.fast.knows(from, v, scope, id) {
+                whole &= crate_ids.contains(&id);
+                continue;
+            }
+            let walk = match v {
+                Version::V9 => {
+                    let up = be32(payload, 4).unwrap_or(0);
+                    self.fast.for_each_in_set((from, v, scope), set, payload, |f| {
+                        self.v9_record(exporter, scope, up, f, out, oc)
+                    })
+                }
+                _ => {
+                    let export_ms = u64::from(be32(payload, 4).unwrap_or(0)) * 1000;
+                    let init = self.scopes.get(&(exporter, scope)).and_then(|s| s.system_init_ms);
+                    self.fast.for_each_in_set((from, v, scope), set, payload, |f| {
+                        self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
+                    })
+                }
+            };
+            whole &= !walk.overrun;
+        }
+        whole
+    }
+
 
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
         // Bounded like the parser's sources: beyond the cap the oldest learned entries are
@@ -358,11 +512,13 @@ impl NetflowDecoder {
         self.scopes.entry(key).or_default()
     }
 
-    fn rate(&self, exporter: IpAddr, scope: u32, in_record: Option<u32>) -> u32 {
-        let announced = in_record.or_else(|| {
+    /// Rate in force for a v9/IPFIX record: an override, else what the record itself
+    /// announces, else what options data announced for its sampler, else the fallback.
+    fn rate(&self, exporter: IpAddr, scope: u32, f: &Fields) -> u32 {
+        let announced = f.sampling_rate().or_else(|| {
             self.scopes
                 .get(&(exporter, scope))
-                .and_then(|s| s.sampling_rate)
+                .and_then(|s| s.rate_for(f.sampler_id))
         });
         self.overrides.resolve(exporter, announced)
     }
@@ -439,7 +595,7 @@ impl NetflowDecoder {
         // Top two bits are the mode, the low 14 the interval (Cisco v5 layout).
         let interval = u32::from(sampling_interval & 0x3FFF);
         let wire = (interval > 1).then_some(interval);
-        let rate = self.rate(exporter, 0, wire);
+        let rate = self.overrides.resolve(exporter, wire);
         oc.sampling_rate = Some(rate);
         for f in flows {
             let mut r = FlowRecord {
@@ -460,30 +616,39 @@ impl NetflowDecoder {
         }
     }
 
-    fn v9(&mut self, exporter: IpAddr, v9: &V9, out: &mut Vec<FlowRecord>, oc: &mut DecodeOutcome) {
+    fn v9(&mut self, from: SocketAddr, v9: &V9, out: &mut Vec<FlowRecord>, oc: &mut DecodeOutcome) {
+        let exporter = from.ip();
         let scope = v9.header.source_id;
         // Options first: a datagram may carry the sampling options and the data it
         // applies to together.
         for fs in &v9.flowsets {
             if let V9Body::OptionsData(od) = &fs.body {
                 for rec in &od.fields {
-                    let f =
-                        Fields::collect(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)));
-                    if let Some(rate) = f.sampling_rate() {
-                        self.scope_mut((exporter, scope)).sampling_rate = Some(rate);
-                    }
+                    let f = crate_fields(
+                        rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)),
+                    );
+                    self.scope_mut((exporter, scope)).learn(&f);
+                    oc.skips.add(SkipReason::Options, 1);
                 }
             }
         }
         for fs in &v9.flowsets {
+            // Sets of compiled templates are read from the bytes (`fast_sets_of_mixed`).
+            let id = fs.header.flowset_id;
+            if self.fast_enabled && self.fast.knows(from, Version::V9, scope, id) {
+                continue;
+            }
             match &fs.body {
                 V9Body::Data(d) => {
                     for rec in &d.fields {
-                        let f = Fields::collect(rec.iter().map(|(k, v)| (v9_id(k), v)));
+                        let f = crate_fields(rec.iter().map(|(k, v)| (v9_id(k), v)));
                         self.v9_record(exporter, scope, v9.header.sys_up_time, &f, out, oc);
                     }
                 }
-                V9Body::NoTemplate(_) => oc.template_misses += 1,
+                V9Body::NoTemplate(_) => {
+                    oc.template_misses += 1;
+                    oc.skips.add(SkipReason::NoTemplate, 1);
+                }
                 _ => {}
             }
         }
@@ -491,11 +656,12 @@ impl NetflowDecoder {
 
     fn ipfix(
         &mut self,
-        exporter: IpAddr,
+        from: SocketAddr,
         msg: &IPFix,
         out: &mut Vec<FlowRecord>,
         oc: &mut DecodeOutcome,
     ) {
+        let exporter = from.ip();
         let scope = msg.header.observation_domain_id;
         let export_ms = u64::from(msg.header.export_time) * 1000;
         for fs in &msg.flowsets {
@@ -503,25 +669,20 @@ impl NetflowDecoder {
                 IpfixBody::OptionsData(od) => od
                     .fields
                     .iter()
-                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
+                    .map(|rec| crate_fields(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
                     .collect(),
                 IpfixBody::V9OptionsData(od) => od
                     .fields
                     .iter()
                     .map(|rec| {
-                        Fields::collect(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)))
+                        crate_fields(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)))
                     })
                     .collect(),
                 _ => continue,
             };
+            oc.skips.add(SkipReason::Options, recs.len() as u64);
             for f in recs {
-                let st = self.scope_mut((exporter, scope));
-                if let Some(rate) = f.sampling_rate() {
-                    st.sampling_rate = Some(rate);
-                }
-                if let Some(init) = f.system_init_ms {
-                    st.system_init_ms = Some(init);
-                }
+                self.scope_mut((exporter, scope)).learn(&f);
             }
         }
         let init = self
@@ -529,19 +690,24 @@ impl NetflowDecoder {
             .get(&(exporter, scope))
             .and_then(|s| s.system_init_ms);
         for fs in &msg.flowsets {
+            let id = fs.header.header_id;
+            if self.fast_enabled && self.fast.knows(from, Version::Ipfix, scope, id) {
+                continue;
+            }
             let recs: Vec<Fields> = match &fs.body {
                 IpfixBody::Data(d) => d
                     .fields
                     .iter()
-                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
+                    .map(|rec| crate_fields(rec.iter().map(|(k, v)| (ipfix_id(k), v))))
                     .collect(),
                 IpfixBody::V9Data(d) => d
                     .fields
                     .iter()
-                    .map(|rec| Fields::collect(rec.iter().map(|(k, v)| (v9_id(k), v))))
+                    .map(|rec| crate_fields(rec.iter().map(|(k, v)| (v9_id(k), v))))
                     .collect(),
                 IpfixBody::NoTemplate(_) => {
                     oc.template_misses += 1;
+                    oc.skips.add(SkipReason::NoTemplate, 1);
                     continue;
                 }
                 _ => continue,
@@ -552,7 +718,28 @@ impl NetflowDecoder {
         }
     }
 
-    /// One v9 data record's fields → a record (shared by the crate path and the fast
+    /// A record's traffic at `rate`, or the reason it has none.
+    fn push_records(
+        &self,
+        f: &Fields,
+        rate: u32,
+        out: &mut Vec<FlowRecord>,
+        oc: &mut DecodeOutcome,
+    ) -> bool {
+        match f.records(rate, self.biflow_reverse, out) {
+            Ok(()) => true,
+            Err(Skip::NoAddress) => {
+                oc.skips.add(SkipReason::NoAddress, 1);
+                false
+            }
+            Err(Skip::BadSection) => {
+                oc.skips.add(SkipReason::BadHeader, 1);
+                false
+            }
+        }
+    }
+
+    /// One v9 data record's fields → records (shared by the crate path and the fast
     /// path, so both map fields identically).
     fn v9_record(
         &self,
@@ -563,19 +750,19 @@ impl NetflowDecoder {
         out: &mut Vec<FlowRecord>,
         oc: &mut DecodeOutcome,
     ) {
-        let rate = self.rate(exporter, scope, f.sampling_rate());
+        let rate = self.rate(exporter, scope, f);
         oc.sampling_rate = Some(rate);
-        if let Some(mut r) = f.record(rate) {
+        let at = out.len();
+        if self.push_records(f, rate, out, oc) {
             if let (Some(first), Some(last)) = (f.first, f.last) {
-                set_times(&mut r, sys_up_time, first as u32, last as u32);
+                for r in &mut out[at..] {
+                    set_times(r, sys_up_time, first as u32, last as u32);
+                }
             }
-            out.push(r);
-        } else {
-            oc.skipped += 1;
         }
     }
 
-    /// One IPFIX data record's fields → a record (crate path and fast path).
+    /// One IPFIX data record's fields → records (crate path and fast path).
     #[allow(clippy::too_many_arguments)]
     fn ipfix_record(
         &self,
@@ -587,12 +774,12 @@ impl NetflowDecoder {
         out: &mut Vec<FlowRecord>,
         oc: &mut DecodeOutcome,
     ) {
-        let rate = self.rate(exporter, scope, f.sampling_rate());
+        let rate = self.rate(exporter, scope, f);
         oc.sampling_rate = Some(rate);
-        let Some(mut r) = f.record(rate) else {
-            oc.skipped += 1;
+        let at = out.len();
+        if !self.push_records(f, rate, out, oc) {
             return;
-        };
+        }
         // Absolute end/start if the record has them, else sysUpTime-relative
         // ones with the learned init time; without either, the record ends at
         // export time.
@@ -610,14 +797,15 @@ impl NetflowDecoder {
         };
         if let (Some(s), Some(e)) = (start, end) {
             let e_age = export_ms.saturating_sub(e);
-            r.end_age_ms = if e_age > MAX_END_AGE_MS {
-                0
-            } else {
-                e_age as u32
-            };
-            r.duration_ms = e.saturating_sub(s).min(MAX_END_AGE_MS) as u32;
+            for r in &mut out[at..] {
+                r.end_age_ms = if e_age > MAX_END_AGE_MS {
+                    0
+                } else {
+                    e_age as u32
+                };
+                r.duration_ms = e.saturating_sub(s).min(MAX_END_AGE_MS) as u32;
+            }
         }
-        out.push(r);
     }
 
     /// Decodes a v9/IPFIX datagram without the crate when it holds only data sets of
@@ -636,11 +824,11 @@ impl NetflowDecoder {
         };
         let exporter = from.ip();
         let before = out.len();
-        match plan {
+        let walk = match plan {
             fast::Plan::V9 { scope, sys_up_time } => {
                 self.fast.for_each_record(from, payload, v, scope, |f| {
                     self.v9_record(exporter, scope, sys_up_time, f, out, oc)
-                });
+                })
             }
             fast::Plan::Ipfix { scope, export_ms } => {
                 let init = self
@@ -649,8 +837,12 @@ impl NetflowDecoder {
                     .and_then(|s| s.system_init_ms);
                 self.fast.for_each_record(from, payload, v, scope, |f| {
                     self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
-                });
+                })
             }
+        };
+        if walk.overrun {
+            // The records before the bad length stand; the rest of that set is lost.
+            oc.error = Some(DecodeErrorKind::Malformed);
         }
         oc.records = out.len() - before;
         true
@@ -683,39 +875,26 @@ fn v9_id(f: &V9Field) -> u16 {
     u16::from(*f)
 }
 
-/// IANA element id of the IPFIX fields flowguard reads (0 for every other field).
+/// Element id of an IPFIX field as [`Fields::put`] reads it: the IANA id, or the forward
+/// id with [`REVERSE`] for an RFC 5103 reverse element (0 for other enterprise elements).
 fn ipfix_id(f: &IPFixField) -> u16 {
-    use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as I;
-    // Enterprise-specific elements never carry the fields we read.
-    let IPFixField::IANA(f) = f else { return 0 };
+    use netflow_parser::variable_versions::ipfix::lookup::{
+        IANAIPFixField as I, ReverseInformationElement as R,
+    };
+    use std::sync::OnceLock;
+    // The crate maps numbers to its enums but not back; the ids flowguard reads are all
+    // below 512.
+    type Back = (HashMap<I, u16>, HashMap<R, u16>);
+    static BACK: OnceLock<Back> = OnceLock::new();
+    let (iana, rev) = BACK.get_or_init(|| {
+        let ids = (1..512u16).filter(|id| super::fields::is_read(*id));
+        let iana = ids.clone().map(|id| (I::from(id), id)).collect();
+        let rev = ids.map(|id| (R::from(id), id)).collect();
+        (iana, rev)
+    });
     match f {
-        I::OctetDeltaCount => 1,
-        I::PacketDeltaCount => 2,
-        I::ProtocolIdentifier => 4,
-        I::TcpControlBits => 6,
-        I::SourceTransportPort => 7,
-        I::SourceIpv4address => 8,
-        I::DestinationTransportPort => 11,
-        I::DestinationIpv4address => 12,
-        I::FlowEndSysUpTime => 21,
-        I::FlowStartSysUpTime => 22,
-        I::PostOctetDeltaCount => 23,
-        I::PostPacketDeltaCount => 24,
-        I::SourceIpv6address => 27,
-        I::DestinationIpv6address => 28,
-        I::SamplingInterval => 34,
-        I::SamplerRandomInterval => 50,
-        I::OctetTotalCount => 85,
-        I::PacketTotalCount => 86,
-        I::FragmentOffset => 88,
-        I::FlowStartSeconds => 150,
-        I::FlowEndSeconds => 151,
-        I::FlowStartMilliseconds => 152,
-        I::FlowEndMilliseconds => 153,
-        I::SystemInitTimeMilliseconds => 160,
-        I::FragmentFlags => 197,
-        I::SamplingPacketInterval => 305,
-        I::SamplingPacketSpace => 306,
+        IPFixField::IANA(f) => iana.get(f).copied().unwrap_or(0),
+        IPFixField::ReverseInformationElement(r) => rev.get(r).map_or(0, |id| id | REVERSE),
         _ => 0,
     }
 }
@@ -742,119 +921,30 @@ fn set_times(r: &mut FlowRecord, sys_up_time: u32, first: u32, last: u32) {
     r.duration_ms = if dur > MAX_END_AGE_MS { 0 } else { dur as u32 };
 }
 
-fn ports_zero_fragment(r: &FlowRecord) -> bool {
-    (r.protocol == PROTO_TCP || r.protocol == PROTO_UDP) && r.src_port == 0 && r.dst_port == 0
-}
-
-/// The fields of one v9/IPFIX record that flowguard reads, by information element id.
-#[derive(Default)]
-pub(super) struct Fields {
-    pub(super) bytes: Option<u64>,
-    pub(super) packets: Option<u64>,
-    pub(super) protocol: Option<u8>,
-    pub(super) tcp_flags: Option<u8>,
-    pub(super) src_port: Option<u16>,
-    pub(super) dst_port: Option<u16>,
-    pub(super) src: Option<IpAddr>,
-    pub(super) dst: Option<IpAddr>,
-    pub(super) first: Option<u64>,
-    pub(super) last: Option<u64>,
-    start_abs_ms: Option<u64>,
-    end_abs_ms: Option<u64>,
-    pub(super) sampling_interval: Option<u64>,
-    pub(super) sampler_random_interval: Option<u64>,
-    pub(super) packet_interval: Option<u64>,
-    pub(super) packet_space: Option<u64>,
-    pub(super) fragment_offset: Option<u64>,
-    more_fragments: Option<bool>,
-    system_init_ms: Option<u64>,
-}
-
-impl Fields {
-    fn collect<'a>(it: impl Iterator<Item = (u16, &'a FieldValue)>) -> Fields {
-        let mut f = Fields::default();
-        for (id, v) in it {
-            match id {
-                1 | 23 | 85 if f.bytes.is_none() => f.bytes = v.as_u64(),
-                2 | 24 | 86 if f.packets.is_none() => f.packets = v.as_u64(),
-                4 => f.protocol = v.as_u8(),
-                6 => {
-                    f.tcp_flags = match v {
-                        FieldValue::TcpControlBits(b, _) => Some(u16::from(*b) as u8),
-                        other => other.as_u64().map(|x| x as u8),
-                    }
-                }
-                7 => f.src_port = v.as_u64().map(|x| x as u16),
-                11 => f.dst_port = v.as_u64().map(|x| x as u16),
-                8 | 27 if f.src.is_none() => f.src = ip(v),
-                12 | 28 if f.dst.is_none() => f.dst = ip(v),
-                22 => f.first = v.as_u64(),
-                21 => f.last = v.as_u64(),
-                // flowStart/EndSeconds: the crate's `as_u64` already gives ms.
-                150 => f.start_abs_ms = v.as_u64(),
-                151 => f.end_abs_ms = v.as_u64(),
-                152 => f.start_abs_ms = v.as_u64(),
-                153 => f.end_abs_ms = v.as_u64(),
-                34 => f.sampling_interval = v.as_u64(),
-                50 => f.sampler_random_interval = v.as_u64(),
-                305 => f.packet_interval = v.as_u64(),
-                306 => f.packet_space = v.as_u64(),
-                88 => f.fragment_offset = v.as_u64(),
-                197 => {
-                    f.more_fragments = match v {
-                        FieldValue::FragmentFlags(fl) => Some(fl.more_fragments),
-                        other => other.as_u64().map(|x| x & 0x04 != 0),
-                    }
-                }
-                160 => f.system_init_ms = v.as_u64(),
-                _ => {}
-            }
-        }
-        f
-    }
-
-    /// Sampling rate (1 in N) announced by this record, if any.
-    fn sampling_rate(&self) -> Option<u32> {
-        let n = self
-            .sampling_interval
-            .or(self.sampler_random_interval)
-            .or_else(|| {
-                // RFC 5477: sample `interval` packets, then skip `space` packets.
-                let i = self.packet_interval.filter(|i| *i > 0)?;
-                Some(i.saturating_add(self.packet_space.unwrap_or(0)) / i)
-            })?;
-        (n >= 1).then_some(n.min(u64::from(u32::MAX)) as u32)
-    }
-
-    fn record(&self, rate: u32) -> Option<FlowRecord> {
-        let (src, dst) = (self.src?, self.dst?);
-        let packets = self.packets.unwrap_or(0);
-        let mut r = FlowRecord {
-            src,
-            dst,
-            src_port: self.src_port.unwrap_or(0),
-            dst_port: self.dst_port.unwrap_or(0),
-            protocol: self.protocol.unwrap_or(0),
-            tcp_flags: self.tcp_flags.unwrap_or(0),
-            packets: packets.saturating_mul(u64::from(rate)),
-            bytes: self.bytes.unwrap_or(0).saturating_mul(u64::from(rate)),
-            flows: 1,
-            ..FlowRecord::default()
+/// A crate-decoded record's fields (crate path; the fast path reads the same ids from
+/// the bytes).
+fn crate_fields<'a>(it: impl Iterator<Item = (u16, &'a FieldValue)>) -> Fields<'a> {
+    let mut f = Fields::default();
+    for (id, v) in it {
+        let val = match v {
+            FieldValue::Ip4Addr(a) => Value::V4(*a),
+            FieldValue::Ip6Addr(a) => Value::V6(*a),
+            FieldValue::Float64(p) => Value::Float(*p),
+            FieldValue::Vec(b) => Value::Bytes(b),
+            FieldValue::TcpControlBits(b, _) => Value::Uint(u64::from(u16::from(*b))),
+            FieldValue::FragmentFlags(fl) => Value::Uint(u64::from(u8::from(*fl))),
+            FieldValue::FirewallEvent(e) => Value::Uint(u64::from(u8::from(*e))),
+            FieldValue::ProtocolType(p) => Value::Uint(u64::from(u8::from(*p))),
+            other => match other.as_u64() {
+                Some(n) => Value::Uint(n),
+                None => continue,
+            },
         };
-        r.fragment = self.more_fragments == Some(true)
-            || self.fragment_offset.is_some_and(|o| o > 0)
-            || ports_zero_fragment(&r);
-        Some(r)
+        f.put(id, val);
     }
+    f
 }
 
-fn ip(v: &FieldValue) -> Option<IpAddr> {
-    match v {
-        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
-        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {

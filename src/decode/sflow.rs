@@ -19,7 +19,9 @@ use sflow_parser::models::{FlowData, HeaderProtocol};
 use sflow_parser::{SampleData, SampleRecord};
 
 use super::packet::{decode_header, HeaderInfo, HeaderStart};
-use super::{be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, Version};
+use super::{
+    be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, SkipReason, Version,
+};
 
 /// Exporters whose last sampling rate we remember for metrics.
 const MAX_EXPORTERS: usize = 10_000;
@@ -62,6 +64,7 @@ impl SflowDecoder {
         payload: &[u8],
         out: &mut Vec<FlowRecord>,
     ) -> DecodeOutcome {
+        let from = super::canonical(from);
         let mut oc = DecodeOutcome {
             version: Some(Version::sniff(payload)),
             ..DecodeOutcome::default()
@@ -129,7 +132,7 @@ impl SflowDecoder {
                         HeaderProtocol::Ipv4 => HeaderStart::Ipv4,
                         HeaderProtocol::Ipv6 => HeaderStart::Ipv6,
                         _ => {
-                            oc.skipped += 1;
+                            oc.skips.add(SkipReason::Unsupported, 1);
                             continue;
                         }
                     };
@@ -141,7 +144,7 @@ impl SflowDecoder {
                             info = Some(hi);
                             break;
                         }
-                        None => oc.skipped += 1,
+                        None => oc.skips.add(SkipReason::BadHeader, 1),
                     }
                 }
                 FlowData::SampledIpv4(v4) if info.is_none() => {
@@ -248,7 +251,7 @@ impl SflowDecoder {
                             11 => HeaderStart::Ipv4,
                             12 => HeaderStart::Ipv6,
                             _ => {
-                                oc.skipped += 1;
+                                oc.skips.add(SkipReason::Unsupported, 1);
                                 continue;
                             }
                         };
@@ -263,7 +266,7 @@ impl SflowDecoder {
                                 info = Some(hi);
                                 break;
                             }
-                            None => oc.skipped += 1,
+                            None => oc.skips.add(SkipReason::BadHeader, 1),
                         }
                     }
                     3 if info.is_none() => {
