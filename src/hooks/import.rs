@@ -470,6 +470,17 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
     // Flow counts need connection tracking in FastNetMon (its default: on).
     used.insert("enable_connection_tracking".into());
     let conntrack = get("enable_connection_tracking").map_or(true, |v| is_on(&v));
+    if let Some(v) = get("enable_connection_tracking") {
+        notes.push(format!(
+            "enable_connection_tracking = {}: flowguard counts flows from the exported records{}",
+            one_line(&v),
+            if conntrack {
+                ""
+            } else {
+                "; flow thresholds FastNetMon could not use are left out (see below)"
+            }
+        ));
+    }
 
     // Collectors.
     let mut listeners: Vec<SocketAddr> = Vec::new();
@@ -763,7 +774,7 @@ mod tests {
     #[test]
     fn minimal_conf_loads_and_keeps_values() {
         let toml = convert(
-            "threshold_pps = 5000\nban_for_flows = off\nthreshold_flows = 10\nban_time = 60\nnetflow = on\nnetflow_port = 2055,2056\nnetflow_host = 127.0.0.1\n",
+            "ban_for_pps = on\nthreshold_pps = 5000\nthreshold_mbps = 10\nban_for_flows = off\nthreshold_flows = 10\nban_time = 60\nnetflow = on\nnetflow_port = 2055,2056\nnetflow_host = 127.0.0.1\nnetflow_sampling_ratio = 100\n",
             &files(&[("/etc/networks_list", "10.0.0.0/8\n")]),
         );
         let cfg = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
@@ -777,6 +788,23 @@ mod tests {
             (g.threshold_pps, g.threshold_flows, g.ban_time_seconds),
             (Some(5000), None, 60)
         );
+        // An absent switch is off in FastNetMon (ban_settings_t starts all off).
+        assert_eq!(g.threshold_mbps, None);
+        assert!(
+            toml.contains("threshold_mbps = 10 not imported: ban_for_bandwidth is not set"),
+            "{toml}"
+        );
+        // The ratio is a fallback, never an override of what a router announces.
+        let c = &cfg.collectors[0];
+        assert_eq!(
+            (c.sampling_rate, c.fallback_sampling_rate),
+            (None, Some(100))
+        );
+        // FastNetMon watches outgoing traffic unless told not to.
+        assert!(cfg.detection.outgoing && cfg.detection.incoming && cfg.detection.ipv6);
+        // The unreadable whitelist is a behaviour change: it is in the header.
+        let header: String = toml.lines().take_while(|l| l.starts_with('#')).collect();
+        assert!(header.contains("white_list_path"), "{toml}");
         assert!(
             toml.contains("threshold_flows = 10 not imported: ban_for_flows is off"),
             "{toml}"
@@ -790,7 +818,7 @@ mod tests {
     #[test]
     fn odd_values_become_comments_not_errors() {
         let toml = convert(
-            "threshold_pps = lots\nnetflow_host = router.example\nnetflow_port = 1\nsflow = on\nsflow_port = 99999\nhostgroup = broken\nhostgroup = empty:nonsense\nhostgroup = default:192.0.2.0/24\nban_time = x\nweird line\n",
+            "ban_for_pps = on\nthreshold_pps = lots\nnetflow_host = router.example\nnetflow_port = 1\nsflow = on\nsflow_port = 99999\nhostgroup = broken\nhostgroup = empty:nonsense\nhostgroup = default:192.0.2.0/24\nban_time = x\nweird line\n",
             &|_| None,
         );
         let cfg = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
