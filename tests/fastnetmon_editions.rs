@@ -36,7 +36,7 @@ fn fixture(name: &str) -> String {
 
 const CONFIG: &str = r#"
 [networks]
-protected = ["127.0.0.40/28"]
+protected = ["127.0.0.32/27"]
 [[hostgroup]]
 name = "default"
 threshold_pps = 1000000
