@@ -263,7 +263,10 @@ fn a_rich_conf_maps_every_supported_key() {
 
 #[test]
 fn enable_ban_off_means_dry_run() {
-    let toml = convert("enable_ban = off\nthreshold_pps = 10\n", &|_| None);
+    let toml = convert(
+        "enable_ban = off\nban_for_pps = on\nthreshold_pps = 10\n",
+        &|_| None,
+    );
     let cfg = load(&toml);
     assert_eq!(cfg.mitigator.dry_run, Some(true));
     assert_eq!(cfg.hostgroups[0].threshold_pps, Some(10));
