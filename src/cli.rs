@@ -182,11 +182,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     // The event cannot even be spooled without the config: say so loudly.
                     eprintln!("flowguard hook: cannot load configuration, event for {} {} NOT delivered: {e}", a.ip, a.action);
-                    std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).ok();
+                    std::io::copy(&mut crate::hooks::cli::stdin_for(&a), &mut std::io::sink()).ok();
                     return Ok(ExitCode::from(5));
                 }
             };
-            Ok(crate::hooks::cli::run_hook(&cfg, &a, &mut std::io::stdin()))
+            Ok(crate::hooks::cli::run_hook(
+                &cfg,
+                &a,
+                &mut crate::hooks::cli::stdin_for(&a),
+            ))
         }
         Command::Demo(a) => {
             crate::demo::run(a.speed)?;

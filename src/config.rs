@@ -217,6 +217,12 @@ pub struct DetectionConfig {
     /// `process_outgoing_traffic`). Off by default: a protected server's own bulk
     /// uploads are not floods.
     pub outgoing: bool,
+    /// Detect attacks on protected hosts (FastNetMon's `process_incoming_traffic`,
+    /// hostgroup totals included). On by default.
+    pub incoming: bool,
+    /// Detect attacks on IPv6 hosts too (FastNetMon's `enable_ban_ipv6`). Off: their
+    /// traffic is still counted and shown, but never starts an attack. On by default.
+    pub ipv6: bool,
 }
 
 impl Default for DetectionConfig {
@@ -226,6 +232,8 @@ impl Default for DetectionConfig {
             recent_attacks: 1000,
             trigger_seconds: 1,
             outgoing: false,
+            incoming: true,
+            ipv6: true,
         }
     }
 }

@@ -147,12 +147,15 @@ impl Pipeline {
         Ok(Pipeline {
             networks,
             table,
-            detector: Mutex::new(Detector::new(
-                groups,
-                cfg.detection.trigger_seconds,
-                cfg.detection.outgoing,
-                cfg.detection.recent_attacks,
-            )),
+            detector: Mutex::new(
+                Detector::new(
+                    groups,
+                    cfg.detection.trigger_seconds,
+                    cfg.detection.outgoing,
+                    cfg.detection.recent_attacks,
+                )
+                .with_switches(cfg.detection.incoming, cfg.detection.ipv6),
+            ),
             metrics,
             window_seconds: cfg.aggregate.window_seconds,
             idle_seconds: cfg.aggregate.idle_timeout_seconds,

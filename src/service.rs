@@ -237,6 +237,8 @@ async fn start_hooks(
     {
         let (m, stop) = (metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
+            // Several detector instances reporting one victim: one claim, ended by the last.
+            let mut book = crate::hooks::claims::ClaimBook::default();
             loop {
                 let ev = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -244,6 +246,9 @@ async fn start_hooks(
                 };
                 let (attack_type, protocol) = ev.classified();
                 tracing::info!(event = %ev.summary(), "external detector event");
+                if !book.admit_counted(&ev, &m) {
+                    continue;
+                }
                 let claim = crate::detect::Claim {
                     key: crate::aggregate::HostKey {
                         ip: ev.ip,
@@ -278,6 +283,7 @@ async fn start_hooks(
             tx,
             metrics,
             max_body_bytes: cfg.api.max_body_bytes,
+            hostgroups: crate::hooks::advanced::Hostgroups::from_config(cfg),
         },
     ))
 }

@@ -40,6 +40,7 @@ fn args(ip: &str, dir: &str, pps: &str, action: &str) -> HookArgs {
         direction: dir.into(),
         pps: pps.into(),
         action: action.into(),
+        source: None,
     }
 }
 
@@ -64,6 +65,7 @@ fn start_service(token: Option<&str>, cap: usize) -> Service {
         tx,
         metrics: metrics.clone(),
         max_body_bytes: 256 * 1024,
+        hostgroups: Default::default(),
     });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -149,6 +149,8 @@ pub struct Detector {
     groups: Vec<Group>,
     trigger_passes: u32,
     detect_outgoing: bool,
+    detect_incoming: bool,
+    detect_ipv6: bool,
     recent_cap: usize,
     active: HashMap<HostKey, Attack>,
     recent: VecDeque<Attack>,
@@ -167,12 +169,31 @@ impl Detector {
             groups,
             trigger_passes: trigger_seconds.max(1),
             detect_outgoing,
+            detect_incoming: true,
+            detect_ipv6: true,
             recent_cap,
             active: HashMap::new(),
             recent: VecDeque::new(),
             pending: HashMap::new(),
             seq: 0,
         }
+    }
+
+    /// `[detection] incoming` and `ipv6`: which hosts flowguard's own detection may start
+    /// attacks on. External claims are not filtered: the detector that sent them decided.
+    pub fn with_switches(mut self, incoming: bool, ipv6: bool) -> Detector {
+        self.detect_incoming = incoming;
+        self.detect_ipv6 = ipv6;
+        self
+    }
+
+    /// Whether flowguard's own detection may start an attack on `key`.
+    pub fn watches(&self, key: &HostKey) -> bool {
+        let dir = match key.dir {
+            Direction::Incoming => self.detect_incoming,
+            Direction::Outgoing => self.detect_outgoing,
+        };
+        dir && (self.detect_ipv6 || key.ip.is_ipv4())
     }
 
     pub fn groups(&self) -> &[Group] {
@@ -184,7 +205,8 @@ impl Detector {
     pub fn thresholds(&self, group: u16, dir: Direction) -> Option<&Thresholds> {
         let g = self.groups.get(usize::from(group))?;
         match dir {
-            Direction::Incoming => Some(&g.incoming),
+            Direction::Incoming if self.detect_incoming => Some(&g.incoming),
+            Direction::Incoming => None,
             Direction::Outgoing if self.detect_outgoing => Some(&g.outgoing),
             Direction::Outgoing => None,
         }
@@ -278,6 +300,10 @@ impl Detector {
                 continue;
             }
             let Some(which) = o.over else { continue };
+            // Hostgroup totals come in as observations too; one check covers both.
+            if !self.watches(&o.key) {
+                continue;
+            }
             let n = self.pending.get(&o.key).copied().unwrap_or(0) + 1;
             if n < self.trigger_passes {
                 pending.insert(o.key, n);
@@ -491,6 +517,40 @@ mod tests {
         assert!(d.thresholds(0, Direction::Outgoing).is_none());
         let d = Detector::new(vec![group(1000, 2)], 1, true, 10);
         assert!(d.thresholds(0, Direction::Outgoing).is_some());
+    }
+
+    #[test]
+    fn incoming_and_ipv6_switches_stop_starts_but_not_claims() {
+        let mut d = Detector::new(vec![group(1000, 2)], 1, true, 10).with_switches(false, true);
+        assert!(d.thresholds(0, Direction::Incoming).is_none());
+        assert!(d.thresholds(0, Direction::Outgoing).is_some());
+        // An observation over the threshold (as a hostgroup total would be) starts nothing.
+        let mut o = obs(
+            &Detector::new(vec![group(1000, 2)], 1, false, 10),
+            "192.0.2.1",
+            5000,
+        );
+        assert!(o.over.is_some());
+        assert!(d.observe(1_000, std::slice::from_ref(&o)).is_empty());
+        o.key.dir = Direction::Outgoing;
+        assert_eq!(d.observe(2_000, std::slice::from_ref(&o)).len(), 1);
+
+        let mut d = Detector::new(vec![group(1000, 2)], 1, false, 10).with_switches(true, false);
+        let mut v6 = obs(&d, "192.0.2.1", 5000);
+        v6.key.ip = "2001:db8::1".parse().unwrap();
+        assert!(d.observe(1_000, std::slice::from_ref(&v6)).is_empty());
+        let v4 = obs(&d, "192.0.2.1", 5000);
+        assert_eq!(d.observe(1_000, &[v4]).len(), 1);
+        // FastNetMon's own ban of an IPv6 host still counts: it made that decision.
+        let claim = Claim {
+            key: v6.key,
+            ban: true,
+            attack_type: AttackType::UdpFlood,
+            protocol: Protocol::Udp,
+            pps: 1,
+            group: 0,
+        };
+        assert_eq!(d.claim(2_000, &claim).len(), 1);
     }
 
     #[test]

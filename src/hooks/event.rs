@@ -63,6 +63,24 @@ pub struct ExternalEvent {
     /// The detector's report text (FastNetMon's form is understood).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Which detector instance says so (`fastnetmon@host`, `fastnetmon-advanced`, ...): an
+    /// attack two instances reported ends only when both have sent their unban. None is
+    /// one anonymous source ([`DEFAULT_SOURCE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// The source of events that name none.
+pub const DEFAULT_SOURCE: &str = "external";
+/// Longest source name accepted.
+pub const MAX_SOURCE_LEN: usize = 64;
+
+/// A source name: 1..=64 of `A-Z a-z 0-9 . _ - : @ /`, so it is safe in logs and paths.
+pub fn valid_source(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SOURCE_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@/".contains(&b))
 }
 
 impl ExternalEvent {
@@ -88,15 +106,32 @@ impl ExternalEvent {
         (kind, proto)
     }
 
-    /// `ban 192.0.2.1 incoming 3524 pps syn_flood/tcp`, for log lines.
+    /// The reporting instance ([`DEFAULT_SOURCE`] when unnamed).
+    pub fn source(&self) -> &str {
+        self.source.as_deref().unwrap_or(DEFAULT_SOURCE)
+    }
+
+    /// Checks what serde cannot: the source name.
+    pub fn validate(&self) -> Result<(), HookError> {
+        match &self.source {
+            Some(s) if !valid_source(s) => Err(HookError::Malformed(format!(
+                "source {:?}: expected 1..={MAX_SOURCE_LEN} of A-Z a-z 0-9 . _ - : @ /",
+                truncate_utf8(s, 80)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `ban 192.0.2.1 incoming 3524 pps syn_flood/tcp from fastnetmon@fw1`, for log lines.
     pub fn summary(&self) -> String {
         let (t, p) = self.classified();
         format!(
-            "{} {} {} {} pps {t}/{p}",
+            "{} {} {} {} pps {t}/{p} from {}",
             self.action.as_str(),
             self.ip,
             self.direction,
-            self.pps
+            self.pps,
+            self.source()
         )
     }
 }
@@ -168,6 +203,7 @@ pub fn from_notify(
         attack_type,
         protocol,
         report,
+        source: None,
     })
 }
 
@@ -180,7 +216,7 @@ fn parse_pps(s: &str) -> Option<u64> {
     (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
 }
 
-fn truncate_utf8(s: &str, max: usize) -> &str {
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -4,9 +4,18 @@
 //! the result does not depend on FastNetMon's files staying around), the global thresholds
 //! as the `default` hostgroup, each FastNetMon `hostgroup = name:prefix,...` with its
 //! `<name>_*` keys as a `[[hostgroup]]`, `ban_time`, the NetFlow/sFlow listeners, and
-//! `average_calculation_time` as the window. A threshold is imported only when its
-//! `ban_for_*` switch is on, since FastNetMon ignores it otherwise. Everything else comes
-//! out as a `# unsupported: key = value` comment, so nothing disappears silently.
+//! `average_calculation_time` as the window, `process_incoming_traffic`,
+//! `process_outgoing_traffic` and `enable_ban_ipv6` as the `[detection]` switches, and
+//! `netflow_sampling_ratio` as the collector's `fallback_sampling_rate` (FastNetMon uses it
+//! only when a router announces no rate; so does that key). A threshold is imported only
+//! when its `ban_for_*` switch is on, since FastNetMon ignores it otherwise (an absent switch
+//! is off: FastNetMon's `ban_settings_t` starts with every switch off).
+//!
+//! Nothing disappears silently: whatever would make flowguard detect differently from
+//! FastNetMon (a setting flowguard lacks, a value it cannot take, a file it cannot read) is
+//! listed in the output's header under "Behaviour changes"; FastNetMon-only settings that do
+//! not change detection (logging, BGP, databases) come out at the end as
+//! `# unsupported: key = value` comments.
 //!
 //! Pure: the configuration text and a file reader in, TOML text out.
 
@@ -41,11 +50,11 @@ const fn t(
 }
 
 const THRESHOLDS: &[ThresholdMap] = &[
-    t("threshold_pps", "ban_for_pps", true, "threshold_pps"),
+    t("threshold_pps", "ban_for_pps", false, "threshold_pps"),
     t(
         "threshold_mbps",
         "ban_for_bandwidth",
-        true,
+        false,
         "threshold_mbps",
     ),
     t("threshold_flows", "ban_for_flows", false, "threshold_flows"),
@@ -144,18 +153,25 @@ const NOTES: &[(&str, &str)] = &[
         "notify_script_pass_details",
         "the hook reads the report whenever FastNetMon sends one",
     ),
-    (
-        "unban_only_if_attack_finished",
-        "flowguard always ends an attack only after ban_time_seconds under every threshold",
-    ),
-    (
-        "process_incoming_traffic",
-        "flowguard watches both directions; [hostgroup.outgoing] overrides outgoing thresholds",
-    ),
-    (
-        "process_outgoing_traffic",
-        "flowguard watches both directions; [hostgroup.outgoing] overrides outgoing thresholds",
-    ),
+];
+
+/// Packet-capture inputs: flowguard reads flow exports only, so with one of these on,
+/// FastNetMon saw traffic that flowguard will not.
+const CAPTURE_KEYS: &[&str] = &[
+    "pcap",
+    "mirror",
+    "mirror_afpacket",
+    "mirror_afxdp",
+    "mirror_netmap",
+    "pfring",
+];
+
+/// Flow-count thresholds: FastNetMon 1.2.x counts flows only with connection tracking on.
+const FLOW_THRESHOLDS: &[&str] = &[
+    "threshold_flows",
+    "threshold_tcp_flows",
+    "threshold_udp_flows",
+    "threshold_icmp_flows",
 ];
 
 fn is_on(v: &str) -> bool {
@@ -252,27 +268,46 @@ fn thresholds(
     get: &dyn Fn(&str) -> Option<String>,
     ban_default: &dyn Fn(&ThresholdMap) -> bool,
     label: &str,
+    conntrack: bool,
     notes: &mut Vec<String>,
+    changes: &mut Vec<String>,
 ) -> Vec<(&'static str, u64)> {
     let mut out = Vec::new();
     for m in THRESHOLDS {
-        let enabled = get(m.ban_for).map_or_else(|| ban_default(m), |v| is_on(&v));
+        let switch = get(m.ban_for);
+        let enabled = switch.as_deref().map_or_else(|| ban_default(m), is_on);
+        if enabled && !conntrack && FLOW_THRESHOLDS.contains(&m.fnm) {
+            if let Some(v) = get(m.fnm) {
+                notes.push(format!(
+                    "{label}{} = {} not imported: FastNetMon counts flows only with enable_connection_tracking = on, so it never triggered",
+                    m.fnm,
+                    one_line(&v)
+                ));
+            }
+            continue;
+        }
         match (get(m.fnm), enabled) {
             (Some(v), true) => match v.trim().parse::<u64>() {
                 Ok(n) => out.push((m.flowguard, n)),
-                Err(_) => notes.push(format!(
+                Err(_) => changes.push(format!(
                     "{label}{} = {}: not a number, skipped",
                     m.fnm,
                     one_line(&v)
                 )),
             },
+            (Some(v), false) if switch.is_none() => notes.push(format!(
+                "{label}{} = {} not imported: {label}{} is not set, and FastNetMon's default is off",
+                m.fnm,
+                one_line(&v),
+                m.ban_for
+            )),
             (Some(v), false) => notes.push(format!(
                 "{label}{} = {} not imported: {label}{} is off",
                 m.fnm,
                 one_line(&v),
                 m.ban_for
             )),
-            (None, true) if get(m.ban_for).is_some() => notes.push(format!(
+            (None, true) if get(m.ban_for).is_some() => changes.push(format!(
                 "{label}{} is on but {label}{} is not set: set {} yourself",
                 m.ban_for, m.fnm, m.flowguard
             )),
@@ -287,18 +322,14 @@ fn thresholds(
 pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String>) -> String {
     let p = parse_conf(fastnetmon_conf);
     let mut used: HashSet<String> = HashSet::new();
+    // Exact equivalents worth a word (printed at the end) ...
     let mut notes: Vec<String> = Vec::new();
+    // ... and everything that makes flowguard detect differently (printed first).
+    let mut changes: Vec<String> = Vec::new();
     let get = |k: &str| p.map.get(k).cloned();
-    let mut out = String::new();
+    // The body; the header goes in front once the behaviour changes are known.
     // Writing into a String cannot fail; results are ignored for that reason.
-    let _ = writeln!(
-        out,
-        "# flowguard configuration converted from FastNetMon's by `flowguard import-fastnetmon`."
-    );
-    let _ = writeln!(
-        out,
-        "# Review it: [api], [mitigator] and [state] still need setting."
-    );
+    let mut out = String::new();
 
     // Networks.
     let mut net_lines = Vec::new();
@@ -310,14 +341,20 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         let path = get(key).unwrap_or_else(|| default.to_string());
         match read_file(Path::new(&path)) {
             Some(text) => {
-                let prefixes = parse_prefixes(&text, &path, &mut notes);
+                let prefixes = parse_prefixes(&text, &path, &mut changes);
                 net_lines.push(format!("# from {key} = {}", one_line(&path)));
                 net_lines.push(format!("{fg_key} = {}", toml_list(&prefixes)));
             }
-            None => net_lines.push(format!(
-                "# {key} = {} could not be read: list the prefixes in {fg_key} = [...] here",
-                one_line(&path)
-            )),
+            None => {
+                net_lines.push(format!(
+                    "# {key} = {} could not be read: list the prefixes in {fg_key} = [...] here",
+                    one_line(&path)
+                ));
+                changes.push(format!(
+                    "{key} = {} could not be read: [networks] {fg_key} is empty until you fill it in",
+                    one_line(&path)
+                ));
+            }
         }
     }
     let _ = writeln!(out, "\n[networks]");
@@ -335,7 +372,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
                     "\n[aggregate]\n# from average_calculation_time\nwindow_seconds = {n}"
                 );
             }
-            _ => notes.push(format!(
+            _ => changes.push(format!(
                 "average_calculation_time = {} is not 1..=60, skipped",
                 one_line(&v)
             )),
@@ -350,6 +387,99 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
             out,
             "\n[mitigator]\n# enable_ban = off in FastNetMon: detect and report, never mitigate\ndry_run = true"
         );
+    }
+
+    // Which hosts and directions are watched.
+    let mut detection = Vec::new();
+    for (key, fg_key) in [
+        ("process_incoming_traffic", "incoming"),
+        ("process_outgoing_traffic", "outgoing"),
+        ("enable_ban_ipv6", "ipv6"),
+    ] {
+        used.insert(key.to_string());
+        // FastNetMon's defaults for all three are on; flowguard's for outgoing is off, so
+        // that one is always written.
+        let on = get(key).map_or(true, |v| is_on(&v));
+        let flowguard_default = fg_key != "outgoing";
+        if on != flowguard_default || get(key).is_some() {
+            let from = get(key).map_or_else(
+                || format!("{key} not set (FastNetMon's default: on)"),
+                |v| format!("{key} = {}", one_line(&v)),
+            );
+            detection.push(format!("# from {from}\n{fg_key} = {on}"));
+        }
+    }
+    if !detection.is_empty() {
+        let _ = writeln!(out, "\n[detection]\n{}", detection.join("\n"));
+    }
+
+    // Inputs flowguard does not have.
+    for k in CAPTURE_KEYS {
+        used.insert(k.to_string());
+        if let Some(v) = get(k) {
+            if is_on(&v) {
+                let ifs =
+                    get("interfaces").map_or(String::new(), |i| format!(" on {}", one_line(&i)));
+                changes.push(format!(
+                    "{k} = on: flowguard reads NetFlow/IPFIX/sFlow exports only; the traffic FastNetMon captured{ifs} is not seen (export flows from the routers instead)"
+                ));
+            } else {
+                notes.push(format!("{k} = off: packet capture, not needed"));
+            }
+        }
+    }
+
+    // Timing and lifecycle settings flowguard has fixed.
+    for (key, flowguard, why) in [
+        (
+            "unban_only_if_attack_finished",
+            "on",
+            "flowguard ends an attack only once every rate stayed under the thresholds for the ban time; FastNetMon would unban after ban_time even while the attack went on",
+        ),
+        (
+            "speed_calculation_delay",
+            "1",
+            "flowguard computes rates and checks thresholds every second",
+        ),
+        (
+            "monitor_local_ip_addresses",
+            "off",
+            "flowguard does not add this machine's own addresses to the protected networks; list them in [networks] protected",
+        ),
+        (
+            "netflow_divide_counters_on_interval_length",
+            "off",
+            "flowguard always spreads a flow's counters over its first..last span",
+        ),
+    ] {
+        used.insert(key.to_string());
+        if let Some(v) = get(key) {
+            let same = if matches!(flowguard, "on" | "off") {
+                is_on(&v) == (flowguard == "on")
+            } else {
+                v.trim() == flowguard
+            };
+            if same {
+                notes.push(format!("{key} = {}: flowguard behaves the same", one_line(&v)));
+            } else {
+                changes.push(format!("{key} = {}: {why}", one_line(&v)));
+            }
+        }
+    }
+
+    // Flow counts need connection tracking in FastNetMon (its default: on).
+    used.insert("enable_connection_tracking".into());
+    let conntrack = get("enable_connection_tracking").map_or(true, |v| is_on(&v));
+    if let Some(v) = get("enable_connection_tracking") {
+        notes.push(format!(
+            "enable_connection_tracking = {}: flowguard counts flows from the exported records{}",
+            one_line(&v),
+            if conntrack {
+                ""
+            } else {
+                "; flow thresholds FastNetMon could not use are left out (see below)"
+            }
+        ));
     }
 
     // Collectors.
@@ -370,7 +500,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         }
         let host = get(&host_key).unwrap_or_else(|| "0.0.0.0".into());
         let Ok(ip) = host.trim().parse::<IpAddr>() else {
-            notes.push(format!(
+            changes.push(format!(
                 "{host_key} = {}: not an IP address, {proto} listener skipped",
                 one_line(&host)
             ));
@@ -383,7 +513,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
             if let Some(v) = get("netflow_sampling_ratio") {
                 match v.trim().parse::<u32>() {
                     Ok(n) if n >= 1 => sampling = Some(n),
-                    _ => notes.push(format!(
+                    _ => changes.push(format!(
                         "netflow_sampling_ratio = {}: not a positive number, skipped",
                         one_line(&v)
                     )),
@@ -393,7 +523,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         // FastNetMon accepts several comma-separated ports for NetFlow.
         for port in ports.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let Ok(port) = port.parse::<u16>() else {
-                notes.push(format!(
+                changes.push(format!(
                     "{port_key} = {}: {port:?} is not a port, skipped",
                     one_line(&ports)
                 ));
@@ -401,7 +531,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
             };
             let addr = SocketAddr::new(ip, port);
             if listeners.contains(&addr) {
-                notes.push(format!("{proto} listener {addr} is already used, skipped"));
+                changes.push(format!("{proto} listener {addr} is already used, skipped"));
                 continue;
             }
             listeners.push(addr);
@@ -412,7 +542,12 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
                 toml_str(&addr.to_string())
             );
             if let Some(n) = sampling {
-                let _ = writeln!(out, "sampling_rate = {n}");
+                // FastNetMon applies netflow_sampling_ratio only to exports that announce no
+                // rate: the fallback, never an override of what a router says.
+                let _ = writeln!(
+                    out,
+                    "# from netflow_sampling_ratio\nfallback_sampling_rate = {n}"
+                );
             }
         }
     }
@@ -421,9 +556,16 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
     used.insert("ban_time".into());
     let ban_time = match get("ban_time") {
         Some(v) => match v.trim().parse::<u32>() {
+            Ok(0) => {
+                changes.push(
+                    "ban_time = 0 (FastNetMon never unbans): flowguard has no such setting; ban_time_seconds stays at its default, 300"
+                        .into(),
+                );
+                None
+            }
             Ok(n) => Some(n),
             Err(_) => {
-                notes.push(format!(
+                changes.push(format!(
                     "ban_time = {}: not a number, skipped",
                     one_line(&v)
                 ));
@@ -436,8 +578,17 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         used.insert(m.fnm.to_string());
         used.insert(m.ban_for.to_string());
     }
-    let global_ban_for = |m: &ThresholdMap| get(m.ban_for).map_or(m.default_on, |v| is_on(&v));
-    let global = thresholds(&get, &|m| m.default_on, "", &mut notes);
+    // A hostgroup's settings start from a fresh `ban_settings_t` in FastNetMon, not from
+    // the global ones: a switch the group does not set is off.
+    let group_ban_for = |m: &ThresholdMap| m.default_on;
+    let global = thresholds(
+        &get,
+        &|m| m.default_on,
+        "",
+        conntrack,
+        &mut notes,
+        &mut changes,
+    );
     let write_group = |out: &mut String,
                        name: &str,
                        prefixes: &[IpNet],
@@ -470,7 +621,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
     let mut index: HashMap<String, usize> = HashMap::new();
     for line in &p.hostgroups {
         let Some((name, list)) = line.split_once(':') else {
-            notes.push(format!(
+            changes.push(format!(
                 "hostgroup = {}: expected name:prefix,prefix",
                 one_line(line)
             ));
@@ -478,14 +629,14 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         };
         let name = name.trim().to_string();
         if name.is_empty() {
-            notes.push(format!("hostgroup = {}: no name", one_line(line)));
+            changes.push(format!("hostgroup = {}: no name", one_line(line)));
             continue;
         }
         let mut prefixes = Vec::new();
         for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match parse_prefix(s) {
                 Some(n) => prefixes.push(n),
-                None => notes.push(format!(
+                None => changes.push(format!(
                     "hostgroup {name}: {:?} is not a prefix, skipped",
                     one_line(s)
                 )),
@@ -510,7 +661,7 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
             used.insert(format!("{label}{}", m.ban_for));
         }
         if prefixes.is_empty() {
-            notes.push(format!("hostgroup {name} has no usable prefixes, skipped"));
+            changes.push(format!("hostgroup {name} has no usable prefixes, skipped"));
             continue;
         }
         // `default` means "the rest of the networks" in flowguard; FastNetMon's group of
@@ -522,6 +673,11 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
         };
         while !taken.insert(fg_name.clone()) {
             fg_name.push('_');
+        }
+        if fg_name != name {
+            changes.push(format!(
+                "hostgroup {name} is named {fg_name} here (policy_by_hostgroup keys use the new name)"
+            ));
         }
         let enabled = get(&enable_key).map_or(global_ban, |v| is_on(&v));
         if !enabled {
@@ -537,7 +693,14 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
             continue;
         }
         let lookup = |k: &str| get(&format!("{label}{k}"));
-        let th = thresholds(&lookup, &global_ban_for, &label, &mut notes);
+        let th = thresholds(
+            &lookup,
+            &group_ban_for,
+            &label,
+            conntrack,
+            &mut notes,
+            &mut changes,
+        );
         let comment = (fg_name != name).then(|| format!("FastNetMon hostgroup {name}"));
         write_group(&mut out, &fg_name, &prefixes, &th, comment.as_deref());
     }
@@ -553,6 +716,30 @@ pub fn convert(fastnetmon_conf: &str, read_file: &dyn Fn(&Path) -> Option<String
     for n in notes {
         tail.push(format!("# note: {n}"));
     }
+    let mut head = String::new();
+    let _ = writeln!(
+        head,
+        "# flowguard configuration converted from FastNetMon's by `flowguard import-fastnetmon`."
+    );
+    let _ = writeln!(
+        head,
+        "# Review it: [api], [mitigator] and [state] still need setting."
+    );
+    if changes.is_empty() {
+        let _ = writeln!(
+            head,
+            "# Behaviour changes: none; every setting that affects detection maps to flowguard."
+        );
+    } else {
+        let _ = writeln!(
+            head,
+            "# Behaviour changes: flowguard will detect differently from FastNetMon here:"
+        );
+        for c in &changes {
+            let _ = writeln!(head, "#   - {c}");
+        }
+    }
+    let mut out = head + &out;
     for k in &p.order {
         if !used.contains(k) {
             let v = p.map.get(k).map(String::as_str).unwrap_or("");
@@ -587,7 +774,7 @@ mod tests {
     #[test]
     fn minimal_conf_loads_and_keeps_values() {
         let toml = convert(
-            "threshold_pps = 5000\nban_for_flows = off\nthreshold_flows = 10\nban_time = 60\nnetflow = on\nnetflow_port = 2055,2056\nnetflow_host = 127.0.0.1\n",
+            "ban_for_pps = on\nthreshold_pps = 5000\nthreshold_mbps = 10\nban_for_flows = off\nthreshold_flows = 10\nban_time = 60\nnetflow = on\nnetflow_port = 2055,2056\nnetflow_host = 127.0.0.1\nnetflow_sampling_ratio = 100\n",
             &files(&[("/etc/networks_list", "10.0.0.0/8\n")]),
         );
         let cfg = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
@@ -601,6 +788,23 @@ mod tests {
             (g.threshold_pps, g.threshold_flows, g.ban_time_seconds),
             (Some(5000), None, 60)
         );
+        // An absent switch is off in FastNetMon (ban_settings_t starts all off).
+        assert_eq!(g.threshold_mbps, None);
+        assert!(
+            toml.contains("threshold_mbps = 10 not imported: ban_for_bandwidth is not set"),
+            "{toml}"
+        );
+        // The ratio is a fallback, never an override of what a router announces.
+        let c = &cfg.collectors[0];
+        assert_eq!(
+            (c.sampling_rate, c.fallback_sampling_rate),
+            (None, Some(100))
+        );
+        // FastNetMon watches outgoing traffic unless told not to.
+        assert!(cfg.detection.outgoing && cfg.detection.incoming && cfg.detection.ipv6);
+        // The unreadable whitelist is a behaviour change: it is in the header.
+        let header: String = toml.lines().take_while(|l| l.starts_with('#')).collect();
+        assert!(header.contains("white_list_path"), "{toml}");
         assert!(
             toml.contains("threshold_flows = 10 not imported: ban_for_flows is off"),
             "{toml}"
@@ -614,7 +818,7 @@ mod tests {
     #[test]
     fn odd_values_become_comments_not_errors() {
         let toml = convert(
-            "threshold_pps = lots\nnetflow_host = router.example\nnetflow_port = 1\nsflow = on\nsflow_port = 99999\nhostgroup = broken\nhostgroup = empty:nonsense\nhostgroup = default:192.0.2.0/24\nban_time = x\nweird line\n",
+            "ban_for_pps = on\nthreshold_pps = lots\nnetflow_host = router.example\nnetflow_port = 1\nsflow = on\nsflow_port = 99999\nhostgroup = broken\nhostgroup = empty:nonsense\nhostgroup = default:192.0.2.0/24\nban_time = x\nweird line\n",
             &|_| None,
         );
         let cfg = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));

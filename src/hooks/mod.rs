@@ -4,6 +4,9 @@
 //! What this module owns:
 //! - [`fastnetmon`]: the attack report FastNetMon writes on the notify script's stdin
 //!   (parser tolerant of 1.1.x to 1.2.6+ forms, and the 1.2.4 text form for our own reports);
+//! - [`advanced`]: FastNetMon Advanced's JSON (notify script on stdin, and web callbacks);
+//! - [`claims`]: which detector instances claim which host, so that one victim reported by
+//!   several ends only when the last of them says so;
 //! - [`event`]: [`event::ExternalEvent`], the one event shape that the hook CLI, the spool
 //!   and `POST /api/v1/events/fastnetmon` share;
 //! - [`endpoint`]: the HTTP handler that authenticates, bounds and queues those events;
@@ -15,6 +18,8 @@
 //! What it must not do: decide about attacks. Events leave this module through a bounded
 //! channel; merging them with flowguard's own detection belongs to the detect stage.
 
+pub mod advanced;
+pub mod claims;
 pub mod cli;
 pub mod endpoint;
 pub mod event;
@@ -32,6 +37,14 @@ pub enum HookError {
     /// Arguments FastNetMon (or a person) passed that are not a notify call.
     #[error("usage: {0}")]
     Usage(String),
+    /// Input that is not a notify call flowguard can apply (bad JSON, unknown action or
+    /// hostgroup, wrong field types); nothing of it was applied.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// Well-formed input naming something flowguard does not have (an unknown hostgroup);
+    /// nothing of it was applied.
+    #[error("cannot apply: {0}")]
+    NotApplicable(String),
     /// A well-formed call flowguard deliberately does nothing with (for example FastNetMon's
     /// `internal`/`other`/`unknown` directions, which name no protected host side).
     #[error("ignored: {0}")]

@@ -244,6 +244,7 @@ mod tests {
             attack_type: None,
             protocol: None,
             report: Some("IP: 192.0.2.7\n".into()),
+            source: None,
         }
     }
 
