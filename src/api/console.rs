@@ -182,16 +182,7 @@ impl Snapshot {
                 .entry(label(&mm, "reason").into())
                 .or_default() += x;
         }
-        for (mm, x) in series(&m.mitigator_requests) {
-            let o = label(&mm, "outcome");
-            if o == "ok" {
-                s.mitigator_ok += x;
-            } else if UNREACHABLE.contains(&o) {
-                s.mitigator_unreachable += x;
-            } else {
-                s.mitigator_failed += x;
-            }
-        }
+        (s.mitigator_ok, s.mitigator_unreachable, s.mitigator_failed) = mitigator_calls(m);
         s.pass_sum = m.detection_pass_seconds.get_sample_sum();
         s.pass_count = m.detection_pass_seconds.get_sample_count();
         s.pending_ops = m.mitigation_pending_ops.get();
@@ -199,6 +190,22 @@ impl Snapshot {
         s.tracked_hosts = m.tracked_hosts.get();
         s
     }
+}
+
+/// MITIGATOR calls so far: (ok, could not reach it, answered with an error).
+fn mitigator_calls(m: &Metrics) -> (f64, f64, f64) {
+    let (mut ok, mut unreachable, mut failed) = (0.0, 0.0, 0.0);
+    for (mm, x) in series(&m.mitigator_requests) {
+        let o = label(&mm, "outcome");
+        if o == "ok" {
+            ok += x;
+        } else if UNREACHABLE.contains(&o) {
+            unreachable += x;
+        } else {
+            failed += x;
+        }
+    }
+    (ok, unreachable, failed)
 }
 
 /// One host in a sample's top list.
@@ -307,12 +314,7 @@ impl History {
                     let spark: Vec<u64> = g
                         .samples
                         .iter()
-                        .map(|s| {
-                            s.top[d]
-                                .iter()
-                                .find(|x| x.ip == e.ip)
-                                .map_or(0, |x| x.pps)
-                        })
+                        .map(|s| s.top[d].iter().find(|x| x.ip == e.ip).map_or(0, |x| x.pps))
                         .collect();
                     json!({"ip": e.ip, "pps": e.pps, "bps": e.bps,
                            "flows_per_second": e.flows, "spark_pps": spark})
@@ -397,7 +399,11 @@ async fn style_css() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }
 
-fn rate(prev: Option<&(i64, Snapshot)>, last: &(i64, Snapshot), f: impl Fn(&Snapshot) -> f64) -> f64 {
+fn rate(
+    prev: Option<&(i64, Snapshot)>,
+    last: &(i64, Snapshot),
+    f: impl Fn(&Snapshot) -> f64,
+) -> f64 {
     match prev {
         Some((t0, p)) if last.0 > *t0 => {
             let r = (f(&last.1) - f(p)) / ((last.0 - t0) as f64 / 1000.0);
@@ -438,9 +444,8 @@ fn exporters_json(h: &History) -> Value {
     let prev = prev.as_ref();
     let mut rows = Vec::new();
     for (name, c) in &last.1.collectors {
-        let of = |s: &Snapshot, f: &dyn Fn(&CollectorSnap) -> f64| {
-            s.collectors.get(name).map_or(0.0, f)
-        };
+        let of =
+            |s: &Snapshot, f: &dyn Fn(&CollectorSnap) -> f64| s.collectors.get(name).map_or(0.0, f);
         let errs = |c: &CollectorSnap| c.decode_errors.values().sum::<f64>();
         rows.push(CollectorRow {
             collector: name.clone(),
@@ -457,7 +462,11 @@ fn exporters_json(h: &History) -> Value {
                 .map(|(k, v)| (k.clone(), *v as u64))
                 .collect(),
             decode_errors_per_second: rate(prev, &last, |s| of(s, &errs)),
-            dropped: c.dropped.iter().map(|(k, v)| (k.clone(), *v as u64)).collect(),
+            dropped: c
+                .dropped
+                .iter()
+                .map(|(k, v)| (k.clone(), *v as u64))
+                .collect(),
             socket_drops: c.socket_drops,
             exporters: last
                 .1
@@ -475,11 +484,24 @@ fn exporters_json(h: &History) -> Value {
 }
 
 fn health_json(c: &Console) -> Value {
-    let (prev, last, reach) = c.history.snapshots();
+    let (prev, last, mut reach) = c.history.snapshots();
     let Some(last) = last else {
         return json!({"sampled": false});
     };
     let s = &last.1;
+    // Calls made since the last sample count now: the page must not say "unknown" next
+    // to switches it already shows as acknowledged.
+    let (ok, unreachable, failed) = mitigator_calls(&c.api.metrics);
+    let now = system_now_ms();
+    if ok > s.mitigator_ok {
+        reach.last_ok_ms = Some(now);
+    }
+    if unreachable > s.mitigator_unreachable {
+        reach.last_unreachable_ms = Some(now);
+    }
+    if failed > s.mitigator_failed {
+        reach.last_failed_ms = Some(now);
+    }
     let pass_ms = match &prev {
         Some((_, p)) if s.pass_count > p.pass_count => {
             (s.pass_sum - p.pass_sum) / (s.pass_count - p.pass_count) as f64 * 1000.0
@@ -552,4 +574,81 @@ async fn summary(State(c): State<Console>) -> Json<Value> {
         "exporters": exporters_json(&c.history),
         "health": health_json(&c),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rates are the difference of two snapshots over their time apart; the exporters'
+    /// sampling rates are listed under their collector.
+    #[test]
+    fn collector_rates_come_from_two_snapshots() {
+        let m = Metrics::new();
+        m.pretouch(&[("nf".into(), false)]);
+        m.flow_records.with_label_values(&["nf", "v9"]).inc_by(1000);
+        m.exporter_sampling_rate
+            .with_label_values(&["nf", "192.0.2.1"])
+            .set(512);
+        let first = Snapshot::read(&m);
+        m.flow_records.with_label_values(&["nf", "v9"]).inc_by(3000);
+        m.decode_errors
+            .with_label_values(&["nf", "truncated"])
+            .inc_by(4);
+        let second = Snapshot::read(&m);
+        let h = History::default();
+        {
+            let mut g = h.inner.lock();
+            g.prev = Some((10_000, first));
+            g.last = Some((12_000, second));
+        }
+        let v = exporters_json(&h);
+        let c = &v[0];
+        assert_eq!(c["collector"], "nf");
+        assert_eq!(c["records_per_second"], 1500.0);
+        assert_eq!(c["records_total"], 4000);
+        assert_eq!(c["decode_errors_total"], 4);
+        assert_eq!(c["decode_errors"]["truncated"], 4);
+        assert_eq!(c["decode_errors_per_second"], 2.0);
+        assert_eq!(c["exporters"][0]["exporter"], "192.0.2.1");
+        assert_eq!(c["exporters"][0]["sampling_rate"], 512);
+    }
+
+    #[test]
+    fn sparkline_history_is_bounded_and_zero_where_a_host_was_not_on_top() {
+        let h = History::default();
+        let a: IpAddr = "127.0.0.20".parse().unwrap();
+        let b: IpAddr = "127.0.0.21".parse().unwrap();
+        let e = |ip, pps| TopEntry {
+            ip,
+            pps,
+            bps: 0,
+            flows: 0,
+        };
+        {
+            let mut g = h.inner.lock();
+            for i in 0..(HISTORY as i64 + 50) {
+                let top = if i % 2 == 0 {
+                    vec![e(a, 10)]
+                } else {
+                    vec![e(a, 20), e(b, 5)]
+                };
+                g.samples.push_back(Sample {
+                    t_ms: i * 1000,
+                    top: [top, Vec::new()],
+                });
+                if g.samples.len() > HISTORY {
+                    g.samples.pop_front();
+                }
+            }
+        }
+        let (v, span) = h.top();
+        assert_eq!(span, HISTORY - 1);
+        let rows = v["incoming"].as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        let spark_b = rows[1]["spark_pps"].as_array().unwrap();
+        assert_eq!(spark_b.len(), HISTORY);
+        assert_eq!(spark_b[spark_b.len() - 1], 5);
+        assert_eq!(spark_b[spark_b.len() - 2], 0);
+    }
 }
