@@ -44,6 +44,9 @@ pub const TOP_HOSTS: usize = 10;
 pub const RECENT_ATTACKS: usize = 50;
 /// Sampling period.
 const PERIOD: Duration = Duration::from_secs(1);
+/// The top list (a walk over every shard) is sampled only while someone has read the
+/// summary this recently: nobody watching, no extra reader on the host table.
+const WATCH_MS: i64 = 300_000;
 
 /// MITIGATOR request outcomes that mean "could not talk to it" (as opposed to "it
 /// answered with an error").
@@ -63,9 +66,6 @@ struct Snapshot {
     mitigator_ok: f64,
     mitigator_unreachable: f64,
     mitigator_failed: f64,
-    pending_ops: i64,
-    mitigations_active: i64,
-    tracked_hosts: i64,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -185,9 +185,6 @@ impl Snapshot {
         (s.mitigator_ok, s.mitigator_unreachable, s.mitigator_failed) = mitigator_calls(m);
         s.pass_sum = m.detection_pass_seconds.get_sample_sum();
         s.pass_count = m.detection_pass_seconds.get_sample_count();
-        s.pending_ops = m.mitigation_pending_ops.get();
-        s.mitigations_active = m.mitigations_active.get();
-        s.tracked_hosts = m.tracked_hosts.get();
         s
     }
 }
@@ -232,12 +229,15 @@ struct Reach {
     last_failed_ms: Option<i64>,
 }
 
+/// A snapshot and when it was taken (unix ms).
+type Stamped = Option<(i64, Snapshot)>;
+
 #[derive(Default)]
 struct Inner {
     samples: VecDeque<Sample>,
     /// The newest two snapshots (rates are their difference).
-    prev: Option<(i64, Snapshot)>,
-    last: Option<(i64, Snapshot)>,
+    prev: Stamped,
+    last: Stamped,
     reach: Reach,
 }
 
@@ -245,14 +245,39 @@ struct Inner {
 #[derive(Default)]
 pub struct History {
     inner: Mutex<Inner>,
+    /// Until when the top list is sampled (unix ms), pushed on by each summary read.
+    watched_until_ms: std::sync::atomic::AtomicI64,
 }
 
 impl History {
+    fn watched(&self, now: i64) -> bool {
+        now <= self
+            .watched_until_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Someone reads the summary. True when the top list has no fresh sample (first read
+    /// after a quiet time): the caller samples at once rather than show an empty list.
+    fn watch(&self, now: i64) -> bool {
+        self.watched_until_ms
+            .store(now + WATCH_MS, std::sync::atomic::Ordering::Relaxed);
+        let g = self.inner.lock();
+        match g.samples.back() {
+            Some(b) => now - b.t_ms > 2 * PERIOD.as_millis() as i64,
+            None => true,
+        }
+    }
+
     /// Takes one sample now. Called by the sampler once a second.
     fn sample(&self, s: &ApiState) {
         let now = system_now_ms();
+        let watched = self.watched(now);
         // Read outside the history lock: the top list visits every shard.
-        let top = s.pipeline.top(4 * TOP_HOSTS, TopBy::Pps, now);
+        let top = if watched {
+            s.pipeline.top(4 * TOP_HOSTS, TopBy::Pps, now)
+        } else {
+            Vec::new()
+        };
         let mut by_dir: [Vec<TopEntry>; 2] = [Vec::new(), Vec::new()];
         for (k, r) in top {
             let v = &mut by_dir[k.dir as usize];
@@ -283,6 +308,16 @@ impl History {
         }
         g.prev = g.last.take();
         g.last = Some((now, snap));
+        if !watched {
+            return;
+        }
+        // After a quiet time the old samples are not "the last minutes" any more.
+        if g.samples
+            .back()
+            .is_some_and(|b| now - b.t_ms > 5 * PERIOD.as_millis() as i64)
+        {
+            g.samples.clear();
+        }
         if g.samples.len() >= HISTORY {
             g.samples.pop_front();
         }
@@ -293,7 +328,7 @@ impl History {
     }
 
     /// The newest snapshot and the per-second rate between it and the one before.
-    fn snapshots(&self) -> (Option<(i64, Snapshot)>, Option<(i64, Snapshot)>, Reach) {
+    fn snapshots(&self) -> (Stamped, Stamped, Reach) {
         let g = self.inner.lock();
         (g.prev.clone(), g.last.clone(), g.reach.clone())
     }
@@ -528,7 +563,8 @@ fn health_json(c: &Console) -> Value {
         "queue_full_drops": ints(&s.queue_full_drops),
         "attack_events_dropped": ints(&s.events_dropped),
         "host_evictions": ints(&s.host_evictions),
-        "tracked_hosts": s.tracked_hosts,
+        // Gauges are read live (the page shows the planner's live state beside them).
+        "tracked_hosts": c.api.metrics.tracked_hosts.get(),
         "detection_pass_ms": (pass_ms * 1000.0).round() / 1000.0,
         "detection_passes": s.pass_count,
         "mitigator": {
@@ -537,8 +573,8 @@ fn health_json(c: &Console) -> Value {
             "last_ok": reach.last_ok_ms.map(crate::clock::rfc3339),
             "last_unreachable": reach.last_unreachable_ms.map(crate::clock::rfc3339),
             "last_rejected": reach.last_failed_ms.map(crate::clock::rfc3339),
-            "pending_operations": s.pending_ops,
-            "mitigations_active": s.mitigations_active,
+            "pending_operations": c.api.metrics.mitigation_pending_ops.get(),
+            "mitigations_active": c.api.metrics.mitigations_active.get(),
         },
     })
 }
@@ -555,6 +591,10 @@ async fn health(State(c): State<Console>) -> Json<Value> {
 
 async fn summary(State(c): State<Console>) -> Json<Value> {
     super::count(&c.api, "summary", axum::http::StatusCode::OK);
+    if c.history.watch(system_now_ms()) {
+        let (api, hist) = (c.api.clone(), c.history.clone());
+        let _ = tokio::task::spawn_blocking(move || hist.sample(&api)).await;
+    }
     let s = &c.api;
     let all = s.pipeline.attacks();
     let (active, recent): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.end_ms.is_none());
