@@ -3,8 +3,8 @@
 //! `/api/v1/health`), which `flowguard top` reads too.
 //!
 //! The page is plain HTML/CSS/JS with no external asset, so it works on a management
-//! network with no internet. It is read-only and shows nothing secret: no token, no
-//! MITIGATOR address or credentials.
+//! network with no internet. It is read-only and shows nothing secret: no API token, no
+//! MITIGATOR credentials (`tests/access.rs` checks its answers).
 //!
 //! Rates that the metrics only hold as counters (records/s, detection pass time) and the
 //! top hosts' sparklines need a past: a sampler task takes one [`Sample`] per second into a
