@@ -72,6 +72,9 @@ pub enum Command {
     /// bundled capture of real NetFlow exports of three floods at its real pace, and prints
     /// each attack and MITIGATOR call as it happens.
     Demo(DemoArgs),
+    /// Watch a running service in the terminal: active attacks and their mitigation, top
+    /// hosts, exporters, health; refreshes every second; `q` quits.
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +197,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(a) => {
             crate::demo::run(a.speed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(a) => {
+            crate::top::run(&a)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportFastnetmon(a) => {

@@ -16,6 +16,8 @@
 //!   config import).
 //! - [`api`]: HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
 //! - [`demo`]: `flowguard demo`, the whole mission on loopback.
+//! - [`top`]: `flowguard top`, the operator console's picture in a terminal, read from a
+//!   running service's API (`/api/v1/summary`, the JSON the web console at `/` reads).
 //!
 //! Shared by all: [`config`] (loading and validation), [`metrics`] (every metric name),
 //! [`model`] (the vocabulary stages exchange), [`clock`] (one notion of "now" for the live
@@ -39,3 +41,4 @@ pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod service;
+pub mod top;

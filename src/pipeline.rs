@@ -560,16 +560,27 @@ impl Pipeline {
     /// The `n` busiest host-directions by current rate.
     pub fn top(&self, n: usize, by: TopBy, now_ms: i64) -> Vec<(HostKey, Rates)> {
         let now_sec = (now_ms / 1000).max(0) as u32;
-        let mut v = Vec::new();
-        for s in &self.table.shards {
-            s.lock().for_each(now_sec, |k, e| v.push((*k, e.rates)));
-        }
         let metric = |r: &Rates| match by {
             TopBy::Pps => r.pps,
             TopBy::Bps => r.bps,
             TopBy::Flows => r.flows_per_second,
         };
-        v.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0)));
+        let order = |a: &(HostKey, Rates), b: &(HostKey, Rates)| {
+            metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0))
+        };
+        // Keep at most a few times n while walking the table (the console samples this
+        // every second): memory stays O(n), not O(hosts).
+        let mut v = Vec::new();
+        for s in &self.table.shards {
+            s.lock().for_each(now_sec, |k, e| {
+                v.push((*k, e.rates));
+                if v.len() > 4 * n.max(1) {
+                    v.sort_by(order);
+                    v.truncate(n);
+                }
+            });
+        }
+        v.sort_by(order);
         v.truncate(n);
         v
     }

@@ -154,6 +154,7 @@ impl Service {
             pipeline: pipeline.clone(),
             metrics: metrics.clone(),
             mitigation,
+            mitigator_dry_run: cfg.mitigator.is_dry_run(),
             started_ms: system_now_ms(),
         });
         let app = crate::api::router(state).merge(hook_router);

@@ -240,6 +240,12 @@ async fn write_endpoint_needs_the_token_and_limits_bodies() {
         "/api/v1/attacks".to_string(),
         format!("/api/v1/attacks/{attack_id}"),
         format!("/api/v1/attacks/{attack_id}/report.txt"),
+        // The operator console and the JSON it and `flowguard top` read.
+        "/".to_string(),
+        "/console/app.js".to_string(),
+        "/api/v1/summary".to_string(),
+        "/api/v1/exporters".to_string(),
+        "/api/v1/health".to_string(),
     ] {
         let r = c.get(format!("{base}{path}")).send().await.unwrap();
         let st = r.status();

@@ -13,6 +13,12 @@
 //! | `GET /api/v1/attacks` | `{"active":[...],"recent":[...]}` with mitigation state |
 //! | `GET /api/v1/attacks/{id}` | one attack; 404 if unknown |
 //! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form |
+//! | `GET /` | the operator console (HTML; [`console`]) |
+//! | `GET /api/v1/summary` | everything the console and `flowguard top` show |
+//! | `GET /api/v1/exporters` | per collector: records/s, templates, decode errors, exporters' sampling |
+//! | `GET /api/v1/health` | drops, detection pass time, MITIGATOR reachability |
+
+pub mod console;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,10 +44,13 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Mitigation state per attack id, when mitigation runs.
     pub mitigation: Option<MitigationView>,
+    /// MITIGATOR calls are logged, not made (the console says so instead of "unreachable").
+    pub mitigator_dry_run: bool,
     pub started_ms: i64,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
+    let console = console::router(state.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -51,9 +60,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/attacks/{id}", get(attack))
         .route("/api/v1/attacks/{id}/report.txt", get(report))
         .with_state(state)
+        .merge(console)
 }
 
-fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
+pub(crate) fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
     let class = match status.as_u16() {
         200..=299 => "2xx",
         400..=499 => "4xx",
@@ -135,7 +145,7 @@ async fn top_hosts(State(s): State<Arc<ApiState>>, Query(q): Query<TopQuery>) ->
     Json(Value::Array(v))
 }
 
-fn attack_json(s: &ApiState, a: &Attack) -> Value {
+pub(crate) fn attack_json(s: &ApiState, a: &Attack) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert("start".into(), json!(rfc3339(a.start_ms)));
