@@ -211,6 +211,10 @@ pub struct DetectionConfig {
     /// `process_outgoing_traffic`). Off by default: a protected server's own bulk
     /// uploads are not floods.
     pub outgoing: bool,
+    /// A vector (syn, icmp, udp, fragments, other) of an attack counts when it carries at
+    /// least this share of the attack's packets, in percent (or breaks a threshold of its
+    /// own).
+    pub vector_min_share_percent: f64,
 }
 
 impl Default for DetectionConfig {
@@ -220,6 +224,7 @@ impl Default for DetectionConfig {
             recent_attacks: 1000,
             trigger_seconds: 1,
             outgoing: false,
+            vector_min_share_percent: 20.0,
         }
     }
 }
@@ -448,6 +453,10 @@ impl Config {
         }
         if self.detection.trigger_seconds == 0 {
             p.push("detection.trigger_seconds: must be at least 1".into());
+        }
+        let share = self.detection.vector_min_share_percent;
+        if !(share.is_finite() && share > 0.0 && share <= 100.0) {
+            p.push("detection.vector_min_share_percent: must be in (0, 100]".into());
         }
         p.extend(crate::detect::config::validate_hostgroups(&self.hostgroups));
         p.extend(crate::mitigate::config::validate(&self.mitigator));
