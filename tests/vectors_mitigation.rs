@@ -103,9 +103,14 @@ async fn each_vector_switches_its_countermeasure_on_once_and_all_go_off_at_the_e
     use Vector as V;
     // Start: seen as UDP (softflowd exports UDP flows first).
     let udp = vector(V::Udp, P::Udp, 1.0, true);
-    tx.send(event(EventKind::Start, A::UdpFlood, P::Udp, vec![udp.clone()]))
-        .await
-        .unwrap();
+    tx.send(event(
+        EventKind::Start,
+        A::UdpFlood,
+        P::Udp,
+        vec![udp.clone()],
+    ))
+    .await
+    .unwrap();
     wait_state(&h, "mv", "active").await;
     assert_eq!(
         switch_calls(&sim).await,
