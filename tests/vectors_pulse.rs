@@ -80,7 +80,15 @@ dir = "{}"
     let sfd = spawn(
         "softflowd",
         Command::new("softflowd")
-            .args(["-i", "lo", "-v", "9", "-n", &format!("127.0.0.1:{nf}"), "-d"])
+            .args([
+                "-i",
+                "lo",
+                "-v",
+                "9",
+                "-n",
+                &format!("127.0.0.1:{nf}"),
+                "-d",
+            ])
             .args(["-t", "maxlife=1", "-t", "expint=1"])
             .arg("-p")
             .arg(dir.path().join("sf.pid"))
@@ -95,7 +103,9 @@ dir = "{}"
     for burst in 0..3 {
         // ~2 s at ~5 000 pps: 5 times the threshold.
         hping3(
-            &["--udp", "-p", "5353", "-d", "64", "-i", "u200", "-c", "10000"],
+            &[
+                "--udp", "-p", "5353", "-d", "64", "-i", "u200", "-c", "10000",
+            ],
             "127.0.0.93",
         );
         if burst < 2 {
@@ -111,8 +121,7 @@ dir = "{}"
         (!a.is_empty() && a.iter().all(|a| a["active"] == false)).then_some(a)
     });
     let log = std::fs::read_to_string(dir.path().join("flowguard.log")).unwrap_or_default();
-    let attacks =
-        ended.unwrap_or_else(|| panic!("{:?}; log {log}", attacks_on(api, "127.0.0.93")));
+    let attacks = ended.unwrap_or_else(|| panic!("{:?}; log {log}", attacks_on(api, "127.0.0.93")));
     assert_eq!(
         under_between, 2,
         "the rate must fall under the threshold between bursts, or this is no pulse test"
@@ -121,7 +130,11 @@ dir = "{}"
     assert_eq!(attacks[0]["attack_type"], "udp_flood");
     let starts = log.matches("attack started").count();
     let ends = log.matches("attack ended").count();
-    assert_eq!((starts, ends), (1, 1), "one start and one end in the log: {log}");
+    assert_eq!(
+        (starts, ends),
+        (1, 1),
+        "one start and one end in the log: {log}"
+    );
     let pgids = [fg.pgid(), sfd.pgid()];
     drop(sfd);
     drop(fg);
