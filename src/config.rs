@@ -223,6 +223,10 @@ pub struct DetectionConfig {
     /// Detect attacks on IPv6 hosts too (FastNetMon's `enable_ban_ipv6`). Off: their
     /// traffic is still counted and shown, but never starts an attack. On by default.
     pub ipv6: bool,
+    /// A vector (syn, icmp, udp, fragments, other) of an attack counts when it carries at
+    /// least this share of the attack's packets, in percent (or breaks a threshold of its
+    /// own).
+    pub vector_min_share_percent: f64,
 }
 
 impl Default for DetectionConfig {
@@ -234,6 +238,7 @@ impl Default for DetectionConfig {
             outgoing: false,
             incoming: true,
             ipv6: true,
+            vector_min_share_percent: 20.0,
         }
     }
 }
@@ -462,6 +467,10 @@ impl Config {
         }
         if self.detection.trigger_seconds == 0 {
             p.push("detection.trigger_seconds: must be at least 1".into());
+        }
+        let share = self.detection.vector_min_share_percent;
+        if !(share.is_finite() && share > 0.0 && share <= 100.0) {
+            p.push("detection.vector_min_share_percent: must be in (0, 100]".into());
         }
         p.extend(crate::detect::config::validate_hostgroups(&self.hostgroups));
         p.extend(crate::mitigate::config::validate(&self.mitigator));

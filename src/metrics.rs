@@ -45,6 +45,7 @@ pub struct Metrics {
     // detect
     pub attacks_active: IntGaugeVec,
     pub attacks_total: IntCounterVec,
+    pub attack_type_changes: IntCounterVec,
     pub attack_host_pps: IntGaugeVec,
     pub attack_host_bps: IntGaugeVec,
     pub top_host_pps: IntGaugeVec,
@@ -145,6 +146,7 @@ impl Metrics {
             traffic_bytes: counter_vec(&r, "flowguard_traffic_bytes_total", "Bytes to (incoming) or from (outgoing) protected hosts, sampling applied, by direction and protocol (tcp, udp, icmp, other).", &["direction", "protocol"]),
             attacks_active: gauge_vec(&r, "flowguard_attacks_active", "Attacks in progress, by direction and attack type.", &["direction", "attack_type"]),
             attacks_total: counter_vec(&r, "flowguard_attacks_total", "Attacks started, by direction and attack type.", &["direction", "attack_type"]),
+            attack_type_changes: counter_vec(&r, "flowguard_attack_type_changes_total", "Attacks whose type changed while they lasted (the type follows the traffic), by direction, old and new type.", &["direction", "old_type", "new_type"]),
             attack_host_pps: gauge_vec(&r, "flowguard_attack_host_pps", "Packet rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
             attack_host_bps: gauge_vec(&r, "flowguard_attack_host_bps", "Bit rate of a host under attack (series exist only while the attack lasts).", &["ip", "direction"]),
             top_host_pps: gauge_vec(&r, "flowguard_top_host_pps", "Packet rate of the N-th busiest protected host by packets (rank 1..=10), whatever its address; 0 when fewer hosts are seen.", &["direction", "rank"]),

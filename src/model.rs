@@ -139,6 +139,84 @@ pub struct TopSource {
     pub share: f64,
 }
 
+/// One vector of an attack: the part of its packets one kind of flood carries. The five
+/// partition the attack's packets (see `detect::vectors` for how the counters are split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vector {
+    /// TCP SYN without ACK.
+    Syn,
+    Icmp,
+    /// UDP that is not a fragment.
+    Udp,
+    /// IP fragments, whatever they carry.
+    Fragments,
+    /// Everything else (TCP without SYN, GRE, ...).
+    Other,
+}
+
+impl Vector {
+    pub const ALL: [Vector; 5] = [
+        Vector::Syn,
+        Vector::Icmp,
+        Vector::Udp,
+        Vector::Fragments,
+        Vector::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vector::Syn => "syn",
+            Vector::Icmp => "icmp",
+            Vector::Udp => "udp",
+            Vector::Fragments => "fragments",
+            Vector::Other => "other",
+        }
+    }
+
+    /// The attack type an attack made of this vector alone is classified as.
+    pub fn attack_type(self) -> AttackType {
+        match self {
+            Vector::Syn => AttackType::SynFlood,
+            Vector::Icmp => AttackType::IcmpFlood,
+            Vector::Udp => AttackType::UdpFlood,
+            Vector::Fragments => AttackType::IpFragmentation,
+            Vector::Other => AttackType::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for Vector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A vector of an attack as events, the API and reports show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VectorSummary {
+    /// The attack type of this vector alone (`syn_flood`, `icmp_flood`, `udp_flood`,
+    /// `ip_fragmentation`, `unknown` for "other").
+    #[serde(rename = "type")]
+    pub attack_type: AttackType,
+    pub vector: Vector,
+    pub protocol: Protocol,
+    /// Share of the attack's packets so far, 0.0..=1.0.
+    pub share: f64,
+    /// Current (window-average) rates.
+    pub pps: u64,
+    pub bps: u64,
+    pub peak_pps: u64,
+    pub peak_bps: u64,
+    /// It breaks a threshold of its own (`threshold_syn_*` for syn, ...) right now.
+    pub over_threshold: bool,
+    /// It counts right now (share or own threshold); a vector once counted stays listed
+    /// until the attack ends.
+    pub active: bool,
+    /// When it first counted (unix ms).
+    pub since_ms: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -165,4 +243,23 @@ pub struct AttackEvent {
     pub peak_pps: u64,
     pub hostgroup: String,
     pub top_sources: Vec<TopSource>,
+    /// The attack's vectors so far, dominant first (empty for an external detector's
+    /// attack that flowguard's own detection never saw).
+    #[serde(default)]
+    pub vectors: Vec<VectorSummary>,
+    /// On an update: the type before this update, when the update changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_attack_type: Option<AttackType>,
+    /// On an update: the vectors that started to count with this update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_vectors: Vec<Vector>,
+}
+
+impl AttackEvent {
+    /// An update that changes what the attack is (its type or its vectors); such an
+    /// update must reach mitigation, unlike a periodic refresh of rates.
+    pub fn is_change(&self) -> bool {
+        self.event == EventKind::Update
+            && (self.previous_attack_type.is_some() || !self.new_vectors.is_empty())
+    }
 }

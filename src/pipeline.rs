@@ -154,7 +154,8 @@ impl Pipeline {
                     cfg.detection.outgoing,
                     cfg.detection.recent_attacks,
                 )
-                .with_switches(cfg.detection.incoming, cfg.detection.ipv6),
+                .with_switches(cfg.detection.incoming, cfg.detection.ipv6)
+                .with_vector_min_share(cfg.detection.vector_min_share_percent / 100.0),
             ),
             metrics,
             window_seconds: cfg.aggregate.window_seconds,
@@ -367,6 +368,24 @@ impl Pipeline {
                         .set(e.bps as i64);
                 }
                 EventKind::Update => {
+                    if let Some(old) = e.previous_attack_type {
+                        // The active gauge follows the type, so the end decrements the
+                        // series the attack is counted in.
+                        let old_labels = [e.direction.as_str(), old.as_str()];
+                        self.metrics
+                            .attacks_active
+                            .with_label_values(&old_labels)
+                            .dec();
+                        self.metrics.attacks_active.with_label_values(&labels).inc();
+                        self.metrics
+                            .attack_type_changes
+                            .with_label_values(&[
+                                e.direction.as_str(),
+                                old.as_str(),
+                                e.attack_type.as_str(),
+                            ])
+                            .inc();
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     self.metrics
                         .attack_host_pps
@@ -465,6 +484,15 @@ impl Pipeline {
                 Transition::Update(k) => {
                     if let Some(a) = det.get_active(&k) {
                         events.push(a.event(EventKind::Update, now_ms));
+                    }
+                }
+                Transition::Changed {
+                    key,
+                    previous_type,
+                    new_vectors,
+                } => {
+                    if let Some(a) = det.get_active(&key) {
+                        events.push(a.change_event(now_ms, previous_type, new_vectors));
                     }
                 }
                 Transition::End(k) => {

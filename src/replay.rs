@@ -5,7 +5,8 @@
 //! sFlow from the payload, and feeds the same decode → aggregate → detect pipeline the
 //! service runs, with the capture's timestamps as the clock: a detection pass runs at
 //! every whole second of capture time. Attack events are printed as JSON lines as they
-//! happen.
+//! happen: `start`, `end`, and `update` when an attack's type changes (`old_type`,
+//! `new_type`) or vectors start to count (`new_vectors`); every line carries `vectors`.
 //!
 //! When the captures end, the clock keeps running with no traffic (up to the window plus
 //! the longest ban time) so attacks still in progress end as they would in the service;
@@ -28,7 +29,7 @@ use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
 use crate::metrics::Metrics;
-use crate::model::{AttackEvent, EventKind, TopSource};
+use crate::model::{AttackEvent, AttackType, EventKind, TopSource, Vector, VectorSummary};
 use crate::pipeline::{count_decode, Pipeline};
 
 /// Host-table hash seed of every replay (see `Pipeline::with_seed`).
@@ -112,12 +113,23 @@ struct EventLine<'a> {
     peak_pps: u64,
     hostgroup: &'a str,
     top_sources: &'a [TopSource],
+    vectors: &'a [VectorSummary],
+    /// Update lines: the type before and after the update, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_type: Option<AttackType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_type: Option<AttackType>,
+    /// Update lines: the vectors that started to count.
+    #[serde(skip_serializing_if = "<[Vector]>::is_empty")]
+    new_vectors: &'a [Vector],
 }
 
 pub fn event_line(e: &AttackEvent) -> Option<String> {
     let event = match e.event {
         EventKind::Start => "start",
         EventKind::End => "end",
+        // Periodic refreshes of rates are not printed; changes of type or vectors are.
+        EventKind::Update if e.is_change() => "update",
         EventKind::Update => return None,
     };
     serde_json::to_string(&EventLine {
@@ -134,6 +146,10 @@ pub fn event_line(e: &AttackEvent) -> Option<String> {
         peak_pps: e.peak_pps,
         hostgroup: &e.hostgroup,
         top_sources: &e.top_sources,
+        vectors: &e.vectors,
+        old_type: e.previous_attack_type,
+        new_type: e.previous_attack_type.map(|_| e.attack_type),
+        new_vectors: &e.new_vectors,
     })
     .ok()
 }

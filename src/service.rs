@@ -44,11 +44,22 @@ pub struct Service {
     tasks: JoinSet<()>,
 }
 
-/// Forwards detection events to mitigation. Start and end wait for room (an end must
-/// never be lost); updates are dropped and counted when the queue is full.
+/// Forwards detection events to mitigation. Start, end and updates that change an
+/// attack (a new vector needs its countermeasure) wait for room (an end must never be
+/// lost); periodic updates are dropped and counted when the queue is full.
 async fn forward(events: Vec<AttackEvent>, tx: &mpsc::Sender<AttackEvent>, m: &Metrics) {
     for e in events {
         match e.event {
+            EventKind::Update if e.is_change() => {
+                tracing::info!(
+                    attack = %e.id, ip = %e.ip, attack_type = %e.attack_type,
+                    previous_attack_type = ?e.previous_attack_type, new_vectors = ?e.new_vectors,
+                    "attack changed"
+                );
+                if tx.send(e).await.is_err() {
+                    m.events_dropped.with_label_values(&["closed"]).inc();
+                }
+            }
             EventKind::Start | EventKind::End => {
                 tracing::info!(
                     attack = %e.id, ip = %e.ip, direction = %e.direction, attack_type = %e.attack_type,

@@ -173,7 +173,7 @@ dir = "{}"
     let (_a, ctl5) = softflowd(dir.path(), 5, nf, "host 127.0.0.41", &[]);
     let (_b, ctl9) = softflowd(dir.path(), 9, nf, "host 127.0.0.42", &[]);
     let (_c, ctl10) = softflowd(dir.path(), 10, nf, "host 127.0.0.43", &[]);
-    let _d = pmacctd(dir.path(), sf, "host 127.0.0.44", 10);
+    let pm = pmacctd(dir.path(), sf, "host 127.0.0.44", 10);
     std::thread::sleep(std::time::Duration::from_secs(3));
 
     let runs = [
@@ -282,6 +282,14 @@ dir = "{}"
         (bytes - 128.0).abs() < 0.5,
         "sFlow bytes per packet {bytes} (IP length 128)"
     );
+    // pmacctd forks its sfprobe plugin: stopping pmacctd's process group stops it too.
+    let pg = pm.pgid();
+    drop(pm);
+    assert_eq!(
+        common::group_members(pg),
+        Vec::<i32>::new(),
+        "pmacctd processes left behind"
+    );
 }
 
 #[test]
@@ -367,4 +375,243 @@ dir = "{}"
         "exact switch sequence"
     );
     eprintln!("ICMP flood: MITIGATOR switched on {on_after:?} after the flood began");
+}
+
+/// Switch calls of one policy as `name:0|1`, in order.
+fn policy_switches(sim: SocketAddr, policy: u32) -> Vec<String> {
+    common::sim_switch_puts(sim)
+        .iter()
+        .filter_map(|c| {
+            let (path, rest) = c.strip_prefix("PUT ")?.split_once(' ')?;
+            let (name, q) = path.split_once("/switch?")?;
+            (q == format!("policy={policy}")).then(|| format!("{name}:{}", rest.trim()))
+        })
+        .collect()
+}
+
+/// The attacks the API lists on `ip` (active and recent).
+fn attacks_on(api: SocketAddr, ip: &str) -> Vec<Value> {
+    let Ok((200, b)) = http_get(api, "/api/v1/attacks") else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&b).unwrap_or_default();
+    ["active", "recent"]
+        .iter()
+        .flat_map(|k| v[k].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["ip"] == ip)
+        .collect()
+}
+
+fn vector_types(a: &Value) -> Vec<String> {
+    let mut t: Vec<String> = a["vectors"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x["type"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    t.sort();
+    t
+}
+
+/// SYN and UDP floods sent together with hping3 to one host, exported by softflowd
+/// (NetFlow v9, to 127.0.0.89) and by pmacctd (sFlow 1 in 10, to 127.0.0.90): each is one
+/// attack with both vectors, MITIGATOR gets toggle, tcp and sorb on and off exactly once
+/// per policy, and a replay of the captured export gives the same vectors. Every process
+/// the test starts is stopped with its process group and none is left.
+#[test]
+fn syn_and_udp_floods_together_get_both_countermeasures_once() {
+    let _g = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready() {
+        return;
+    }
+    let sim = support::Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let (nf, sf) = (free_udp_port(), free_udp_port());
+    let detect = format!(
+        r#"
+[[collector]]
+protocol = "netflow"
+listen = "127.0.0.1:{nf}"
+[[collector]]
+protocol = "sflow"
+listen = "127.0.0.1:{sf}"
+[networks]
+protected = ["127.0.0.88/29"]
+[[hostgroup]]
+name = "default"
+threshold_pps = 1500
+ban_time_seconds = 4
+"#
+    );
+    let mut fg = start_flowguard(
+        &format!(
+            r#"
+[api]
+listen = "{api}"
+{detect}
+[mitigator]
+url = "{}"
+username = "{}"
+password = "{}"
+[mitigator.policy_by_prefix]
+"127.0.0.89/32" = 1
+"127.0.0.90/32" = 2
+[state]
+dir = "{}"
+"#,
+            sim.base,
+            support::USER,
+            support::PASS,
+            dir.path().display()
+        ),
+        dir.path(),
+        api,
+    );
+    let cap = dir.path().join("export.pcapng");
+    let mut dumpcap = spawn(
+        "dumpcap",
+        Command::new("dumpcap")
+            .args(["-q", "-i", "lo", "-f"])
+            .arg(format!("udp dst port {nf} or udp dst port {sf}"))
+            .arg("-w")
+            .arg(&cap)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let (mut sfd, _ctl) = softflowd(dir.path(), 9, nf, "host 127.0.0.89", &[]);
+    let mut pm = pmacctd(dir.path(), sf, "host 127.0.0.90", 10);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pgids = [fg.pgid(), dumpcap.pgid(), sfd.pgid(), pm.pgid()];
+    // Both floods at once, to each host: 4 bounded hping3 runs (~4 s at ~4 000 pps each).
+    let floods: Vec<_> = ["127.0.0.89", "127.0.0.90"]
+        .into_iter()
+        .flat_map(|ip| {
+            [
+                std::thread::spawn(move || {
+                    hping3(&["-S", "-p", "80", "-i", "u250", "-c", "16000"], ip)
+                }),
+                std::thread::spawn(move || {
+                    hping3(
+                        &[
+                            "--udp", "-p", "5353", "-d", "64", "-i", "u250", "-c", "16000",
+                        ],
+                        ip,
+                    )
+                }),
+            ]
+        })
+        .collect();
+    for f in floods {
+        f.join().expect("hping3 thread");
+    }
+    // Window (5 s) + ban time (4 s) + export delay.
+    let ended = wait_for(60, || {
+        let done = |ip| {
+            let a = attacks_on(api, ip);
+            (!a.is_empty() && a.iter().all(|a| a["active"] == false)).then_some(a)
+        };
+        Some((done("127.0.0.89")?, done("127.0.0.90")?))
+    });
+    // Let the switch-offs run.
+    let off = wait_for(20, || {
+        (policy_switches(sim.addr, 1).last().map(String::as_str) == Some("toggle:0")
+            && policy_switches(sim.addr, 2).last().map(String::as_str) == Some("toggle:0"))
+        .then_some(())
+    });
+    let log = std::fs::read_to_string(dir.path().join("flowguard.log")).unwrap_or_default();
+    let (a89, a90) = ended.unwrap_or_else(|| {
+        panic!(
+            "attacks did not end: {:?} {:?}; log: {log}",
+            attacks_on(api, "127.0.0.89"),
+            attacks_on(api, "127.0.0.90")
+        )
+    });
+    for (exporter, attacks, policy) in [("softflowd v9", &a89, 1), ("pmacctd sFlow", &a90, 2)] {
+        assert_eq!(attacks.len(), 1, "{exporter}: one attack: {attacks:?}");
+        let a = &attacks[0];
+        assert_eq!(
+            vector_types(a),
+            ["syn_flood", "udp_flood"],
+            "{exporter}: both vectors: {a}"
+        );
+        eprintln!(
+            "{exporter}: type {} (changes {}), vectors {}",
+            a["attack_type"], a["type_changes"], a["vectors"]
+        );
+        let mut calls = policy_switches(sim.addr, policy);
+        assert!(off.is_some(), "{exporter}: not all off: {calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("toggle:0"));
+        assert_eq!(calls.first().map(String::as_str), Some("toggle:1"));
+        calls.sort();
+        assert_eq!(
+            calls,
+            ["sorb:0", "sorb:1", "tcp:0", "tcp:1", "toggle:0", "toggle:1"],
+            "{exporter}: each switch on once and off once (policy {policy})"
+        );
+    }
+    // The same traffic from the capture: the same attacks with the same vectors, and the
+    // end events name both.
+    fg.stop();
+    dumpcap.stop();
+    let cfg = flowguard::config::Config::from_toml_str(&detect).unwrap();
+    let mut out = Vec::new();
+    flowguard::replay::run(
+        &cfg,
+        std::slice::from_ref(&cap),
+        &flowguard::replay::ReplayOptions::default(),
+        &mut out,
+    )
+    .unwrap();
+    if let Ok(keep) = std::env::var("FLOWGUARD_KEEP_CAPTURE") {
+        let _ = std::fs::copy(&cap, keep);
+    }
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for ip in ["127.0.0.89", "127.0.0.90"] {
+        let of = |kind: &str| -> Vec<&Value> {
+            lines
+                .iter()
+                .filter(|l| l["ip"] == ip && l["direction"] == "incoming" && l["event"] == kind)
+                .collect()
+        };
+        assert_eq!(of("start").len(), 1, "{ip}: replay: {lines:?}");
+        let end = of("end");
+        assert_eq!(end.len(), 1, "{ip}: replay: {lines:?}");
+        assert_eq!(
+            vector_types(end[0]),
+            ["syn_flood", "udp_flood"],
+            "{ip}: the replayed end event names both vectors: {}",
+            end[0]
+        );
+    }
+    sfd.stop();
+    pm.stop();
+    drop(sim);
+    let left: Vec<i32> = pgids
+        .iter()
+        .flat_map(|g| common::group_members(*g))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes left behind: {left:?}: {}",
+        String::from_utf8_lossy(
+            &Command::new("ps")
+                .args(["-o", "pid,pgid,args", "-p"])
+                .arg(
+                    left.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+    );
 }

@@ -54,6 +54,9 @@ fn ev(kind: EventKind, id: &str, ip: &str, t: AttackType, p: Protocol) -> Attack
             port: Some(53),
             share: 0.5,
         }],
+        vectors: Vec::new(),
+        previous_attack_type: None,
+        new_vectors: Vec::new(),
     }
 }
 

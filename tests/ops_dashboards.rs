@@ -43,6 +43,7 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.traffic_packets,
         &m.traffic_bytes,
         &m.attacks_total,
+        &m.attack_type_changes,
         &m.events_dropped,
         &m.mitigator_requests,
         &m.hook_events,

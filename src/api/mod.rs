@@ -197,11 +197,17 @@ async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
     match s.pipeline.attack(&id) {
         Some(a) => {
             count(&s, "report", StatusCode::OK);
-            (
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                crate::detect::report::text(&a, &other_direction(&s, &a)),
-            )
-                .into_response()
+            let mut text = crate::detect::report::text(&a, &other_direction(&s, &a));
+            // What mitigation left out of the temporary blacklist belongs to the report.
+            let mit = s.mitigation.as_ref().and_then(|f| f(&a.id));
+            if let Some(m) = mit.filter(|m| m["tbl_skipped_sources"].as_u64() > Some(0)) {
+                text.push_str(&format!(
+                    "Top sources not blacklisted: {} ({})\n",
+                    m["tbl_skipped_sources"],
+                    m["tbl_skip_reason"].as_str().unwrap_or("")
+                ));
+            }
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
         }
         None => {
             count(&s, "report", StatusCode::NOT_FOUND);

@@ -9,7 +9,9 @@
 //! - start: a threshold of the host's group is exceeded on `trigger_seconds`
 //!   consecutive passes (default 1: the first pass that sees it, i.e. within one second
 //!   of the window average crossing the threshold);
-//! - update: peak rates are kept while it lasts;
+//! - update: peak rates are kept while it lasts; its vectors are tracked and its type is
+//!   the classification of its traffic so far, re-evaluated on every pass (see
+//!   [`vectors`]): a change of type or a new vector is a [`Transition::Changed`];
 //! - end: once every rate has stayed under the thresholds for `ban_time_seconds` (never
 //!   while still over: FastNetMon's `unban_only_if_attack_finished`);
 //! - whitelisted hosts never start one (the pipeline filters them).
@@ -22,14 +24,18 @@
 pub mod classify;
 pub mod config;
 pub mod report;
+pub mod vectors;
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
 use crate::aggregate::{Counters, HostKey, Rates};
-use crate::model::{AttackEvent, AttackType, Direction, EventKind, Protocol, TopSource};
+use crate::model::{
+    AttackEvent, AttackType, Direction, EventKind, Protocol, TopSource, Vector, VectorSummary,
+};
 use config::{HostgroupConfig, Thresholds};
+use vectors::{VectorSet, VectorTracker};
 
 /// A hostgroup as the detector uses it.
 #[derive(Debug, Clone)]
@@ -88,13 +94,39 @@ pub struct Attack {
     #[serde(skip)]
     pub counters: Counters,
     pub top_sources: Vec<TopSource>,
+    /// Its vectors so far, dominant first (refreshed on every pass).
+    pub vectors: Vec<VectorSummary>,
+    /// The latest changes of its type (at most [`MAX_TYPE_CHANGES`], oldest dropped).
+    pub type_changes: VecDeque<TypeChange>,
+    /// How many times its type changed in all.
+    pub type_changes_total: u32,
     /// flowguard's own detection still sees it.
     pub own_active: bool,
     /// An external detector (FastNetMon hook) still claims it.
     pub external_active: bool,
     #[serde(skip)]
     last_update_ms: i64,
+    /// The traffic so far and the vectors (None until flowguard's own detection sees it).
+    #[serde(skip)]
+    tracker: Option<VectorTracker>,
+    /// The type was given by an external detector: it is kept, not re-derived.
+    #[serde(skip)]
+    external_type: bool,
 }
+
+/// A change of an attack's type, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TypeChange {
+    /// Always `update`: the event that carried the change.
+    pub event: EventKind,
+    pub time_ms: i64,
+    pub old_type: AttackType,
+    pub new_type: AttackType,
+    pub protocol: Protocol,
+}
+
+/// Type changes an attack keeps (the count goes on).
+pub const MAX_TYPE_CHANGES: usize = 32;
 
 impl Attack {
     pub fn key(&self) -> HostKey {
@@ -119,7 +151,48 @@ impl Attack {
             peak_pps: self.peak_pps,
             hostgroup: self.hostgroup.clone(),
             top_sources: self.top_sources.clone(),
+            vectors: self.vectors.clone(),
+            previous_attack_type: None,
+            new_vectors: Vec::new(),
         }
+    }
+
+    /// The update event for a [`Transition::Changed`].
+    pub fn change_event(
+        &self,
+        now_ms: i64,
+        previous_type: Option<AttackType>,
+        new_vectors: VectorSet,
+    ) -> AttackEvent {
+        AttackEvent {
+            previous_attack_type: previous_type,
+            new_vectors: new_vectors.iter().collect(),
+            ..self.event(EventKind::Update, now_ms)
+        }
+    }
+
+    /// The dominant vector (largest share so far), if flowguard's detection saw any.
+    pub fn dominant(&self) -> Option<&VectorSummary> {
+        self.vectors.first()
+    }
+
+    /// Whether `v` is one of its vectors.
+    pub fn has_vector(&self, v: Vector) -> bool {
+        self.vectors.iter().any(|s| s.vector == v)
+    }
+
+    fn record_type_change(&mut self, now_ms: i64, old: AttackType) {
+        self.type_changes.push_back(TypeChange {
+            event: EventKind::Update,
+            time_ms: now_ms,
+            old_type: old,
+            new_type: self.attack_type,
+            protocol: self.protocol,
+        });
+        while self.type_changes.len() > MAX_TYPE_CHANGES {
+            self.type_changes.pop_front();
+        }
+        self.type_changes_total = self.type_changes_total.saturating_add(1);
     }
 }
 
@@ -127,6 +200,13 @@ impl Attack {
 pub enum Transition {
     Start(HostKey),
     Update(HostKey),
+    /// The attack's type changed (`previous_type`, what it was) or vectors started to
+    /// count (`new_vectors`) on this pass.
+    Changed {
+        key: HostKey,
+        previous_type: Option<AttackType>,
+        new_vectors: VectorSet,
+    },
     /// The attack has been moved to the recent list.
     End(HostKey),
 }
@@ -156,6 +236,7 @@ pub struct Detector {
     recent: VecDeque<Attack>,
     pending: HashMap<HostKey, u32>,
     seq: u64,
+    vector_min_share: f64,
 }
 
 impl Detector {
@@ -176,6 +257,7 @@ impl Detector {
             recent: VecDeque::new(),
             pending: HashMap::new(),
             seq: 0,
+            vector_min_share: vectors::DEFAULT_MIN_SHARE,
         }
     }
 
@@ -194,6 +276,12 @@ impl Detector {
             Direction::Outgoing => self.detect_outgoing,
         };
         dir && (self.detect_ipv6 || key.ip.is_ipv4())
+    }
+
+    /// The share (0..=1) of an attack's packets at which a vector counts (default 20 %).
+    pub fn with_vector_min_share(mut self, share: f64) -> Detector {
+        self.vector_min_share = share;
+        self
     }
 
     pub fn groups(&self) -> &[Group] {
@@ -263,10 +351,27 @@ impl Detector {
             peak_bps: 0,
             counters: Counters::default(),
             top_sources: Vec::new(),
+            vectors: Vec::new(),
+            type_changes: VecDeque::new(),
+            type_changes_total: 0,
             own_active: false,
             external_active: false,
             last_update_ms: now_ms,
+            tracker: None,
+            external_type: false,
         }
+    }
+
+    /// The thresholds an attack's own vector thresholds are read from: the group's total
+    /// thresholds for a hostgroup-total attack, else the host's.
+    fn vector_thresholds(&self, a: &Attack) -> Option<Thresholds> {
+        if a.threshold == "hostgroup_total" {
+            return self
+                .groups
+                .get(usize::from(a.group))
+                .and_then(|g| g.total.clone());
+        }
+        self.thresholds(a.group, a.direction).cloned()
     }
 
     fn ban_ms(&self, group: u16) -> i64 {
@@ -282,20 +387,62 @@ impl Detector {
         let mut out = Vec::new();
         let mut pending = HashMap::new();
         for o in obs {
-            if let Some(a) = self.active.get_mut(&o.key) {
+            let vt = self.active.get(&o.key).map(|a| self.vector_thresholds(a));
+            let min_share = self.vector_min_share;
+            if let (Some(a), Some(vt)) = (self.active.get_mut(&o.key), vt) {
                 a.current = o.rates;
                 a.peak_pps = a.peak_pps.max(o.rates.pps);
                 a.peak_bps = a.peak_bps.max(o.rates.bps);
-                if o.over.is_some() {
+                let over = o.over.is_some();
+                let new_vectors = match &mut a.tracker {
+                    Some(tr) => tr.observe(now_ms, &o.rates, vt.as_ref(), over).new_vectors,
+                    None => {
+                        // An externally claimed attack that our own detection sees for the
+                        // first time: what it finds now is its baseline, not a change (the
+                        // next update carries the vectors to mitigation).
+                        let (tr, _) = VectorTracker::begin(
+                            min_share,
+                            now_ms,
+                            &o.counters,
+                            &o.rates,
+                            vt.as_ref(),
+                            over,
+                        );
+                        a.tracker = Some(tr);
+                        VectorSet::default()
+                    }
+                };
+                let mut previous_type = None;
+                if let Some(tr) = &a.tracker {
+                    a.vectors = tr.summaries();
+                    if !a.external_type {
+                        let (t, p) = tr.classify();
+                        a.protocol = p;
+                        if t != a.attack_type {
+                            let old = a.attack_type;
+                            a.attack_type = t;
+                            a.record_type_change(now_ms, old);
+                            previous_type = Some(old);
+                        }
+                    }
+                }
+                if over {
                     a.last_over_ms = now_ms;
                     if !a.own_active {
                         // An externally claimed attack that our own detection now sees too.
                         a.own_active = true;
                     }
-                    if now_ms - a.last_update_ms >= UPDATE_INTERVAL_MS {
-                        a.last_update_ms = now_ms;
-                        out.push(Transition::Update(o.key));
-                    }
+                }
+                if previous_type.is_some() || !new_vectors.is_empty() {
+                    a.last_update_ms = now_ms;
+                    out.push(Transition::Changed {
+                        key: o.key,
+                        previous_type,
+                        new_vectors,
+                    });
+                } else if over && now_ms - a.last_update_ms >= UPDATE_INTERVAL_MS {
+                    a.last_update_ms = now_ms;
+                    out.push(Transition::Update(o.key));
                 }
                 continue;
             }
@@ -310,10 +457,22 @@ impl Detector {
                 continue;
             }
             let mut a = self.new_attack(o.key, o.group, now_ms);
-            let (t, p) = classify::classify(&o.counters);
+            a.threshold = which.to_string();
+            let vt = self.vector_thresholds(&a);
+            let (tr, _) = VectorTracker::begin(
+                self.vector_min_share,
+                now_ms,
+                &o.counters,
+                &o.rates,
+                vt.as_ref(),
+                true,
+            );
+            // The traffic so far is the window it started on: today's classification.
+            let (t, p) = tr.classify();
             a.attack_type = t;
             a.protocol = p;
-            a.threshold = which.to_string();
+            a.vectors = tr.summaries();
+            a.tracker = Some(tr);
             a.initial = o.rates;
             a.current = o.rates;
             a.peak_pps = o.rates.pps;
@@ -356,9 +515,16 @@ impl Detector {
             if let Some(a) = self.active.get_mut(&c.key) {
                 a.external_active = true;
                 if a.attack_type == AttackType::Unknown && c.attack_type != AttackType::Unknown {
+                    let old = a.attack_type;
                     a.attack_type = c.attack_type;
                     a.protocol = c.protocol;
-                    out.push(Transition::Update(c.key));
+                    a.external_type = true;
+                    a.record_type_change(now_ms, old);
+                    out.push(Transition::Changed {
+                        key: c.key,
+                        previous_type: Some(old),
+                        new_vectors: VectorSet::default(),
+                    });
                 }
                 return out;
             }
@@ -366,6 +532,7 @@ impl Detector {
             a.attack_type = c.attack_type;
             a.protocol = c.protocol;
             a.threshold = "external".into();
+            a.external_type = true;
             a.initial.pps = c.pps;
             a.current.pps = c.pps;
             a.peak_pps = c.pps;
@@ -589,6 +756,171 @@ mod tests {
             d.claim(11_000, &unban),
             vec![Transition::End(key("192.0.2.1"))]
         );
+    }
+
+    /// A window of `syn` SYN and `udp` UDP packets per second (5 s window).
+    fn mixed(d: &Detector, ip: &str, syn: u64, udp: u64) -> Observation {
+        let c = Counters {
+            packets: 5 * (syn + udp),
+            bytes: 5 * (syn * 60 + udp * 100),
+            tcp_packets: 5 * syn,
+            tcp_bytes: 5 * syn * 60,
+            tcp_syn_packets: 5 * syn,
+            tcp_syn_bytes: 5 * syn * 60,
+            udp_packets: 5 * udp,
+            udp_bytes: 5 * udp * 100,
+            ..Counters::default()
+        };
+        let rates = Rates::from_window(&c, 5);
+        Observation {
+            key: key(ip),
+            group: 0,
+            counters: c,
+            rates,
+            over: classify::exceeded(d.thresholds(0, Direction::Incoming).unwrap(), &rates),
+        }
+    }
+
+    fn vector_names(a: &Attack) -> Vec<Vector> {
+        a.vectors.iter().map(|v| v.vector).collect()
+    }
+
+    #[test]
+    fn a_vector_appearing_late_changes_the_type_once_and_is_one_attack() {
+        let mut d = Detector::new(vec![group(1000, 5)], 1, false, 10);
+        let k = key("192.0.2.1");
+        // UDP first, as softflowd exports it.
+        let o = mixed(&d, "192.0.2.1", 0, 10_000);
+        assert_eq!(d.observe(1_000, &[o]), vec![Transition::Start(k)]);
+        assert_eq!(d.get_active(&k).unwrap().attack_type, AttackType::UdpFlood);
+        assert_eq!(vector_names(d.get_active(&k).unwrap()), [Vector::Udp]);
+        // SYN joins one second later: a new vector, same type for now.
+        let both = mixed(&d, "192.0.2.1", 13_000, 10_000);
+        let mut syn = VectorSet::default();
+        syn.insert(Vector::Syn);
+        assert_eq!(
+            d.observe(2_000, std::slice::from_ref(&both)),
+            vec![Transition::Changed {
+                key: k,
+                previous_type: None,
+                new_vectors: syn
+            }]
+        );
+        // The SYN share of the traffic so far passes half: the type changes, once.
+        let mut changes = Vec::new();
+        for t in 3..60 {
+            for tr in d.observe(t * 1000, std::slice::from_ref(&both)) {
+                match tr {
+                    Transition::Changed { previous_type, .. } => changes.push((t, previous_type)),
+                    Transition::Update(_) => {}
+                    other => panic!("unexpected {other:?} at {t}"),
+                }
+            }
+        }
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].1, Some(AttackType::UdpFlood));
+        let a = d.get_active(&k).unwrap();
+        assert_eq!(
+            (a.attack_type, a.protocol),
+            (AttackType::SynFlood, Protocol::Tcp)
+        );
+        assert_eq!(vector_names(a), [Vector::Syn, Vector::Udp]);
+        assert_eq!(a.type_changes_total, 1);
+        assert_eq!(a.type_changes[0].old_type, AttackType::UdpFlood);
+        assert_eq!(a.type_changes[0].new_type, AttackType::SynFlood);
+        let ev = a.event(EventKind::End, 99_000);
+        assert_eq!(ev.vectors.len(), 2);
+        // Ends once, with both vectors.
+        assert_eq!(d.observe(70_000, &[]), vec![Transition::End(k)]);
+        assert_eq!(
+            vector_names(d.ended(&k).unwrap()),
+            [Vector::Syn, Vector::Udp]
+        );
+    }
+
+    #[test]
+    fn a_vector_fading_and_returning_is_no_new_change() {
+        let mut d = Detector::new(vec![group(1000, 5)], 1, false, 10);
+        let k = key("192.0.2.1");
+        let both = mixed(&d, "192.0.2.1", 10_000, 10_000);
+        d.observe(1_000, std::slice::from_ref(&both));
+        let first = d.get_active(&k).unwrap().attack_type;
+        let faded = mixed(&d, "192.0.2.1", 19_000, 500);
+        let mut seen = Vec::new();
+        for t in 2..40 {
+            let o = if (10..20).contains(&t) { &faded } else { &both };
+            seen.extend(
+                d.observe(t * 1000, std::slice::from_ref(o))
+                    .into_iter()
+                    .filter(|tr| !matches!(tr, Transition::Update(_))),
+            );
+            let a = d.get_active(&k).unwrap();
+            assert_eq!(vector_names(a).len(), 2, "udp stays listed at {t}");
+            let udp = a.vectors.iter().find(|v| v.vector == Vector::Udp).unwrap();
+            assert_eq!(udp.active, !(10..20).contains(&t), "at {t}");
+        }
+        // SYN's share so far creeps over half while UDP is faded: that may change the type,
+        // but no vector is ever new again.
+        assert!(
+            seen.iter().all(|tr| matches!(
+                tr,
+                Transition::Changed { new_vectors, .. } if new_vectors.is_empty()
+            )),
+            "{seen:?} (first type {first})"
+        );
+    }
+
+    #[test]
+    fn single_vector_attack_is_unchanged_from_today() {
+        let mut d = Detector::new(vec![group(1000, 5)], 1, false, 10);
+        let k = key("192.0.2.1");
+        let mut all = Vec::new();
+        for t in 1..30 {
+            let o = obs(&d, "192.0.2.1", 5000 + t as u64 * 100);
+            all.extend(d.observe(t * 1000, &[o]));
+        }
+        all.extend(d.observe(40_000, &[]));
+        assert_eq!(all.first(), Some(&Transition::Start(k)));
+        assert_eq!(all.last(), Some(&Transition::End(k)));
+        assert!(
+            all[1..all.len() - 1]
+                .iter()
+                .all(|t| *t == Transition::Update(k)),
+            "only periodic updates: {all:?}"
+        );
+        let a = d.ended(&k).unwrap();
+        assert_eq!(
+            (a.attack_type, a.protocol),
+            (AttackType::UdpFlood, Protocol::Udp)
+        );
+        assert_eq!(vector_names(a), [Vector::Udp]);
+        assert_eq!(a.vectors[0].share, 1.0);
+        assert_eq!(a.vectors[0].peak_pps, a.peak_pps);
+        assert_eq!(a.type_changes_total, 0);
+    }
+
+    #[test]
+    fn a_pulse_wave_is_one_attack() {
+        // Bursts of 3 s far over the threshold, 4 s apart, ban time 10 s.
+        let mut d = Detector::new(vec![group(1000, 10)], 1, false, 10);
+        let k = key("192.0.2.1");
+        let mut all = Vec::new();
+        for t in 1..40 {
+            let pps = if t % 7 < 3 { 50_000 } else { 0 };
+            let o = obs(&d, "192.0.2.1", pps);
+            all.extend(d.observe(t * 1000, &[o]));
+        }
+        all.extend(d.observe(60_000, &[]));
+        let starts = all
+            .iter()
+            .filter(|t| matches!(t, Transition::Start(_)))
+            .count();
+        let ends = all
+            .iter()
+            .filter(|t| matches!(t, Transition::End(_)))
+            .count();
+        assert_eq!((starts, ends), (1, 1), "{all:?}");
+        assert_eq!(all.last(), Some(&Transition::End(k)));
     }
 
     #[test]

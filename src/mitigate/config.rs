@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttackType, Protocol};
+use crate::model::{AttackEvent, AttackType, Protocol, TopSource};
 
 /// Environment variable read for the password when neither `password` nor
 /// `password_file` is set.
@@ -101,6 +101,10 @@ pub struct MitigatorConfig {
     /// Put this many of an attack's top sources into the temporary blacklist (`tbl`) of
     /// its policy; 0 = off.
     pub tbl_top_sources: usize,
+    /// Only a top source carrying at least this share of the attack's packets, in percent,
+    /// goes to the temporary blacklist: the sources of a random-source (spoofed) flood
+    /// each carry a tiny share and are someone else's addresses.
+    pub tbl_min_source_share_percent: f64,
     pub tbl_ttl_seconds: u32,
 }
 
@@ -126,6 +130,7 @@ impl Default for MitigatorConfig {
             retry_max_ms: 30_000,
             restore_grace_seconds: 600,
             tbl_top_sources: 0,
+            tbl_min_source_share_percent: 5.0,
             tbl_ttl_seconds: 600,
         }
     }
@@ -208,6 +213,43 @@ impl MitigatorConfig {
             }
         }
         out
+    }
+
+    /// Countermeasures for an attack event: each of its vectors' (dominant first), through
+    /// the same map by the vector's own type and protocol, so a single-vector attack gets
+    /// what its type got before vectors existed; an event without vectors (an external
+    /// detector's attack) gets its type's.
+    pub fn countermeasures_for_event(&self, ev: &AttackEvent) -> Vec<String> {
+        if ev.vectors.is_empty() {
+            return self.countermeasures_for(ev.attack_type, ev.protocol);
+        }
+        let mut out: Vec<String> = Vec::new();
+        for v in &ev.vectors {
+            for c in self.countermeasures_for(v.attack_type, v.protocol) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// The temporary-blacklist prefixes for an attack's top sources (at most
+    /// `tbl_top_sources`, each with at least `tbl_min_source_share_percent` of the
+    /// attack's packets), and how many of those top sources were skipped for their share.
+    pub fn tbl_selection(&self, top: &[TopSource]) -> (Vec<String>, usize) {
+        let mut skipped = 0;
+        let prefixes = top
+            .iter()
+            .take(self.tbl_top_sources)
+            .filter(|s| {
+                let keep = s.share * 100.0 >= self.tbl_min_source_share_percent;
+                skipped += usize::from(!keep);
+                keep
+            })
+            .map(|s| IpNet::from(s.ip).to_string())
+            .collect();
+        (prefixes, skipped)
     }
 
     /// The name MITIGATOR knows a countermeasure by, for the configured generation.
@@ -334,6 +376,10 @@ pub fn validate(cfg: &MitigatorConfig) -> Vec<String> {
     if cfg.retry_max_ms < cfg.retry_base_ms {
         p.push("mitigator.retry_max_ms: must be at least mitigator.retry_base_ms".into());
     }
+    let share = cfg.tbl_min_source_share_percent;
+    if !(share.is_finite() && (0.0..=100.0).contains(&share)) {
+        p.push("mitigator.tbl_min_source_share_percent: must be in [0, 100]".into());
+    }
     if cfg.tbl_top_sources > 0 && cfg.tbl_ttl_seconds == 0 {
         p.push("mitigator.tbl_ttl_seconds: must be at least 1 when tbl_top_sources > 0".into());
     }
@@ -343,6 +389,7 @@ pub fn validate(cfg: &MitigatorConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Vector, VectorSummary};
 
     #[test]
     fn default_countermeasures_follow_the_seed_rule() {
@@ -384,6 +431,130 @@ mod tests {
             c.countermeasures_for(AttackType::SynFlood, Protocol::Tcp),
             ["tcp"]
         );
+    }
+
+    fn event(t: AttackType, p: Protocol, vectors: &[(Vector, Protocol)]) -> AttackEvent {
+        AttackEvent {
+            event: crate::model::EventKind::Start,
+            id: "a".into(),
+            ip: "192.0.2.1".parse().unwrap(),
+            direction: crate::model::Direction::Incoming,
+            attack_type: t,
+            protocol: p,
+            time_ms: 0,
+            pps: 0,
+            bps: 0,
+            flows_per_second: 0,
+            peak_pps: 0,
+            hostgroup: String::new(),
+            top_sources: Vec::new(),
+            vectors: vectors
+                .iter()
+                .map(|(v, p)| VectorSummary {
+                    attack_type: v.attack_type(),
+                    vector: *v,
+                    protocol: *p,
+                    share: 0.5,
+                    pps: 0,
+                    bps: 0,
+                    peak_pps: 0,
+                    peak_bps: 0,
+                    over_threshold: false,
+                    active: true,
+                    since_ms: 0,
+                })
+                .collect(),
+            previous_attack_type: None,
+            new_vectors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_vector_gets_its_countermeasure_and_single_vectors_are_unchanged() {
+        use AttackType as A;
+        use Protocol as P;
+        use Vector as V;
+        let c = MitigatorConfig::default();
+        // The case: classified udp_flood first, SYN as well.
+        let e = event(A::UdpFlood, P::Udp, &[(V::Syn, P::Tcp), (V::Udp, P::Udp)]);
+        assert_eq!(c.countermeasures_for_event(&e), ["tcp", "sorb"]);
+        let e = event(
+            A::Unknown,
+            P::Unknown,
+            &[
+                (V::Icmp, P::Icmp),
+                (V::Fragments, P::Udp),
+                (V::Other, P::Unknown),
+            ],
+        );
+        assert_eq!(c.countermeasures_for_event(&e), ["acl", "sorb"]);
+        // One vector: exactly what its type gave before vectors existed.
+        for (t, p, v) in [
+            (A::SynFlood, P::Tcp, V::Syn),
+            (A::IcmpFlood, P::Icmp, V::Icmp),
+            (A::UdpFlood, P::Udp, V::Udp),
+            (A::IpFragmentation, P::Udp, V::Fragments),
+            (A::Unknown, P::Tcp, V::Other),
+        ] {
+            let e = event(t, p, &[(v, p)]);
+            assert_eq!(
+                c.countermeasures_for_event(&e),
+                c.countermeasures_for(t, p),
+                "{t} {p}"
+            );
+        }
+        // No vectors (an external detector's attack): its type's.
+        assert_eq!(
+            c.countermeasures_for_event(&event(A::IcmpFlood, P::Icmp, &[])),
+            ["acl"]
+        );
+        // The configured map applies per vector.
+        let mut c = MitigatorConfig::default();
+        c.countermeasures
+            .insert("udp_flood".into(), vec!["lim".into()]);
+        let e = event(A::SynFlood, P::Tcp, &[(V::Syn, P::Tcp), (V::Udp, P::Udp)]);
+        assert_eq!(c.countermeasures_for_event(&e), ["tcp", "lim"]);
+    }
+
+    #[test]
+    fn only_sources_with_a_real_share_go_to_the_blacklist() {
+        let src = |ip: &str, share: f64| TopSource {
+            ip: ip.parse().unwrap(),
+            port: None,
+            share,
+        };
+        let top = [
+            src("198.51.100.1", 0.60),
+            src("198.51.100.2", 0.05),
+            src("198.51.100.3", 0.049),
+            src("198.51.100.4", 0.001),
+            src("198.51.100.5", 0.30),
+        ];
+        let c = MitigatorConfig {
+            tbl_top_sources: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.tbl_selection(&top),
+            (
+                vec!["198.51.100.1/32".to_string(), "198.51.100.2/32".to_string()],
+                2
+            )
+        );
+        // A spoofed flood: every source tiny, none blacklisted.
+        let spoofed: Vec<TopSource> = (0..10)
+            .map(|i| src(&format!("203.0.113.{i}"), 0.0001))
+            .collect();
+        assert_eq!(c.tbl_selection(&spoofed), (Vec::new(), 4));
+        let off = MitigatorConfig::default();
+        assert_eq!(off.tbl_selection(&top), (Vec::new(), 0));
+        let bad = MitigatorConfig {
+            tbl_min_source_share_percent: 101.0,
+            ..Default::default()
+        };
+        assert!(validate(&bad)
+            .join("\n")
+            .contains("mitigator.tbl_min_source_share_percent:"));
     }
 
     #[test]

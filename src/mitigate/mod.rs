@@ -208,33 +208,50 @@ impl Worker {
 
     fn on_event(&mut self, ev: AttackEvent) {
         let now = system_now_ms();
+        let (tbl, tbl_skipped) = self.cfg.tbl_selection(&ev.top_sources);
         let spec = || AttackSpec {
             id: ev.id.clone(),
             ip: ev.ip,
             policy: self.cfg.policy_for(ev.ip, &ev.hostgroup),
-            countermeasures: self.cfg.countermeasures_for(ev.attack_type, ev.protocol),
-            tbl: ev
-                .top_sources
-                .iter()
-                .take(self.cfg.tbl_top_sources)
-                .map(|s| ipnet::IpNet::from(s.ip).to_string())
-                .collect(),
+            // Per vector: a vector that appears later adds its countermeasure.
+            countermeasures: self.cfg.countermeasures_for_event(&ev),
+            tbl: tbl.clone(),
             tbl_ttl: self.cfg.tbl_ttl_seconds,
+        };
+        let skip_reason = || {
+            format!(
+                "share of the attack's packets under tbl_min_source_share_percent = {} % \
+                 (random or spoofed sources)",
+                self.cfg.tbl_min_source_share_percent
+            )
         };
         let steps = {
             let mut p = self.planner.lock();
-            match ev.event {
+            let steps = match ev.event {
                 EventKind::Start => {
                     let s = spec();
                     tracing::info!(attack_id = %s.id, ip = %s.ip, policy = s.policy, countermeasures = ?s.countermeasures, "mitigation requested");
                     p.start(s, now)
                 }
-                EventKind::Update => p.update(spec(), now),
+                EventKind::Update => {
+                    let s = spec();
+                    if ev.is_change() {
+                        tracing::info!(attack_id = %s.id, countermeasures = ?s.countermeasures, new_vectors = ?ev.new_vectors, "attack changed: mitigation follows its vectors");
+                    }
+                    p.update(s, now)
+                }
                 EventKind::End => {
                     tracing::info!(attack_id = %ev.id, "mitigation end requested");
                     p.end(&ev.id, now)
                 }
+            };
+            if ev.event != EventKind::End && self.cfg.tbl_top_sources > 0 {
+                if tbl_skipped > 0 {
+                    tracing::info!(attack_id = %ev.id, skipped = tbl_skipped, "top sources not blacklisted: {}", skip_reason());
+                }
+                p.note_tbl_skipped(&ev.id, tbl_skipped, skip_reason());
             }
+            steps
         };
         self.enqueue(steps);
         self.persist();

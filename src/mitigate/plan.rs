@@ -10,7 +10,10 @@
 //!   own it and will never switch it off (an operator's countermeasure survives);
 //! - a switch is switched off only when flowguard owns it and no live attack needs it any
 //!   more (two attacks on one policy: the policy stays on until the second ends);
-//! - countermeasures go on after the policy and off before it.
+//! - countermeasures go on after the policy and off before it;
+//! - an attack's countermeasures only grow while it lasts: a Start or Update that names a
+//!   countermeasure more (a new vector of the attack) engages it, and none is released
+//!   before the attack ends (a vector that fades and returns does not flap its switch).
 //!
 //! Restart: [`Planner::restore`] takes the state file's attacks as live ("restored") and
 //! emits steps that re-assert them and release owned switches nothing needs. Detection
@@ -92,6 +95,8 @@ struct Record {
     retrying: Option<String>,
     /// A step that MITIGATOR rejected for good (4xx).
     rejected: Option<String>,
+    /// Top sources of the latest blacklist selection left out, and why.
+    tbl_skipped: Option<(usize, String)>,
 }
 
 impl Record {
@@ -134,6 +139,10 @@ pub struct MitigationStatus {
     /// Taken from the state file after a restart and not renewed yet.
     pub restored: bool,
     pub last_error: Option<String>,
+    /// Top sources the latest blacklist selection left out (0 when none or off).
+    pub tbl_skipped_sources: usize,
+    /// Why they were left out.
+    pub tbl_skip_reason: Option<String>,
 }
 
 pub struct Planner {
@@ -228,10 +237,12 @@ impl Planner {
         if let Some(r) = self.records.get_mut(&id) {
             if r.live() {
                 // A repeated Start renews a restored attack; its switches are already
-                // wanted, so only new blacklist entries can come of it.
+                // wanted, so only countermeasures it names more and new blacklist entries
+                // can come of it.
                 r.restored_at = None;
                 r.updated_ms = now;
-                let steps = self.tbl_steps(&spec);
+                let mut steps = self.grow(&spec);
+                steps.extend(self.tbl_steps(&spec));
                 self.bump(&id, steps.len() as u32, now);
                 return steps;
             }
@@ -263,6 +274,7 @@ impl Planner {
             outstanding: 0,
             retrying: None,
             rejected: None,
+            tbl_skipped: None,
         };
         let keys = rec.keys();
         self.records.insert(id.clone(), rec);
@@ -307,15 +319,53 @@ impl Planner {
         }]
     }
 
-    /// New top sources for a live attack (Update events); nothing else changes.
+    /// An Update of a live attack: countermeasures it names more (a new vector) are
+    /// engaged, new top sources blacklisted; nothing is released.
     pub fn update(&mut self, spec: AttackSpec, now: i64) -> Vec<Step> {
         match self.records.get(&spec.id) {
             Some(r) if r.live() => {
-                let steps = self.tbl_steps(&spec);
+                let mut steps = self.grow(&spec);
+                steps.extend(self.tbl_steps(&spec));
                 self.bump(&spec.id, steps.len() as u32, now);
                 steps
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Adds the countermeasures of `spec` that the live record of the same id lacks, in
+    /// `spec`'s order, and returns the engage steps for the switches nothing needed before.
+    /// The caller counts them as outstanding.
+    fn grow(&mut self, spec: &AttackSpec) -> Vec<Step> {
+        let before = self.needed();
+        let Some(r) = self.records.get_mut(&spec.id) else {
+            return Vec::new();
+        };
+        let mut added = false;
+        for c in &spec.countermeasures {
+            if !r.spec.countermeasures.contains(c) {
+                r.spec.countermeasures.push(c.clone());
+                added = true;
+            }
+        }
+        if !added {
+            return Vec::new();
+        }
+        r.keys()
+            .into_iter()
+            .filter(|k| !before.contains(k))
+            .map(|k| Step {
+                attack: Some(spec.id.clone()),
+                op: Op::Engage(k),
+            })
+            .collect()
+    }
+
+    /// Records how many top sources the latest blacklist selection of attack `id` left out
+    /// and why (shown in its status).
+    pub fn note_tbl_skipped(&mut self, id: &str, skipped: usize, reason: String) {
+        if let Some(r) = self.records.get_mut(id) {
+            r.tbl_skipped = (skipped > 0).then_some((skipped, reason));
         }
     }
 
@@ -382,6 +432,7 @@ impl Planner {
                     outstanding: 0,
                     retrying: None,
                     rejected: None,
+                    tbl_skipped: None,
                 },
             );
         }
@@ -577,6 +628,8 @@ impl Planner {
             updated_ms: r.updated_ms,
             restored: r.restored_at.is_some(),
             last_error: r.retrying.clone().or_else(|| r.rejected.clone()),
+            tbl_skipped_sources: r.tbl_skipped.as_ref().map_or(0, |t| t.0),
+            tbl_skip_reason: r.tbl_skipped.as_ref().map(|t| t.1.clone()),
         }
     }
 }
@@ -848,6 +901,69 @@ mod tests {
         run(&mut p, &mut w, s);
         assert_eq!(p.status("a").unwrap().state, "ended");
         assert!(p.update(a, 3).is_empty());
+    }
+
+    #[test]
+    fn a_new_vector_engages_its_countermeasure_and_nothing_flaps_until_the_end() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        // Seen as UDP first.
+        let s = p.start(spec("a", "192.0.2.1", 1, &["sorb"]), 0);
+        run(&mut p, &mut w, s);
+        assert_eq!(take(&mut w), ["1:toggle:1", "1:sorb:1"]);
+        // SYN appears: tcp goes on, once.
+        let s = p.update(spec("a", "192.0.2.1", 1, &["tcp", "sorb"]), 1);
+        run(&mut p, &mut w, s);
+        assert_eq!(take(&mut w), ["1:tcp:1"]);
+        assert_eq!(p.status("a").unwrap().countermeasures, ["sorb", "tcp"]);
+        assert_eq!(p.status("a").unwrap().state, "active");
+        // The same vectors again, or fewer (UDP faded from the event): no call at all.
+        let s = p.update(spec("a", "192.0.2.1", 1, &["tcp", "sorb"]), 2);
+        assert!(s.is_empty(), "{s:?}");
+        let s = p.update(spec("a", "192.0.2.1", 1, &["tcp"]), 3);
+        assert!(s.is_empty(), "{s:?}");
+        // A repeated Start naming a third countermeasure grows it too.
+        let s = p.start(spec("a", "192.0.2.1", 1, &["tcp", "sorb", "acl"]), 4);
+        run(&mut p, &mut w, s);
+        assert_eq!(take(&mut w), ["1:acl:1"]);
+        // The state file remembers all of them.
+        assert_eq!(
+            p.snapshot().attacks[0].countermeasures,
+            ["sorb", "tcp", "acl"]
+        );
+        // End: every countermeasure off, then the policy, each once.
+        let s = p.end("a", 5);
+        run(&mut p, &mut w, s);
+        assert_eq!(
+            take(&mut w),
+            ["1:acl:0", "1:sorb:0", "1:tcp:0", "1:toggle:0"]
+        );
+        assert_eq!(p.owned().count(), 0);
+    }
+
+    #[test]
+    fn a_new_vector_shared_with_another_attack_or_the_operator_is_not_touched() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        w.on.insert(key(1, "acl")); // the operator's
+        let s = p.start(spec("b", "192.0.2.2", 1, &["tcp"]), 0);
+        run(&mut p, &mut w, s);
+        let s = p.start(spec("a", "192.0.2.1", 1, &["sorb"]), 0);
+        run(&mut p, &mut w, s);
+        take(&mut w);
+        // a's new vectors need tcp (b's already) and acl (the operator's): no write.
+        let s = p.update(spec("a", "192.0.2.1", 1, &["sorb", "tcp", "acl"]), 1);
+        run(&mut p, &mut w, s);
+        assert!(take(&mut w).is_empty());
+        assert_eq!(p.refcount(&key(1, "tcp")), 2);
+        // b ends: tcp is still a's.
+        let s = p.end("b", 2);
+        run(&mut p, &mut w, s);
+        assert!(take(&mut w).is_empty());
+        let s = p.end("a", 3);
+        run(&mut p, &mut w, s);
+        assert_eq!(take(&mut w), ["1:sorb:0", "1:tcp:0", "1:toggle:0"]);
+        assert!(w.on.contains(&key(1, "acl")), "the operator's acl stays on");
     }
 
     #[test]

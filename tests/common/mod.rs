@@ -167,29 +167,76 @@ pub fn sim_switch_puts(sim: std::net::SocketAddr) -> Vec<String> {
         .collect()
 }
 
-/// A child process killed (and reaped) on drop.
+/// A child process, started in a process group of its own, stopped with that whole group
+/// (and reaped) on drop: daemons that fork (pmacctd's plugin processes) go with it. Never
+/// by name.
 pub struct Child(pub std::process::Child, pub &'static str);
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SIGTERM first so exporters flush and daemons clean up; then make sure.
-        let _ = std::process::Command::new("kill")
-            .arg(self.0.id().to_string())
-            .status();
-        for _ in 0..20 {
-            if let Ok(Some(_)) = self.0.try_wait() {
+impl Child {
+    /// Its process group id (its own pid: see [`spawn`]).
+    pub fn pgid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Stops every process of its group: SIGTERM first so exporters flush and daemons
+    /// clean up, SIGKILL for what is still there after 2 s.
+    pub fn stop(&mut self) {
+        let pgid = self.pgid();
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+        // involved.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        for _ in 0..40 {
+            let _ = self.0.try_wait();
+            if group_members(pgid).is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !group_members(pgid).is_empty() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+        for _ in 0..40 {
+            if group_members(pgid).is_empty() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Live processes (not zombies) whose process group is `pgid`, from /proc.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'.
+            let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+/// Starts `cmd` as the leader of a new process group (so [`Child`] can stop everything
+/// it forks).
 pub fn spawn(name: &'static str, cmd: &mut std::process::Command) -> Child {
+    use std::os::unix::process::CommandExt;
     let c = cmd
         .stdin(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
     Child(c, name)
