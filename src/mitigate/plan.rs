@@ -1,19 +1,27 @@
 //! The mitigation planner: the pure core of the mitigate stage. No I/O, no clock.
 //!
-//! It holds the desired state (live attacks → policy and countermeasures), derives the
-//! reference count of every switch from it, and remembers which switches flowguard itself
-//! switched on ("owned"). Events become ordered [`Step`]s; the worker executes a step by
-//! reading the switch (GET) and asking [`Planner::decide`] whether to write it, so every
-//! decision is taken against the *current* desired state and the *observed* switch:
+//! It holds the desired state (live attacks → policy, countermeasures and BGP routes),
+//! derives the reference count of every [`Resource`] from it, and remembers which
+//! resources flowguard itself put in place ("owned"). A resource is a MITIGATOR switch or
+//! a BGP route; the planner treats both alike and the worker hands each to its backend.
+//! Events become ordered [`Step`]s; the worker executes a step by observing the resource
+//! (GET the switch, look the route up) and asking [`Planner::decide`] whether to write
+//! it, so every decision is taken against the *current* desired state and the *observed*
+//! resource:
 //!
-//! - a switch is switched on only when it is off; if it was already on, flowguard does not
-//!   own it and will never switch it off (an operator's countermeasure survives);
-//! - a switch is switched off only when flowguard owns it and no live attack needs it any
+//! - a resource is put in place only when it is absent; if it was already there, flowguard
+//!   does not own it and will never remove it (an operator's countermeasure or route
+//!   survives);
+//! - a resource is removed only when flowguard owns it and no live attack needs it any
 //!   more (two attacks on one policy: the policy stays on until the second ends);
 //! - countermeasures go on after the policy and off before it.
 //!
+//! Routes can be conditional ([`Escalation`]): wanted only while the attack's bits/s is
+//! above a level, or once it has lasted long enough. [`Planner::escalate`] re-evaluates
+//! them; the route cap (`max_routes`) is checked whenever a route becomes wanted.
+//!
 //! Restart: [`Planner::restore`] takes the state file's attacks as live ("restored") and
-//! emits steps that re-assert them and release owned switches nothing needs. Detection
+//! emits steps that re-assert them and release owned resources nothing needs. Detection
 //! starts empty after a restart, so a restored attack that is not renewed by a Start (same
 //! id, or same address) or ended by an End within the grace period is ended by
 //! [`Planner::expire_restored`].
@@ -23,11 +31,54 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::route::{Escalation, Refusal, Route, RoutePlan};
 pub use super::state::SwitchKey;
 use super::state::{PersistedAttack, PersistedState};
 
 /// The policy protection switch's name.
 pub const TOGGLE: &str = "toggle";
+
+/// Something a backend puts in place for attacks and removes when none needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// A MITIGATOR switch.
+    Switch(SwitchKey),
+    /// A route in the BGP daemon.
+    Route(Route),
+}
+
+impl Resource {
+    /// Which backend handles it.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Resource::Switch(_) => BackendKind::Mitigator,
+            Resource::Route(_) => BackendKind::Bgp,
+        }
+    }
+}
+
+/// The backends, as the planner knows them (the order of [`BackendKind::ALL`] is the
+/// index of each in the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Mitigator,
+    Bgp,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Mitigator, BackendKind::Bgp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Mitigator => "mitigator",
+            BackendKind::Bgp => "bgp",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What a start asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,14 +91,18 @@ pub struct AttackSpec {
     /// Prefixes for the temporary blacklist (empty = none).
     pub tbl: Vec<String>,
     pub tbl_ttl: u32,
+    /// The attack's bits/s in the event (escalation by rate).
+    pub bps: u64,
+    /// BGP routes it asks for, each with its condition (empty = no BGP action).
+    pub routes: Vec<RoutePlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Make sure the switch is on: GET, then PUT 1 if it is off.
-    Engage(SwitchKey),
-    /// Switch off what flowguard switched on and nothing needs: GET, then PUT 0.
-    Release(SwitchKey),
+    /// Make sure the resource is in place: observe it, then add it if it is absent.
+    Engage(Resource),
+    /// Remove what flowguard put in place and nothing needs: observe, then remove.
+    Release(Resource),
     /// Add prefixes to a policy's temporary blacklist.
     TblAdd {
         policy: u32,
@@ -56,14 +111,32 @@ pub enum Op {
     },
 }
 
+impl Op {
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Op::Engage(r) | Op::Release(r) => r.backend(),
+            Op::TblAdd { .. } => BackendKind::Mitigator,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// The attack the step is for (None: reconciliation of an orphan switch).
+    /// The attack the step is for (None: reconciliation of an orphan resource).
     pub attack: Option<String>,
     pub op: Op,
 }
 
-/// The answer to "the switch was observed in this state: write it?".
+/// A resource as observed in its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Absent,
+    Present,
+    /// Present, but not flowguard's (a route without flowguard's marker community).
+    Foreign,
+}
+
+/// The answer to "the resource was observed in this state: write it?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Put(bool),
@@ -78,6 +151,16 @@ enum Phase {
     Ended,
 }
 
+/// One planned route of an attack and where it stands.
+#[derive(Debug, Clone)]
+struct RouteRun {
+    plan: RoutePlan,
+    /// Wanted now (its condition holds, nothing refused it).
+    on: bool,
+    /// Refused: by the plan's checks, or by the route cap when it became wanted.
+    refused: Option<Refusal>,
+}
+
 #[derive(Debug, Clone)]
 struct Record {
     spec: AttackSpec,
@@ -90,32 +173,79 @@ struct Record {
     outstanding: u32,
     /// Last failure of one of its steps; cleared by the next success.
     retrying: Option<String>,
-    /// A step that MITIGATOR rejected for good (4xx).
+    /// A step that the backend rejected for good (4xx).
     rejected: Option<String>,
+    routes: Vec<RouteRun>,
 }
 
 impl Record {
+    fn new(spec: AttackSpec, phase: Phase, started_ms: i64, now: i64) -> Record {
+        let routes = spec
+            .routes
+            .iter()
+            .map(|p| RouteRun {
+                plan: p.clone(),
+                on: false,
+                refused: p.refused,
+            })
+            .collect();
+        Record {
+            spec,
+            phase,
+            started_ms,
+            updated_ms: now,
+            restored_at: None,
+            outstanding: 0,
+            retrying: None,
+            rejected: None,
+            routes,
+        }
+    }
+
     fn live(&self) -> bool {
         matches!(self.phase, Phase::Pending | Phase::Active)
     }
 
-    /// Policy protection first, then countermeasures in configured order.
-    fn keys(&self) -> Vec<SwitchKey> {
-        let mut v = vec![SwitchKey {
+    /// Policy protection first, then countermeasures in configured order, then the
+    /// routes wanted now.
+    fn keys(&self) -> Vec<Resource> {
+        let mut v = vec![Resource::Switch(SwitchKey {
             policy: self.spec.policy,
             name: TOGGLE.into(),
-        }];
+        })];
         for c in &self.spec.countermeasures {
-            let k = SwitchKey {
+            let k = Resource::Switch(SwitchKey {
                 policy: self.spec.policy,
                 name: c.clone(),
-            };
+            });
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
+        for r in self.routes.iter().filter(|r| r.on) {
+            let k = Resource::Route(r.plan.route.clone());
             if !v.contains(&k) {
                 v.push(k);
             }
         }
         v
     }
+}
+
+/// One route of an attack, as the API shows it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct RouteStatus {
+    /// `blackhole` or `flowspec`.
+    pub kind: &'static str,
+    pub prefix: String,
+    pub route: String,
+    /// `waiting` (its escalation condition does not hold), `pending` (being announced),
+    /// `announced`, `failed_retrying` (the BGP daemon is unreachable or failing; retried
+    /// in the background), `withdrawing`, `withdrawn`, `refused` (see `reason`),
+    /// `not_ours` (the same route was already there, not flowguard's: left alone),
+    /// `dry_run`.
+    pub state: &'static str,
+    pub reason: Option<String>,
 }
 
 /// Mitigation state of one attack, as the API shows it.
@@ -134,15 +264,32 @@ pub struct MitigationStatus {
     /// Taken from the state file after a restart and not renewed yet.
     pub restored: bool,
     pub last_error: Option<String>,
+    /// BGP routes of the attack (none when no BGP action applies to it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
 }
 
 pub struct Planner {
     records: BTreeMap<String, Record>,
-    owned: BTreeSet<SwitchKey>,
+    owned: BTreeSet<Resource>,
+    /// Resources observed in place (or written) and not removed since; for the status.
+    present: BTreeSet<Resource>,
+    /// Resources found in place but not flowguard's.
+    foreign: BTreeSet<Resource>,
+    /// Last error of a resource's step, cleared by its next success.
+    errors: BTreeMap<Resource, String>,
     /// Ended attacks in the order they ended; the oldest are forgotten past `max_ended`.
     ended: VecDeque<String>,
     max_ended: usize,
     dry_run: bool,
+    /// Backends in dry run while another one is real: their resources are neither
+    /// written to the state file nor taken from it (a dry run must not claim what it never
+    /// touched); owned resources of theirs found in the file are carried through as they are.
+    dry: [bool; 2],
+    carried: Vec<Resource>,
+    max_routes: usize,
+    /// Refusals not yet counted in the metrics.
+    refusals: Vec<Refusal>,
 }
 
 impl Planner {
@@ -150,25 +297,47 @@ impl Planner {
         Planner {
             records: BTreeMap::new(),
             owned: BTreeSet::new(),
+            present: BTreeSet::new(),
+            foreign: BTreeSet::new(),
+            errors: BTreeMap::new(),
             ended: VecDeque::new(),
             max_ended,
             dry_run,
+            dry: [dry_run; 2],
+            carried: Vec::new(),
+            max_routes: usize::MAX,
+            refusals: Vec::new(),
         }
     }
 
+    /// Which backends are dry runs (when not all are: see `dry`).
+    pub fn set_dry(&mut self, kind: BackendKind, dry: bool) {
+        self.dry[kind.index()] = dry;
+    }
+
+    /// The most routes wanted at once; more are refused (and counted).
+    pub fn set_max_routes(&mut self, n: usize) {
+        self.max_routes = n;
+    }
+
+    /// Refusals since the last call, for the metrics.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
+    }
+
     /// Live attacks that need `key`.
-    pub fn refcount(&self, key: &SwitchKey) -> usize {
+    pub fn refcount(&self, key: &Resource) -> usize {
         self.records
             .values()
             .filter(|r| r.live() && r.keys().contains(key))
             .count()
     }
 
-    pub fn owns(&self, key: &SwitchKey) -> bool {
+    pub fn owns(&self, key: &Resource) -> bool {
         self.owned.contains(key)
     }
 
-    pub fn owned(&self) -> impl Iterator<Item = &SwitchKey> {
+    pub fn owned(&self) -> impl Iterator<Item = &Resource> {
         self.owned.iter()
     }
 
@@ -177,7 +346,15 @@ impl Planner {
         self.records.values().filter(|r| r.live()).count()
     }
 
-    fn needed(&self) -> BTreeSet<SwitchKey> {
+    /// Distinct routes wanted now.
+    pub fn routes_wanted(&self) -> usize {
+        self.needed()
+            .iter()
+            .filter(|k| matches!(k, Resource::Route(_)))
+            .count()
+    }
+
+    fn needed(&self) -> BTreeSet<Resource> {
         self.records
             .values()
             .filter(|r| r.live())
@@ -185,11 +362,110 @@ impl Planner {
             .collect()
     }
 
-    /// Releases for keys needed before and not after, countermeasures before policies.
-    fn releases(before: &BTreeSet<SwitchKey>, after: &BTreeSet<SwitchKey>) -> Vec<SwitchKey> {
-        let mut v: Vec<SwitchKey> = before.difference(after).cloned().collect();
-        v.sort_by_key(|k| (k.policy, k.name == TOGGLE, k.name.clone()));
+    /// Releases for keys needed before and not after: countermeasures before policies,
+    /// routes after the switches (another backend: the order between them is moot).
+    fn releases(before: &BTreeSet<Resource>, after: &BTreeSet<Resource>) -> Vec<Resource> {
+        let mut v: Vec<Resource> = before.difference(after).cloned().collect();
+        v.sort_by_key(|k| match k {
+            Resource::Switch(s) => (0, s.policy, s.name == TOGGLE, s.name.clone()),
+            Resource::Route(_) => (1, 0, false, String::new()),
+        });
         v
+    }
+
+    /// Re-evaluates which routes of live attacks are wanted at `now`, checking the route
+    /// cap for every route that becomes wanted. Records are visited in id order, so when
+    /// the cap is reached the outcome does not depend on hash order.
+    fn evaluate_routes(&mut self, now: i64) {
+        // First what is no longer wanted, so the room it leaves counts below.
+        for r in self.records.values_mut() {
+            let live = r.live();
+            let (bps, started) = (r.spec.bps, r.started_ms);
+            for run in &mut r.routes {
+                if !(live && run.plan.when.wanted(bps, started, now)) {
+                    run.on = false;
+                    if run.refused == Some(Refusal::RouteCap) {
+                        run.refused = None;
+                    }
+                }
+            }
+        }
+        let mut wanted: BTreeSet<Route> = self
+            .records
+            .values()
+            .filter(|r| r.live())
+            .flat_map(|r| r.routes.iter().filter(|x| x.on))
+            .map(|x| x.plan.route.clone())
+            .collect();
+        for r in self.records.values_mut() {
+            let live = r.live();
+            let (bps, started) = (r.spec.bps, r.started_ms);
+            for run in &mut r.routes {
+                if run.on
+                    || run.plan.refused.is_some()
+                    || !(live && run.plan.when.wanted(bps, started, now))
+                {
+                    continue;
+                }
+                if wanted.contains(&run.plan.route) || wanted.len() < self.max_routes {
+                    wanted.insert(run.plan.route.clone());
+                    run.on = true;
+                    run.refused = None;
+                } else if run.refused.is_none() {
+                    // Counted once per route and attack, not on every re-evaluation.
+                    run.refused = Some(Refusal::RouteCap);
+                    self.refusals.push(Refusal::RouteCap);
+                }
+            }
+        }
+    }
+
+    /// Steps from the needed set `before` to the current one: engages in the order of
+    /// the records' keys (`first` first), each for the first attack that needs it;
+    /// releases for `release_owner`. Counts each step as outstanding for its attack.
+    fn transition(
+        &mut self,
+        before: &BTreeSet<Resource>,
+        first: Option<&str>,
+        release_owner: Option<&str>,
+        now: i64,
+    ) -> Vec<Step> {
+        let after = self.needed();
+        let mut order: Vec<&Record> = Vec::new();
+        if let Some(f) = first.and_then(|f| self.records.get(f)) {
+            order.push(f);
+        }
+        order.extend(
+            self.records
+                .values()
+                .filter(|r| Some(r.spec.id.as_str()) != first),
+        );
+        let mut seen = BTreeSet::new();
+        let mut steps = Vec::new();
+        for r in order.into_iter().filter(|r| r.live()) {
+            for k in r.keys() {
+                if !before.contains(&k) && after.contains(&k) && seen.insert(k.clone()) {
+                    steps.push(Step {
+                        attack: Some(r.spec.id.clone()),
+                        op: Op::Engage(k),
+                    });
+                }
+            }
+        }
+        steps.extend(Self::releases(before, &after).into_iter().map(|k| Step {
+            attack: release_owner.map(str::to_string),
+            op: Op::Release(k),
+        }));
+        let mut per: BTreeMap<String, u32> = BTreeMap::new();
+        for s in &steps {
+            if let Some(a) = &s.attack {
+                *per.entry(a.clone()).or_default() += 1;
+            }
+        }
+        for (id, n) in per {
+            self.bump(&id, n, now);
+        }
+        steps
     }
 
     fn bump(&mut self, id: &str, n: u32, now: i64) {
@@ -227,12 +503,18 @@ impl Planner {
         let id = spec.id.clone();
         if let Some(r) = self.records.get_mut(&id) {
             if r.live() {
-                // A repeated Start renews a restored attack; its switches are already
-                // wanted, so only new blacklist entries can come of it.
+                // A repeated Start renews a restored attack; its switches and routes are
+                // already wanted, so only new blacklist entries (and escalations by the
+                // new rate) can come of it.
                 r.restored_at = None;
                 r.updated_ms = now;
-                let steps = self.tbl_steps(&spec);
-                self.bump(&id, steps.len() as u32, now);
+                r.spec.bps = spec.bps;
+                let before = self.needed();
+                self.evaluate_routes(now);
+                let mut steps = self.transition(&before, Some(&id), Some(&id), now);
+                let tbl = self.tbl_steps(&spec);
+                self.bump(&id, tbl.len() as u32, now);
+                steps.extend(tbl);
                 return steps;
             }
         }
@@ -254,37 +536,13 @@ impl Planner {
             }
             self.mark_ended(s);
         }
-        let rec = Record {
-            spec: spec.clone(),
-            phase: Phase::Pending,
-            started_ms: now,
-            updated_ms: now,
-            restored_at: None,
-            outstanding: 0,
-            retrying: None,
-            rejected: None,
-        };
-        let keys = rec.keys();
-        self.records.insert(id.clone(), rec);
-        let after = self.needed();
-        let mut steps: Vec<Step> = keys
-            .into_iter()
-            .filter(|k| !before.contains(k))
-            .map(|k| Step {
-                attack: Some(id.clone()),
-                op: Op::Engage(k),
-            })
-            .collect();
-        steps.extend(Self::releases(&before, &after).into_iter().map(|k| Step {
-            attack: None,
-            op: Op::Release(k),
-        }));
-        steps.extend(self.tbl_steps(&spec));
-        let mine = steps
-            .iter()
-            .filter(|s| s.attack.as_deref() == Some(id.as_str()))
-            .count() as u32;
-        self.bump(&id, mine, now);
+        self.records
+            .insert(id.clone(), Record::new(spec.clone(), Phase::Pending, now, now));
+        self.evaluate_routes(now);
+        let mut steps = self.transition(&before, Some(&id), None, now);
+        let tbl = self.tbl_steps(&spec);
+        self.bump(&id, tbl.len() as u32, now);
+        steps.extend(tbl);
         steps
     }
 
@@ -307,16 +565,43 @@ impl Planner {
         }]
     }
 
-    /// New top sources for a live attack (Update events); nothing else changes.
+    /// New top sources and rates for a live attack (Update events): blacklist entries,
+    /// and routes whose escalation condition changed with the rate.
     pub fn update(&mut self, spec: AttackSpec, now: i64) -> Vec<Step> {
-        match self.records.get(&spec.id) {
+        match self.records.get_mut(&spec.id) {
             Some(r) if r.live() => {
-                let steps = self.tbl_steps(&spec);
-                self.bump(&spec.id, steps.len() as u32, now);
+                r.spec.bps = spec.bps;
+                let before = self.needed();
+                self.evaluate_routes(now);
+                let mut steps = self.transition(&before, Some(&spec.id), Some(&spec.id), now);
+                let tbl = self.tbl_steps(&spec);
+                self.bump(&spec.id, tbl.len() as u32, now);
+                steps.extend(tbl);
                 steps
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Time-based escalation (and routes the cap held back that now fit): call once a
+    /// second or so.
+    pub fn escalate(&mut self, now: i64) -> Vec<Step> {
+        let before = self.needed();
+        self.evaluate_routes(now);
+        self.transition(&before, None, None, now)
+    }
+
+    /// Engage steps for every route flowguard announced and still wants: the BGP daemon
+    /// may have lost them (it was restarted) and the engage re-adds what is missing.
+    pub fn reassert_routes(&self) -> Vec<Step> {
+        self.needed()
+            .into_iter()
+            .filter(|k| matches!(k, Resource::Route(_)) && self.owned.contains(k))
+            .map(|k| Step {
+                attack: None,
+                op: Op::Engage(k),
+            })
+            .collect()
     }
 
     /// An attack ends. Unknown or already ended attacks produce nothing.
@@ -328,16 +613,14 @@ impl Planner {
         if let Some(r) = self.records.get_mut(id) {
             r.phase = Phase::Ending;
             r.restored_at = None;
+            for run in &mut r.routes {
+                run.on = false;
+            }
         }
-        let after = self.needed();
-        let steps: Vec<Step> = Self::releases(&before, &after)
-            .into_iter()
-            .map(|k| Step {
-                attack: Some(id.to_string()),
-                op: Op::Release(k),
-            })
-            .collect();
-        self.bump(id, steps.len() as u32, now);
+        // What the cap held back for other attacks may fit now.
+        self.evaluate_routes(now);
+        let steps = self.transition(&before, None, Some(id), now);
+        self.bump(id, 0, now);
         if self
             .records
             .get(id)
@@ -360,32 +643,43 @@ impl Planner {
     }
 
     /// Loads the state file's content (at start) and returns the reconciliation steps:
-    /// re-assert every restored attack's switches, release owned switches nothing needs.
+    /// re-assert every restored attack's switches and routes, release owned ones nothing
+    /// needs.
     pub fn restore(&mut self, st: PersistedState, now: i64) -> Vec<Step> {
         for a in st.attacks {
             let id = a.id.clone();
-            self.records.insert(
-                id,
-                Record {
-                    spec: AttackSpec {
-                        id: a.id,
-                        ip: a.ip,
-                        policy: a.policy,
-                        countermeasures: a.countermeasures,
-                        tbl: Vec::new(),
-                        tbl_ttl: 0,
-                    },
-                    phase: Phase::Pending,
-                    started_ms: a.started_ms,
-                    updated_ms: now,
-                    restored_at: Some(now),
-                    outstanding: 0,
-                    retrying: None,
-                    rejected: None,
-                },
-            );
+            let routes = if self.dry[BackendKind::Bgp.index()] {
+                Vec::new()
+            } else {
+                a.routes
+            };
+            let spec = AttackSpec {
+                id: a.id,
+                ip: a.ip,
+                policy: a.policy,
+                countermeasures: a.countermeasures,
+                tbl: Vec::new(),
+                tbl_ttl: 0,
+                bps: a.bps,
+                routes,
+            };
+            let mut rec = Record::new(spec, Phase::Pending, a.started_ms, now);
+            rec.restored_at = Some(now);
+            self.records.insert(id, rec);
         }
-        self.owned.extend(st.owned);
+        let owned = st
+            .owned
+            .into_iter()
+            .map(Resource::Switch)
+            .chain(st.owned_routes.into_iter().map(Resource::Route));
+        for k in owned {
+            if self.dry[k.backend().index()] {
+                self.carried.push(k);
+            } else {
+                self.owned.insert(k);
+            }
+        }
+        self.evaluate_routes(now);
         let mut steps = Vec::new();
         let mut seen = BTreeSet::new();
         let ids: Vec<String> = self.records.keys().cloned().collect();
@@ -404,7 +698,7 @@ impl Planner {
             self.bump(&id, n, now);
         }
         let needed = self.needed();
-        let orphans: BTreeSet<SwitchKey> = self.owned.difference(&needed).cloned().collect();
+        let orphans: BTreeSet<Resource> = self.owned.difference(&needed).cloned().collect();
         steps.extend(
             Self::releases(&orphans, &BTreeSet::new())
                 .into_iter()
@@ -418,6 +712,8 @@ impl Planner {
 
     /// What to write to the state file.
     pub fn snapshot(&self) -> PersistedState {
+        let kept = |k: &&Resource| !self.dry[k.backend().index()];
+        let owned: Vec<&Resource> = self.owned.iter().filter(kept).chain(&self.carried).collect();
         PersistedState {
             version: 0,
             attacks: self
@@ -430,14 +726,33 @@ impl Planner {
                     policy: r.spec.policy,
                     countermeasures: r.spec.countermeasures.clone(),
                     started_ms: r.started_ms,
+                    bps: r.spec.bps,
+                    routes: if self.dry[BackendKind::Bgp.index()] {
+                        Vec::new()
+                    } else {
+                        r.spec.routes.clone()
+                    },
                 })
                 .collect(),
-            owned: self.owned.iter().cloned().collect(),
+            owned: owned
+                .iter()
+                .filter_map(|k| match k {
+                    Resource::Switch(s) => Some(s.clone()),
+                    Resource::Route(_) => None,
+                })
+                .collect(),
+            owned_routes: owned
+                .iter()
+                .filter_map(|k| match k {
+                    Resource::Route(r) => Some(r.clone()),
+                    Resource::Switch(_) => None,
+                })
+                .collect(),
         }
     }
 
-    /// Does the step still need any call? An engage for a switch nothing needs any more
-    /// (the attack ended before the step ran) and a release of a switch that is needed
+    /// Does the step still need any call? An engage for a resource nothing needs any more
+    /// (the attack ended before the step ran) and a release of a resource that is needed
     /// again are dropped without a call.
     pub fn precheck(&self, step: &Step) -> bool {
         match &step.op {
@@ -450,31 +765,35 @@ impl Planner {
         }
     }
 
-    /// Given the observed state of the step's switch, write it or leave it.
-    pub fn decide(&self, op: &Op, observed_on: bool) -> Decision {
+    /// Given the observed state of the step's resource, write it or leave it.
+    pub fn decide(&self, op: &Op, seen: Seen) -> Decision {
         match op {
             Op::Engage(k) => {
                 if self.refcount(k) == 0 {
                     Decision::Keep("no longer needed")
-                } else if observed_on {
-                    Decision::Keep(if self.owned.contains(k) {
-                        "already on (flowguard's)"
-                    } else {
-                        "already on (not flowguard's: will be left on)"
-                    })
                 } else {
-                    Decision::Put(true)
+                    match seen {
+                        Seen::Absent => Decision::Put(true),
+                        Seen::Present if self.owned.contains(k) => {
+                            Decision::Keep("already on (flowguard's)")
+                        }
+                        Seen::Present | Seen::Foreign => {
+                            Decision::Keep("already on (not flowguard's: will be left on)")
+                        }
+                    }
                 }
             }
             Op::Release(k) => {
                 if self.refcount(k) > 0 {
                     Decision::Keep("still needed by another attack")
                 } else if !self.owned.contains(k) {
-                    Decision::Keep("not switched on by flowguard: left as it is")
-                } else if observed_on {
-                    Decision::Put(false)
+                    Decision::Keep("not put in place by flowguard: left as it is")
                 } else {
-                    Decision::Keep("already off")
+                    match seen {
+                        Seen::Present => Decision::Put(false),
+                        Seen::Absent => Decision::Keep("already off"),
+                        Seen::Foreign => Decision::Keep("replaced by someone else: left as it is"),
+                    }
                 }
             }
             Op::TblAdd { .. } => Decision::Keep("not a switch"),
@@ -482,27 +801,49 @@ impl Planner {
     }
 
     /// Record the outcome of a read (and of the write `decide` asked for, if any).
-    /// A switch flowguard is about to switch on is owned *before* the write, so that a
-    /// crash between the write and the next state-file save cannot leave it on forever.
-    pub fn before_put(&mut self, key: &SwitchKey, on: bool) {
+    /// A resource flowguard is about to put in place is owned *before* the write, so that
+    /// a crash between the write and the next state-file save cannot leave it on forever.
+    pub fn before_put(&mut self, key: &Resource, on: bool) {
         if on {
             self.owned.insert(key.clone());
         }
     }
 
-    pub fn after_put(&mut self, key: &SwitchKey, on: bool) {
-        if !on {
+    pub fn after_put(&mut self, key: &Resource, on: bool) {
+        self.foreign.remove(key);
+        if on {
+            self.present.insert(key.clone());
+        } else {
             self.owned.remove(key);
+            self.present.remove(key);
         }
     }
 
-    /// A release found the owned switch already off (someone else switched it off):
-    /// flowguard no longer owns it.
-    pub fn observed_off(&mut self, op: &Op) {
-        if let Op::Release(k) = op {
-            if self.refcount(k) == 0 {
-                self.owned.remove(k);
+    /// The step left the resource as it was observed. A release that found the owned
+    /// resource gone (someone else removed it) or replaced: flowguard no longer owns it.
+    /// An engage that found an owned one missing would have put it back instead.
+    pub fn observed(&mut self, op: &Op, seen: Seen) {
+        let (Op::Engage(k) | Op::Release(k)) = op else {
+            return;
+        };
+        match seen {
+            Seen::Absent => {
+                self.present.remove(k);
+                self.foreign.remove(k);
             }
+            Seen::Present => {
+                self.present.insert(k.clone());
+                if !self.owned.contains(k) {
+                    self.foreign.insert(k.clone());
+                }
+            }
+            Seen::Foreign => {
+                self.present.remove(k);
+                self.foreign.insert(k.clone());
+            }
+        }
+        if matches!(op, Op::Release(_)) && seen != Seen::Present && self.refcount(k) == 0 {
+            self.owned.remove(k);
         }
     }
 
@@ -511,12 +852,22 @@ impl Planner {
         self.finish(step, now, None);
     }
 
-    /// MITIGATOR rejected the step for good; it is dropped.
+    /// The backend rejected the step for good; it is dropped.
     pub fn step_rejected(&mut self, step: &Step, err: String, now: i64) {
         self.finish(step, now, Some(err));
     }
 
     fn finish(&mut self, step: &Step, now: i64, rejected: Option<String>) {
+        if let Op::Engage(k) | Op::Release(k) = &step.op {
+            match &rejected {
+                Some(e) => {
+                    self.errors.insert(k.clone(), e.clone());
+                }
+                None => {
+                    self.errors.remove(k);
+                }
+            }
+        }
         let Some(id) = &step.attack else { return };
         let Some(r) = self.records.get_mut(id) else {
             return;
@@ -538,6 +889,9 @@ impl Planner {
 
     /// The step failed and will be retried.
     pub fn step_failed(&mut self, step: &Step, err: String, now: i64) {
+        if let Op::Engage(k) | Op::Release(k) = &step.op {
+            self.errors.insert(k.clone(), err.clone());
+        }
         if let Some(r) = step.attack.as_ref().and_then(|id| self.records.get_mut(id)) {
             r.retrying = Some(err);
             r.updated_ms = now;
@@ -550,6 +904,49 @@ impl Planner {
 
     pub fn all(&self) -> Vec<MitigationStatus> {
         self.records.values().map(|r| self.status_of(r)).collect()
+    }
+
+    fn route_status(&self, r: &Record, run: &RouteRun) -> RouteStatus {
+        let k = Resource::Route(run.plan.route.clone());
+        let err = self.errors.get(&k);
+        let (state, reason) = if let Some(why) = run.refused {
+            ("refused", Some(why.as_str().to_string()))
+        } else if r.live() && !run.on {
+            ("waiting", Some(escalation_text(&run.plan.when)))
+        } else if self.dry[BackendKind::Bgp.index()] {
+            (if run.on { "dry_run" } else { "withdrawn" }, None)
+        } else if run.on && r.live() {
+            if self.foreign.contains(&k) {
+                ("not_ours", None)
+            } else if err.is_some() {
+                ("failed_retrying", err.cloned())
+            } else if self.present.contains(&k) && self.owned.contains(&k) {
+                ("announced", None)
+            } else {
+                ("pending", None)
+            }
+        } else if self.refcount(&k) > 0 {
+            // Ended here, still announced for another attack.
+            ("withdrawn", Some("still wanted by another attack".into()))
+        } else if self.owned.contains(&k) {
+            (
+                if err.is_some() {
+                    "failed_retrying"
+                } else {
+                    "withdrawing"
+                },
+                err.cloned(),
+            )
+        } else {
+            ("withdrawn", None)
+        };
+        RouteStatus {
+            kind: run.plan.route.kind(),
+            prefix: run.plan.route.prefix().to_string(),
+            route: run.plan.route.describe(),
+            state,
+            reason,
+        }
     }
 
     fn status_of(&self, r: &Record) -> MitigationStatus {
@@ -577,8 +974,20 @@ impl Planner {
             updated_ms: r.updated_ms,
             restored: r.restored_at.is_some(),
             last_error: r.retrying.clone().or_else(|| r.rejected.clone()),
+            routes: r.routes.iter().map(|x| self.route_status(r, x)).collect(),
         }
     }
+}
+
+fn escalation_text(e: &Escalation) -> String {
+    let mut v = Vec::new();
+    if let Some(b) = e.above_bps {
+        v.push(format!("while above {b} bps"));
+    }
+    if let Some(a) = e.after_ms {
+        v.push(format!("after {} s", a / 1000));
+    }
+    v.join(" or ")
 }
 
 #[cfg(test)]
@@ -588,14 +997,21 @@ mod tests {
     /// A fake appliance: switch states, and the writes made, in order.
     #[derive(Default)]
     struct World {
-        on: BTreeSet<SwitchKey>,
+        on: BTreeSet<Resource>,
         puts: Vec<String>,
     }
 
-    fn key(policy: u32, name: &str) -> SwitchKey {
-        SwitchKey {
+    fn key(policy: u32, name: &str) -> Resource {
+        Resource::Switch(SwitchKey {
             policy,
             name: name.into(),
+        })
+    }
+
+    fn show(k: &Resource) -> String {
+        match k {
+            Resource::Switch(s) => format!("{}:{}", s.policy, s.name),
+            Resource::Route(r) => r.describe(),
         }
     }
 
@@ -608,7 +1024,11 @@ mod tests {
             }
             match &s.op {
                 Op::Engage(k) | Op::Release(k) => {
-                    let observed = w.on.contains(k);
+                    let observed = if w.on.contains(k) {
+                        Seen::Present
+                    } else {
+                        Seen::Absent
+                    };
                     match p.decide(&s.op, observed) {
                         Decision::Put(on) => {
                             p.before_put(k, on);
@@ -617,15 +1037,10 @@ mod tests {
                             } else {
                                 w.on.remove(k);
                             }
-                            w.puts
-                                .push(format!("{}:{}:{}", k.policy, k.name, u8::from(on)));
+                            w.puts.push(format!("{}:{}", show(k), u8::from(on)));
                             p.after_put(k, on);
                         }
-                        Decision::Keep(_) => {
-                            if !observed {
-                                p.observed_off(&s.op);
-                            }
-                        }
+                        Decision::Keep(_) => p.observed(&s.op, observed),
                     }
                 }
                 Op::TblAdd {
@@ -644,6 +1059,8 @@ mod tests {
             countermeasures: cms.iter().map(|s| s.to_string()).collect(),
             tbl: Vec::new(),
             tbl_ttl: 0,
+            bps: 0,
+            routes: Vec::new(),
         }
     }
 
