@@ -209,13 +209,8 @@ fn start_mitigation(
         bgp: cfg.bgp.clone(),
         protected: cfg.protected_prefixes()?,
     };
-    let (handle, join) = crate::mitigate::spawn_with(
-        setup,
-        cfg.state.dir.clone(),
-        metrics,
-        rx,
-        shutdown,
-    )?;
+    let (handle, join) =
+        crate::mitigate::spawn_with(setup, cfg.state.dir.clone(), metrics, rx, shutdown)?;
     tasks.spawn(async move {
         if let Err(e) = join.await {
             tracing::error!(error = %e, "mitigation task failed");

@@ -194,7 +194,11 @@ fn routes_of(s: &ApiState, id: &str) -> Vec<(String, String, Option<String>)> {
         .flatten()
         .map(|r| {
             let t = |k: &str| r[k].as_str().unwrap_or("").to_string();
-            (t("route"), t("state"), r["reason"].as_str().map(str::to_string))
+            (
+                t("route"),
+                t("state"),
+                r["reason"].as_str().map(str::to_string),
+            )
         })
         .collect()
 }
@@ -204,12 +208,10 @@ async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
         Some(a) => {
             count(&s, "report", StatusCode::OK);
             let mut text = crate::detect::report::text(&a, &other_direction(&s, &a));
-            text.push_str(&crate::detect::report::routes_section(&routes_of(&s, &a.id)));
-            (
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                text,
-            )
-                .into_response()
+            text.push_str(&crate::detect::report::routes_section(&routes_of(
+                &s, &a.id,
+            )));
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
         }
         None => {
             count(&s, "report", StatusCode::NOT_FOUND);

@@ -73,8 +73,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Is the resource in place?
     fn observe(&self, r: &Resource) -> impl Future<Output = Result<Seen, StepError>> + Send;
     /// Put it in place (`on`) or remove it.
-    fn write(&self, r: &Resource, on: bool)
-        -> impl Future<Output = Result<(), StepError>> + Send;
+    fn write(&self, r: &Resource, on: bool) -> impl Future<Output = Result<(), StepError>> + Send;
     /// A one-shot operation of this backend (MITIGATOR's temporary blacklist).
     fn act(&self, op: &Op, attack: &str) -> impl Future<Output = Result<(), StepError>> + Send;
 }

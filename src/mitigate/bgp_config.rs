@@ -56,7 +56,9 @@ impl Default for BgpConfig {
             retry_max_ms: 10_000,
             reassert_interval_seconds: 5,
             next_hop_v4: IpAddr::from([192, 0, 2, 1]),
-            next_hop_v6: "100::1".parse().unwrap_or(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
+            next_hop_v6: "100::1"
+                .parse()
+                .unwrap_or(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
             marker_community: None,
             min_prefix_length_v4: 32,
             min_prefix_length_v6: 128,
@@ -194,7 +196,9 @@ pub fn validate(cfg: &BgpConfig) -> Vec<String> {
     }
     if let Some(m) = &cfg.marker_community {
         if !valid_community(m) {
-            p.push(format!("bgp.marker_community: {m:?} is not a community (A:B)"));
+            p.push(format!(
+                "bgp.marker_community: {m:?} is not a community (A:B)"
+            ));
         }
     }
     if cfg.min_prefix_length_v4 > 32 {
@@ -293,10 +297,8 @@ mod tests {
         assert_eq!(a.blackhole_communities, ["65535:666"]);
         assert_eq!(a.blackhole_escalation().above_bps, Some(1_000_000));
         assert!(!cfg.bgp.actions_for("other").any());
-        let err = crate::config::Config::from_toml_str(
-            "[bgp.hostgroup.web]\nblackhol = true\n",
-        )
-        .unwrap_err();
+        let err = crate::config::Config::from_toml_str("[bgp.hostgroup.web]\nblackhol = true\n")
+            .unwrap_err();
         assert!(
             err.problems
                 .join("\n")

@@ -36,7 +36,11 @@ fn flowspec_match(
     source_port: Option<u16>,
     destination_port: Option<u16>,
 ) -> Vec<String> {
-    let mut a = vec!["match".into(), "destination".into(), destination.to_string()];
+    let mut a = vec![
+        "match".into(),
+        "destination".into(),
+        destination.to_string(),
+    ];
     if let Some(p) = protocol {
         a.extend(["protocol".into(), p.to_string()]);
     }
@@ -257,9 +261,9 @@ impl Gobgp {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| {
-            StepError::retry(format!("{}: {e}", self.cfg.gobgp_cli.display()))
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| StepError::retry(format!("{}: {e}", self.cfg.gobgp_cli.display())))?;
         let out = match tokio::time::timeout(self.cfg.command_timeout(), child.wait_with_output())
             .await
         {
@@ -274,7 +278,11 @@ impl Gobgp {
                 )))
             }
         };
-        let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).trim().to_string();
+        let text = |b: &[u8]| {
+            String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)])
+                .trim()
+                .to_string()
+        };
         if !out.status.success() {
             let mut msg = text(&out.stderr);
             if msg.is_empty() {
@@ -405,7 +413,10 @@ mod tests {
             write_args(&fs(), false).join(" "),
             "global rib -a ipv4-flowspec del match destination 127.0.0.22/32 protocol 17 source-port ==53"
         );
-        assert_eq!(lookup_args(&bh()).join(" "), "-j global rib -a ipv4 127.0.0.22/32");
+        assert_eq!(
+            lookup_args(&bh()).join(" "),
+            "-j global rib -a ipv4 127.0.0.22/32"
+        );
     }
 
     // Answers captured from gobgp 3.10 (`gobgp -j global rib ...`).

@@ -373,7 +373,9 @@ impl Worker {
                 .with_label_values(&[r.as_str()])
                 .inc();
         }
-        self.metrics.mitigation_pending_ops.set(self.pending() as i64);
+        self.metrics
+            .mitigation_pending_ops
+            .set(self.pending() as i64);
         self.metrics.mitigations_active.set(p.live_count() as i64);
         self.metrics.bgp_routes_wanted.set(p.routes_wanted() as i64);
     }

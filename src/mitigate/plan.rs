@@ -536,8 +536,10 @@ impl Planner {
             }
             self.mark_ended(s);
         }
-        self.records
-            .insert(id.clone(), Record::new(spec.clone(), Phase::Pending, now, now));
+        self.records.insert(
+            id.clone(),
+            Record::new(spec.clone(), Phase::Pending, now, now),
+        );
         self.evaluate_routes(now);
         let mut steps = self.transition(&before, Some(&id), None, now);
         let tbl = self.tbl_steps(&spec);
@@ -713,7 +715,12 @@ impl Planner {
     /// What to write to the state file.
     pub fn snapshot(&self) -> PersistedState {
         let kept = |k: &&Resource| !self.dry[k.backend().index()];
-        let owned: Vec<&Resource> = self.owned.iter().filter(kept).chain(&self.carried).collect();
+        let owned: Vec<&Resource> = self
+            .owned
+            .iter()
+            .filter(kept)
+            .chain(&self.carried)
+            .collect();
         PersistedState {
             version: 0,
             attacks: self
@@ -993,6 +1000,7 @@ fn escalation_text(e: &Escalation) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mitigate::route::{Escalation, Refusal, Route, RoutePlan};
 
     /// A fake appliance: switch states, and the writes made, in order.
     #[derive(Default)]
@@ -1281,5 +1289,249 @@ mod tests {
         assert!(p.status("a0").is_none());
         assert!(p.status("a1").is_none());
         assert_eq!(p.status("a3").unwrap().state, "ended");
+    }
+
+    fn blackhole(ip: &str) -> RoutePlan {
+        RoutePlan {
+            route: Route::Blackhole {
+                prefix: format!("{ip}/32").parse().unwrap(),
+                next_hop: "192.0.2.1".parse().unwrap(),
+                communities: vec!["65535:666".into()],
+            },
+            when: Escalation::default(),
+            refused: None,
+        }
+    }
+
+    fn with_routes(mut s: AttackSpec, routes: Vec<RoutePlan>, bps: u64) -> AttackSpec {
+        s.routes = routes;
+        s.bps = bps;
+        s
+    }
+
+    fn route_states(p: &Planner, id: &str) -> Vec<&'static str> {
+        p.status(id)
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| r.state)
+            .collect()
+    }
+
+    #[test]
+    fn routes_are_reference_counted_like_switches() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let bh = blackhole("192.0.2.1");
+        // Two attacks on one host (two directions, say) want the same route.
+        let s = p.start(
+            with_routes(spec("a", "192.0.2.1", 1, &[]), vec![bh.clone()], 0),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let s = p.start(
+            with_routes(spec("b", "192.0.2.1", 1, &[]), vec![bh.clone()], 0),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let r = Resource::Route(bh.route.clone());
+        assert_eq!(p.refcount(&r), 2);
+        assert_eq!(route_states(&p, "a"), ["announced"]);
+        let s = p.end("a", 1);
+        run(&mut p, &mut w, s);
+        assert!(w.on.contains(&r), "still wanted by b");
+        let s = p.end("b", 2);
+        run(&mut p, &mut w, s);
+        assert!(!w.on.contains(&r));
+        assert_eq!(route_states(&p, "b"), ["withdrawn"]);
+        let bh_puts: Vec<String> = take(&mut w)
+            .into_iter()
+            .filter(|x| x.starts_with("blackhole"))
+            .collect();
+        assert_eq!(
+            bh_puts,
+            [
+                "blackhole 192.0.2.1/32 next-hop 192.0.2.1 communities 65535:666:1",
+                "blackhole 192.0.2.1/32 next-hop 192.0.2.1 communities 65535:666:0"
+            ]
+        );
+    }
+
+    #[test]
+    fn escalation_by_rate_follows_updates_and_by_time_follows_escalate() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let mut by_rate = blackhole("192.0.2.1");
+        by_rate.when.above_bps = Some(1_000);
+        let mut by_time = blackhole("192.0.2.2");
+        by_time.when.after_ms = Some(10_000);
+        let a = with_routes(spec("a", "192.0.2.1", 1, &[]), vec![by_rate.clone()], 10);
+        let s = p.start(a.clone(), 0);
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["waiting"]);
+        let s = p.update(
+            AttackSpec {
+                bps: 5_000,
+                ..a.clone()
+            },
+            1,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["announced"]);
+        let s = p.update(
+            AttackSpec {
+                bps: 999,
+                ..a.clone()
+            },
+            2,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["waiting"]);
+        assert!(!w.on.contains(&Resource::Route(by_rate.route.clone())));
+
+        let b = with_routes(spec("b", "192.0.2.2", 1, &[]), vec![by_time.clone()], 0);
+        let s = p.start(b, 1_000);
+        run(&mut p, &mut w, s);
+        assert!(p.escalate(10_999).is_empty());
+        let s = p.escalate(11_000);
+        assert_eq!(s.len(), 1, "{s:?}");
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["announced"]);
+        let s = p.end("b", 12_000);
+        run(&mut p, &mut w, s);
+        assert!(!w.on.contains(&Resource::Route(by_time.route)));
+    }
+
+    #[test]
+    fn the_route_cap_refuses_counts_once_and_takes_back_up_when_room_frees() {
+        let mut p = Planner::new(false, 10);
+        p.set_max_routes(1);
+        let mut w = World::default();
+        let s = p.start(
+            with_routes(
+                spec("a", "192.0.2.1", 1, &[]),
+                vec![blackhole("192.0.2.1")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let s = p.start(
+            with_routes(
+                spec("b", "192.0.2.2", 1, &[]),
+                vec![blackhole("192.0.2.2")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["refused"]);
+        assert!(p.escalate(1).is_empty());
+        assert_eq!(p.take_refusals(), [Refusal::RouteCap]);
+        let s = p.end("a", 2);
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["announced"]);
+        assert_eq!(p.routes_wanted(), 1);
+        assert!(p.take_refusals().is_empty());
+    }
+
+    #[test]
+    fn refused_plans_are_never_announced() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let mut r = blackhole("203.0.113.1");
+        r.refused = Some(Refusal::OutsideProtected);
+        let s = p.start(with_routes(spec("a", "203.0.113.1", 1, &[]), vec![r], 0), 0);
+        run(&mut p, &mut w, s);
+        assert!(w.on.iter().all(|k| matches!(k, Resource::Switch(_))));
+        let st = p.status("a").unwrap();
+        assert_eq!(st.routes[0].state, "refused");
+        assert_eq!(st.routes[0].reason.as_deref(), Some("outside_protected"));
+    }
+
+    #[test]
+    fn restart_reasserts_routes_withdraws_orphans_and_leaves_foreign_ones() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let keep = blackhole("192.0.2.1");
+        let orphan = blackhole("192.0.2.2");
+        let foreign = blackhole("192.0.2.3");
+        // Someone else's route for .3 is there before the attack on it.
+        w.on.insert(Resource::Route(foreign.route.clone()));
+        for (id, ip, r) in [
+            ("a", "192.0.2.1", &keep),
+            ("b", "192.0.2.2", &orphan),
+            ("c", "192.0.2.3", &foreign),
+        ] {
+            let s = p.start(with_routes(spec(id, ip, 1, &[]), vec![r.clone()], 0), 0);
+            run(&mut p, &mut w, s);
+        }
+        assert!(!p.owns(&Resource::Route(foreign.route.clone())));
+        // b ends, but the process dies before the withdrawal runs; the BGP daemon is
+        // restarted too and loses a's route.
+        let _lost = p.end("b", 1);
+        let saved = p.snapshot();
+        assert_eq!(saved.owned_routes.len(), 2);
+        w.on.remove(&Resource::Route(keep.route.clone()));
+        take(&mut w);
+        let mut q = Planner::new(false, 10);
+        let s = q.restore(saved, 100);
+        run(&mut q, &mut w, s);
+        let puts = take(&mut w);
+        assert!(
+            puts.contains(&format!("{}:1", keep.route.describe())),
+            "{puts:?}"
+        );
+        assert!(
+            puts.contains(&format!("{}:0", orphan.route.describe())),
+            "{puts:?}"
+        );
+        assert!(!puts
+            .iter()
+            .any(|x| x.starts_with(&foreign.route.describe())));
+        // The periodic re-assertion covers a's route only (c's is not flowguard's).
+        let re = q.reassert_routes();
+        assert_eq!(re.len(), 1);
+        // Nobody renews them: the end withdraws a's, leaves c's foreign route.
+        let s = q.expire_restored(100 + 600, 600);
+        run(&mut q, &mut w, s);
+        assert!(w.on.contains(&Resource::Route(foreign.route)));
+        assert!(!w.on.contains(&Resource::Route(keep.route)));
+    }
+
+    #[test]
+    fn a_dry_backend_keeps_its_resources_out_of_the_state_file() {
+        let mut p = Planner::new(false, 10);
+        p.set_dry(BackendKind::Mitigator, true);
+        let mut w = World::default();
+        let s = p.start(
+            with_routes(
+                spec("a", "192.0.2.1", 1, &["tcp"]),
+                vec![blackhole("192.0.2.1")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let snap = p.snapshot();
+        assert!(snap.owned.is_empty(), "dry-run switches are not claimed");
+        assert_eq!(snap.owned_routes.len(), 1);
+        // And a switch owned by an earlier real run is carried through untouched.
+        let mut saved = snap.clone();
+        saved.owned.push(SwitchKey {
+            policy: 9,
+            name: "tcp".into(),
+        });
+        let mut q = Planner::new(false, 10);
+        q.set_dry(BackendKind::Mitigator, true);
+        let s = q.restore(saved, 0);
+        assert!(!s.iter().any(|x| x.op == Op::Release(key(9, "tcp"))));
+        assert_eq!(
+            q.snapshot().owned,
+            [SwitchKey {
+                policy: 9,
+                name: "tcp".into()
+            }]
+        );
     }
 }

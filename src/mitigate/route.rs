@@ -270,11 +270,7 @@ pub fn plan(
         c
     };
     if a.blackhole {
-        let next_hop = if v6 {
-            cfg.next_hop_v6
-        } else {
-            cfg.next_hop_v4
-        };
+        let next_hop = if v6 { cfg.next_hop_v6 } else { cfg.next_hop_v4 };
         let route = Route::Blackhole {
             prefix,
             next_hop,
@@ -357,12 +353,19 @@ mod tests {
     }
 
     fn nets() -> Vec<IpNet> {
-        vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()]
+        vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]
     }
 
     #[test]
     fn a_dominant_source_port_goes_into_the_vector() {
-        let e = ev("192.0.2.1", Protocol::Udp, &[(53, 0.3), (53, 0.3), (123, 0.2)]);
+        let e = ev(
+            "192.0.2.1",
+            Protocol::Udp,
+            &[(53, 0.3), (53, 0.3), (123, 0.2)],
+        );
         assert_eq!(vectors_of(&e)[0].source_port, Some(53));
         // No port with half of the packets: no port in the rule.
         let e = ev("192.0.2.1", Protocol::Udp, &[(53, 0.3), (123, 0.3)]);
@@ -409,7 +412,10 @@ mod tests {
     fn v6_host_route_and_rate_limit_and_marker() {
         let mut c = cfg();
         c.marker_community = Some("65001:4242".into());
-        c.hostgroup.get_mut("web").unwrap().flowspec_rate_limit_bytes_per_second = Some(1000);
+        c.hostgroup
+            .get_mut("web")
+            .unwrap()
+            .flowspec_rate_limit_bytes_per_second = Some(1000);
         let e = ev("2001:db8::5", Protocol::Icmp, &[]);
         let p = plan(&e, &vectors_of(&e), &c, &nets());
         match &p[0].route {
