@@ -150,7 +150,7 @@ fn local_paths(v: &Value) -> Vec<&Value> {
         .filter(|p| {
             p.get("neighbor-ip")
                 .and_then(Value::as_str)
-                .is_none_or(|n| n.is_empty() || n == "<nil>")
+                .map_or(true, |n| n.is_empty() || n == "<nil>")
         })
         .collect()
 }
@@ -166,9 +166,12 @@ fn communities_of(path: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// (destination, protocol, source port, destination port) of a FlowSpec rule.
+type Components = (IpNet, Option<u8>, Option<u16>, Option<u16>);
+
 /// The FlowSpec components of a path's NLRI as (destination, protocol, source port,
 /// destination port), when it holds only components flowguard writes with `==` values.
-fn flowspec_components(path: &Value) -> Option<(IpNet, Option<u8>, Option<u16>, Option<u16>)> {
+fn flowspec_components(path: &Value) -> Option<Components> {
     let items = path["nlri"]["value"].as_array()?;
     let (mut dst, mut proto, mut sport, mut dport) = (None, None, None, None);
     let single = |v: &Value| -> Option<u64> {

@@ -191,22 +191,23 @@ pub fn spawn_with(
     let planner = Arc::new(Mutex::new(planner));
     let shared = Arc::new(Shared::new(planner.clone(), store));
     let lanes: [Arc<Lane>; 2] = Default::default();
-    let mut lane_tasks = Vec::new();
-    lane_tasks.push(tokio::spawn(backend::run_lane(
-        backend::Mitigator {
-            cfg: cfg.clone(),
-            client,
-        },
-        lanes[BackendKind::Mitigator.index()].clone(),
-        shared.clone(),
-        shutdown.clone(),
-    )));
-    lane_tasks.push(tokio::spawn(backend::run_lane(
-        gobgp::Gobgp::new(bgp.clone(), metrics.clone()),
-        lanes[BackendKind::Bgp.index()].clone(),
-        shared.clone(),
-        shutdown.clone(),
-    )));
+    let lane_tasks = vec![
+        tokio::spawn(backend::run_lane(
+            backend::Mitigator {
+                cfg: cfg.clone(),
+                client,
+            },
+            lanes[BackendKind::Mitigator.index()].clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(backend::run_lane(
+            gobgp::Gobgp::new(bgp.clone(), metrics.clone()),
+            lanes[BackendKind::Bgp.index()].clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )),
+    ];
     let worker = Worker {
         planner: planner.clone(),
         shared,
