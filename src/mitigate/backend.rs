@@ -21,6 +21,7 @@ use super::config::MitigatorConfig;
 use super::plan::{BackendKind, Decision, Op, Planner, Resource, Seen, Step};
 use super::state::StateStore;
 use crate::clock::system_now_ms;
+use crate::metrics::Metrics;
 
 /// A failed step: retried in the background unless `permanent` (the backend refused it
 /// for good, e.g. a 4xx from MITIGATOR).
@@ -84,15 +85,33 @@ pub struct Shared {
     pub store: Option<StateStore>,
     /// Saves from several lanes must not interleave (they share the temp file).
     save: Mutex<()>,
+    metrics: Arc<Metrics>,
+    /// Every backend's queue, for the pending-operations gauge.
+    lanes: Vec<Arc<Lane>>,
 }
 
 impl Shared {
-    pub fn new(planner: Arc<Mutex<Planner>>, store: Option<StateStore>) -> Shared {
+    pub fn new(
+        planner: Arc<Mutex<Planner>>,
+        store: Option<StateStore>,
+        metrics: Arc<Metrics>,
+        lanes: Vec<Arc<Lane>>,
+    ) -> Shared {
         Shared {
             planner,
             store,
             save: Mutex::new(()),
+            metrics,
+            lanes,
         }
+    }
+
+    /// Steps queued in all lanes; also sets the gauge, so it reads 0 as soon as the last
+    /// step is done.
+    pub fn pending(&self) -> usize {
+        let n: usize = self.lanes.iter().map(|l| l.len()).sum();
+        self.metrics.mitigation_pending_ops.set(n as i64);
+        n
     }
 
     pub fn persist(&self) {
@@ -167,11 +186,13 @@ pub async fn run_lane<B: Backend>(
         match outcome {
             Outcome::Done => {
                 lane.queue.lock().pop_front();
+                shared.pending();
                 attempt = 0;
                 shared.planner.lock().step_done(&step, now);
             }
             Outcome::Rejected(e) => {
                 lane.queue.lock().pop_front();
+                shared.pending();
                 attempt = 0;
                 tracing::error!(backend = name, attack_id = attack, op = ?step.op, error = %e, "the backend rejected the call; giving up on it");
                 shared

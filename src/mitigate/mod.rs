@@ -189,8 +189,13 @@ pub fn spawn_with(
         (Some(store), steps)
     };
     let planner = Arc::new(Mutex::new(planner));
-    let shared = Arc::new(Shared::new(planner.clone(), store));
     let lanes: [Arc<Lane>; 2] = Default::default();
+    let shared = Arc::new(Shared::new(
+        planner.clone(),
+        store,
+        metrics.clone(),
+        lanes.to_vec(),
+    ));
     let lane_tasks = vec![
         tokio::spawn(backend::run_lane(
             backend::Mitigator {
@@ -363,7 +368,7 @@ impl Worker {
     }
 
     fn pending(&self) -> usize {
-        self.lanes.iter().map(|l| l.len()).sum()
+        self.shared.pending()
     }
 
     fn gauges(&self) {
