@@ -64,7 +64,11 @@ fn main() {
     let mut sf = SflowDecoder::new(SamplingOverrides::default());
     match f {
         Format::V9 => {
-            nf.decode(from, &gen::v9_template(1, 0, 3_600_000, 1_700_000_000), &mut out);
+            nf.decode(
+                from,
+                &gen::v9_template(1, 0, 3_600_000, 1_700_000_000),
+                &mut out,
+            );
         }
         Format::Ipfix => {
             nf.decode(from, &gen::ipfix_template(1, 0, 1_700_000_000), &mut out);

@@ -45,6 +45,8 @@ pub struct Config {
     pub hostgroups: Vec<HostgroupConfig>,
     pub detection: DetectionConfig,
     pub mitigator: MitigatorConfig,
+    /// `[bgp]`: blackhole and FlowSpec routes through a BGP daemon (mitigate stage).
+    pub bgp: crate::mitigate::BgpConfig,
     pub state: StateConfig,
 }
 
@@ -474,6 +476,7 @@ impl Config {
         }
         p.extend(crate::detect::config::validate_hostgroups(&self.hostgroups));
         p.extend(crate::mitigate::config::validate(&self.mitigator));
+        p.extend(crate::mitigate::bgp_config::validate(&self.bgp));
         p
     }
 

@@ -57,6 +57,11 @@ pub struct Metrics {
     pub mitigator_request_duration: HistogramVec,
     pub mitigations_active: IntGauge,
     pub mitigation_pending_ops: IntGauge,
+    pub bgp_announcements: IntCounterVec,
+    pub bgp_withdrawals: IntCounterVec,
+    pub bgp_refusals: IntCounterVec,
+    pub bgp_errors: IntCounterVec,
+    pub bgp_routes_wanted: IntGauge,
     // hooks / api
     pub hook_events: IntCounterVec,
     pub api_requests: IntCounterVec,
@@ -157,6 +162,11 @@ impl Metrics {
             mitigator_request_duration,
             mitigations_active: gauge(&r, "flowguard_mitigations_active", "Attacks with a mitigation in force on MITIGATOR."),
             mitigation_pending_ops: gauge(&r, "flowguard_mitigation_pending_operations", "MITIGATOR switch changes waiting to be applied (retrying)."),
+            bgp_announcements: counter_vec(&r, "flowguard_bgp_announcements_total", "Routes announced through the BGP daemon (re-additions after a daemon restart included), by kind (blackhole, flowspec).", &["kind"]),
+            bgp_withdrawals: counter_vec(&r, "flowguard_bgp_withdrawals_total", "Routes withdrawn through the BGP daemon, by kind.", &["kind"]),
+            bgp_refusals: counter_vec(&r, "flowguard_bgp_refusals_total", "Routes not announced because a safety check failed, by reason (outside_protected, prefix_too_short, route_cap).", &["reason"]),
+            bgp_errors: counter_vec(&r, "flowguard_bgp_errors_total", "Failed calls to the BGP daemon (each is retried), by operation (lookup, announce, withdraw).", &["op"]),
+            bgp_routes_wanted: gauge(&r, "flowguard_bgp_routes_wanted", "Distinct BGP routes live attacks want announced now."),
             hook_events: counter_vec(&r, "flowguard_hook_events_total", "Events received from external detectors (FastNetMon hook), by action and outcome.", &["action", "outcome"]),
             api_requests: counter_vec(&r, "flowguard_api_requests_total", "HTTP API requests, by endpoint and status class.", &["endpoint", "status"]),
             build_info: {
@@ -243,6 +253,17 @@ impl Metrics {
             ] {
                 self.mitigator_requests.with_label_values(&[op, o]);
             }
+        }
+        // The kinds, reasons and operations of src/mitigate/{route,gobgp}.rs.
+        for k in ["blackhole", "flowspec"] {
+            self.bgp_announcements.with_label_values(&[k]);
+            self.bgp_withdrawals.with_label_values(&[k]);
+        }
+        for r in ["outside_protected", "prefix_too_short", "route_cap"] {
+            self.bgp_refusals.with_label_values(&[r]);
+        }
+        for o in ["lookup", "announce", "withdraw"] {
+            self.bgp_errors.with_label_values(&[o]);
         }
         for a in ["ban", "unban", "attack_details"] {
             for o in ["accepted", "rejected", "spooled"] {

@@ -400,7 +400,11 @@ fn read_legacy_pcap(
     let mut hdr = [0u8; 24];
     r.read_exact(&mut hdr).context("pcap header")?;
     let link = DataLink::from(u32_of(&hdr[20..24]));
-    let (per_sec, frac_ms) = if nanos { (1_000_000_000u64, 1_000_000u64) } else { (1_000_000, 1_000) };
+    let (per_sec, frac_ms) = if nanos {
+        (1_000_000_000u64, 1_000_000u64)
+    } else {
+        (1_000_000, 1_000)
+    };
     let mut n = 24u64;
     let mut data = Vec::new();
     loop {

@@ -216,13 +216,13 @@ fn start_mitigation(
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Option<MitigationView>> {
-    let (handle, join) = crate::mitigate::spawn(
-        cfg.mitigator.clone(),
-        cfg.state.dir.clone(),
-        metrics,
-        rx,
-        shutdown,
-    )?;
+    let setup = crate::mitigate::Setup {
+        mitigator: cfg.mitigator.clone(),
+        bgp: cfg.bgp.clone(),
+        protected: cfg.protected_prefixes()?,
+    };
+    let (handle, join) =
+        crate::mitigate::spawn_with(setup, cfg.state.dir.clone(), metrics, rx, shutdown)?;
     tasks.spawn(async move {
         if let Err(e) = join.await {
             tracing::error!(error = %e, "mitigation task failed");

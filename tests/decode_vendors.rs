@@ -118,7 +118,10 @@ fn decode_with(fast: bool, reverse: bool, ov: SamplingOverrides, dgs: &[Vec<u8>]
     d.set_fast_path(fast);
     d.set_biflow_reverse(reverse);
     let mut records = Vec::new();
-    let outcomes = dgs.iter().map(|g| d.decode(from(), g, &mut records)).collect();
+    let outcomes = dgs
+        .iter()
+        .map(|g| d.decode(from(), g, &mut records))
+        .collect();
     Run { records, outcomes }
 }
 
@@ -133,7 +136,10 @@ fn decode_opts(dgs: &[Vec<u8>], differential: bool, reverse: bool, ov: SamplingO
     let quick = decode_with(true, reverse, ov.clone(), dgs);
     if differential {
         let slow = decode_with(false, reverse, ov, dgs);
-        assert_eq!(quick.records, slow.records, "fast path and crate path differ");
+        assert_eq!(
+            quick.records, slow.records,
+            "fast path and crate path differ"
+        );
         let errs = |r: &Run| r.outcomes.iter().map(|o| o.error).collect::<Vec<_>>();
         assert_eq!(errs(&quick), errs(&slow));
     }
@@ -148,7 +154,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn dsts(r: &Run) -> Vec<(IpAddr, u64, u64)> {
-    r.records.iter().map(|r| (r.dst, r.packets, r.bytes)).collect()
+    r.records
+        .iter()
+        .map(|r| (r.dst, r.packets, r.bytes))
+        .collect()
 }
 
 // ---- 1. both address families in one template -------------------------------------
@@ -157,7 +166,16 @@ fn dsts(r: &Run) -> Vec<(IpAddr, u64, u64)> {
 fn xr_template() -> Vec<u8> {
     template(
         260,
-        &plain(&[(27, 16), (28, 16), (8, 4), (12, 4), (2, 4), (1, 4), (4, 1), (60, 1)]),
+        &plain(&[
+            (27, 16),
+            (28, 16),
+            (8, 4),
+            (12, 4),
+            (2, 4),
+            (1, 4),
+            (4, 1),
+            (60, 1),
+        ]),
     )
 }
 
@@ -187,9 +205,21 @@ fn both_families_use_the_one_that_is_set() {
     let mut data = xr_record(zero, zero, [198, 51, 100, 7], [203, 0, 113, 5], 4);
     data.extend(xr_record(six_src, six, [0; 4], [0; 4], 6));
     // Both set (IPv4 over SRv6): ipVersion says 4 → the IPv4 customer address.
-    data.extend(xr_record(six_src, six, [198, 51, 100, 7], [203, 0, 113, 6], 4));
+    data.extend(xr_record(
+        six_src,
+        six,
+        [198, 51, 100, 7],
+        [203, 0, 113, 6],
+        4,
+    ));
     // Both set and ipVersion 6 → IPv6.
-    data.extend(xr_record(six_src, six, [198, 51, 100, 7], [203, 0, 113, 6], 6));
+    data.extend(xr_record(
+        six_src,
+        six,
+        [198, 51, 100, 7],
+        [203, 0, 113, 6],
+        6,
+    ));
     for dg in [
         v9(&[set(0, &xr_template()), set(260, &data)]),
         ipfix(&[set(2, &xr_template()), set(260, &data)]),
@@ -212,7 +242,16 @@ fn both_set_without_ip_version_is_ipv4_and_next_hops_are_never_hosts() {
     // 15 = ipNextHopIPv4Address, 18 = bgpNextHopIPv4Address, 225/226 = post-NAT.
     let t = template(
         261,
-        &plain(&[(28, 16), (12, 4), (8, 4), (15, 4), (18, 4), (225, 4), (226, 4), (2, 4)]),
+        &plain(&[
+            (28, 16),
+            (12, 4),
+            (8, 4),
+            (15, 4),
+            (18, 4),
+            (225, 4),
+            (226, 4),
+            (2, 4),
+        ]),
     );
     let mut six = [0u8; 16];
     six[0] = 0xfc;
@@ -227,7 +266,10 @@ fn both_set_without_ip_version_is_ipv4_and_next_hops_are_never_hosts() {
     d.extend(u32b(3));
     let r = decode(&[ipfix(&[set(2, &t), set(261, &d)])], true);
     assert_eq!(r.records.len(), 1);
-    assert_eq!((r.records[0].src, r.records[0].dst), (ip("198.51.100.1"), ip("203.0.113.9")));
+    assert_eq!(
+        (r.records[0].src, r.records[0].dst),
+        (ip("198.51.100.1"), ip("203.0.113.9"))
+    );
 }
 
 // ---- 2. sampling per sampler ------------------------------------------------------
@@ -262,7 +304,11 @@ fn two_samplers_on_one_exporter_keep_their_own_rates() {
     let want = [(1, 200, 20_000), (2, 2000, 200_000), (3, 2, 200)];
     for (i, rec) in r.records.iter().enumerate() {
         let (d, p, b) = want[i % 3];
-        assert_eq!((rec.dst, rec.packets, rec.bytes), (IpAddr::from([203, 0, 113, d]), p, b), "{i}");
+        assert_eq!(
+            (rec.dst, rec.packets, rec.bytes),
+            (IpAddr::from([203, 0, 113, d]), p, b),
+            "{i}"
+        );
     }
     assert_eq!(r.outcomes[0].skips.get(SkipReason::Options), 2);
 }
@@ -282,7 +328,12 @@ fn a_record_without_sampler_id_takes_the_single_announced_rate_only() {
         v
     };
     // One sampler announced: records that name none are counted at its rate.
-    let one = v9(&[set(1, &opt), set(0, &t), set(300, &od(1, 512)), set(301, &data)]);
+    let one = v9(&[
+        set(1, &opt),
+        set(0, &t),
+        set(300, &od(1, 512)),
+        set(301, &data),
+    ]);
     let r = decode(&[one], true);
     assert_eq!(r.records[0].packets, 512);
     // Two samplers with different rates: a record naming neither is not guessed; it
@@ -381,7 +432,10 @@ fn empty_variable_length_fields_are_legal_data() {
 fn v9_variable_length_fields_decode_as_ipfix_ones() {
     // H3C sends length 65535 in v9 templates with the IPFIX length encoding, including
     // the three-byte form (255, then two bytes).
-    let t = template(600, &plain(&[(8, 4), (12, 4), (83, 0xFFFF), (2, 4), (1, 4)]));
+    let t = template(
+        600,
+        &plain(&[(8, 4), (12, 4), (83, 0xFFFF), (2, 4), (1, 4)]),
+    );
     let mut r = v4([198, 51, 100, 1]);
     r.extend(v4([203, 0, 113, 1]));
     r.push(255);
@@ -397,7 +451,10 @@ fn v9_variable_length_fields_decode_as_ipfix_ones() {
     r2.extend(u32b(40));
     let mut d = r;
     d.extend(r2);
-    let run = decode(&[v9(&[set(0, &t), set(600, &d)]), v9(&[set(600, &d)])], false);
+    let run = decode(
+        &[v9(&[set(0, &t), set(600, &d)]), v9(&[set(600, &d)])],
+        false,
+    );
     let want = vec![(ip("203.0.113.1"), 6, 600), (ip("203.0.113.2"), 1, 40)];
     assert_eq!(dsts(&run)[..2], want[..]);
     assert_eq!(dsts(&run)[2..], want[..]);
@@ -511,7 +568,16 @@ fn delta_counters_win_over_post_and_totals_whatever_the_order() {
     // Barracuda's layout: totals (85/86) before deltas (1/2); plus post counters.
     let t = template(
         800,
-        &plain(&[(8, 4), (12, 4), (85, 8), (86, 8), (24, 4), (23, 4), (1, 8), (2, 8)]),
+        &plain(&[
+            (8, 4),
+            (12, 4),
+            (85, 8),
+            (86, 8),
+            (24, 4),
+            (23, 4),
+            (1, 8),
+            (2, 8),
+        ]),
     );
     let rec = |dst: u8, delta: u64| {
         let mut r = v4([198, 51, 100, 1]);
@@ -526,7 +592,10 @@ fn delta_counters_win_over_post_and_totals_whatever_the_order() {
     };
     let mut d = rec(1, 5);
     d.extend(rec(2, 0)); // a running flow with nothing new: nothing counted
-    let r = decode(&[ipfix(&[set(2, &t), set(800, &d)]), ipfix(&[set(800, &d)])], true);
+    let r = decode(
+        &[ipfix(&[set(2, &t), set(800, &d)]), ipfix(&[set(800, &d)])],
+        true,
+    );
     assert_eq!(
         dsts(&r)[..2],
         [(ip("203.0.113.1"), 5, 500), (ip("203.0.113.2"), 0, 0)]

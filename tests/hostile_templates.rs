@@ -248,7 +248,11 @@ fn huge_and_zero_field_lengths_are_refused() {
     }
     // 65535 in a v9 template is a variable-length field, as H3C sends it (and as IPFIX
     // has it): accepted, not a record of 64 KiB.
-    let dg = v9(1, 0, &[set(0, &template_record(401, 2, &[(8, 4), (1, 65_535)]))]);
+    let dg = v9(
+        1,
+        0,
+        &[set(0, &template_record(401, 2, &[(8, 4), (1, 65_535)]))],
+    );
     let (oc, _) = decode(&mut d, REAL, &dg);
     assert_eq!(oc.error, None, "v9 variable-length field: {oc:?}");
     // IPFIX: the same refusals (a variable-length field is legal there).

@@ -58,7 +58,12 @@ fn replay(path: &std::path::Path) -> (Totals, Summary) {
 #[test]
 fn vendor_exports_match_tshark_per_destination() {
     let mut pcaps: Vec<PathBuf> = std::fs::read_dir(dir())
-        .unwrap_or_else(|e| panic!("{}: {e} (../shared must sit beside the repo)", dir().display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (../shared must sit beside the repo)",
+                dir().display()
+            )
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
         .collect();
@@ -87,7 +92,10 @@ fn vendor_exports_match_tshark_per_destination() {
             .unwrap()
             .iter()
             .map(|(ip, h)| {
-                (ip.clone(), (h["packets"].as_u64().unwrap(), h["bytes"].as_u64().unwrap()))
+                (
+                    ip.clone(),
+                    (h["packets"].as_u64().unwrap(), h["bytes"].as_u64().unwrap()),
+                )
             })
             .filter(|(_, (p, b))| *p > 0 || *b > 0)
             .collect();
@@ -95,10 +103,18 @@ fn vendor_exports_match_tshark_per_destination() {
         if got == want {
             exact += 1;
         } else {
-            wrong.push(format!("{name}: got {got:?}\n  want {want:?}\n  {}", summary.line()));
+            wrong.push(format!(
+                "{name}: got {got:?}\n  want {want:?}\n  {}",
+                summary.line()
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     assert!(compared >= 40, "only {compared} captures compared");
     eprintln!("{exact} of {compared} vendor captures exact");
 }

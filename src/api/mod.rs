@@ -12,7 +12,7 @@
 //! | `GET /api/v1/hosts?top=N&by=pps\|bps\|flows` | the busiest host-directions |
 //! | `GET /api/v1/attacks` | `{"active":[...],"recent":[...]}` with mitigation state |
 //! | `GET /api/v1/attacks/{id}` | one attack; 404 if unknown |
-//! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form |
+//! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form, then the BGP routes |
 //! | `GET /` | the operator console (HTML; [`console`]) |
 //! | `GET /api/v1/summary` | everything the console and `flowguard top` show |
 //! | `GET /api/v1/exporters` | per collector: records/s, templates, decode errors, exporters' sampling |
@@ -193,6 +193,26 @@ fn other_direction(s: &ApiState, a: &Attack) -> crate::aggregate::Rates {
         .unwrap_or_default()
 }
 
+/// The attack's BGP routes from the mitigation view: (route, state, reason).
+fn routes_of(s: &ApiState, id: &str) -> Vec<(String, String, Option<String>)> {
+    let Some(v) = s.mitigation.as_ref().and_then(|f| f(id)) else {
+        return Vec::new();
+    };
+    v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let t = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (
+                t("route"),
+                t("state"),
+                r["reason"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
 async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
     match s.pipeline.attack(&id) {
         Some(a) => {
@@ -207,6 +227,9 @@ async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
                     m["tbl_skip_reason"].as_str().unwrap_or("")
                 ));
             }
+            text.push_str(&crate::detect::report::routes_section(&routes_of(
+                &s, &a.id,
+            )));
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
         }
         None => {

@@ -106,42 +106,27 @@ pub(super) struct Fields<'a> {
 
 /// Element ids [`Fields::put`] reads (the fast path compiles only these).
 pub(super) fn is_read(id: u16) -> bool {
-    matches!(
-        id & !REVERSE,
-        1 | 2 | 23 | 24 | 85 | 86
-    ) || matches!(
-        id,
-        4 | 6
-            | 7
-            | 8
-            | 11
-            | 12
-            | 21
-            | 22
-            | 27
-            | 28
-            | 34
-            | 48
-            | 50
-            | 60
-            | 88
-            | 150..=153
-            | 160
-            | 197
-            | 231
-            | 232
-            | 233
-            | 298
-            | 299
-            | 302
-            | 305
-            | 306
-            | 309
-            | 310
-            | 311
-            | 313
-            | 315
-    )
+    matches!(id & !REVERSE, 1 | 2 | 23 | 24 | 85 | 86)
+        || matches!(
+            id,
+            4 | 6 | 7 | 8 | 11 | 12 | 21 | 22 | 27 | 28 | 34 | 48 | 50 | 60 | 88 | 150
+                ..=153
+                    | 160
+                    | 197
+                    | 231
+                    | 232
+                    | 233
+                    | 298
+                    | 299
+                    | 302
+                    | 305
+                    | 306
+                    | 309
+                    | 310
+                    | 311
+                    | 313
+                    | 315
+        )
 }
 
 /// How the fast path must hand a field of this id and wire length to [`Fields::put`]
@@ -269,7 +254,10 @@ impl<'a> Fields<'a> {
             return clamp(div_round(n, i));
         }
         // Random n-out-of-N: `size` packets drawn from each `population`.
-        if let (Some(n), Some(pop)) = (self.sampling_size.filter(|n| *n > 0), self.sampling_population) {
+        if let (Some(n), Some(pop)) = (
+            self.sampling_size.filter(|n| *n > 0),
+            self.sampling_population,
+        ) {
             return clamp(div_round(pop, n));
         }
         if let Some(p) = self.sampling_probability.filter(|p| *p > 0.0 && *p <= 1.0) {
@@ -283,12 +271,20 @@ impl<'a> Fields<'a> {
         let four = (self.src4.is_some() || self.dst4.is_some()).then(|| {
             let s = self.src4.unwrap_or(Ipv4Addr::UNSPECIFIED);
             let d = self.dst4.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            (IpAddr::V4(s), IpAddr::V4(d), !(s.is_unspecified() && d.is_unspecified()))
+            (
+                IpAddr::V4(s),
+                IpAddr::V4(d),
+                !(s.is_unspecified() && d.is_unspecified()),
+            )
         });
         let six = (self.src6.is_some() || self.dst6.is_some()).then(|| {
             let s = self.src6.unwrap_or(Ipv6Addr::UNSPECIFIED);
             let d = self.dst6.unwrap_or(Ipv6Addr::UNSPECIFIED);
-            (IpAddr::V6(s), IpAddr::V6(d), !(s.is_unspecified() && d.is_unspecified()))
+            (
+                IpAddr::V6(s),
+                IpAddr::V6(d),
+                !(s.is_unspecified() && d.is_unspecified()),
+            )
         });
         let pick = match (four, six) {
             (Some(a), None) | (None, Some(a)) => a,

@@ -104,7 +104,10 @@ impl ScopeState {
                 None => None,
             },
             None => {
-                let mut rates = self.sampling_rate.into_iter().chain(self.samplers.iter().map(|s| s.1));
+                let mut rates = self
+                    .sampling_rate
+                    .into_iter()
+                    .chain(self.samplers.iter().map(|s| s.1));
                 let r = rates.next()?;
                 rates.all(|x| x == r).then_some(r)
             }
@@ -390,10 +393,11 @@ impl NetflowDecoder {
             return oc;
         }
         // Zero padding after the last set is not a set: the crate would refuse it.
-        let payload = match fast::header(payload, v).map(|(start, _)| fast::unpadded_len(payload, start)) {
-            Some(Some(n)) if n < payload.len() && v == Version::V9 => &payload[..n],
-            _ => payload,
-        };
+        let payload =
+            match fast::header(payload, v).map(|(start, _)| fast::unpadded_len(payload, start)) {
+                Some(Some(n)) if n < payload.len() && v == Version::V9 => &payload[..n],
+                _ => payload,
+            };
         let result = self.parser.parse_from_source(from, payload);
         let refused = if self.fast_enabled && v != Version::V5 {
             // The crate saw this datagram's templates; the fast path learns them too.
@@ -464,8 +468,12 @@ impl NetflowDecoder {
             .iter()
             .flat_map(|p| -> Vec<u16> {
                 match p {
-                    NetflowPacket::V9(m) => m.flowsets.iter().map(|f| f.header.flowset_id).collect(),
-                    NetflowPacket::IPFix(m) => m.flowsets.iter().map(|f| f.header.header_id).collect(),
+                    NetflowPacket::V9(m) => {
+                        m.flowsets.iter().map(|f| f.header.flowset_id).collect()
+                    }
+                    NetflowPacket::IPFix(m) => {
+                        m.flowsets.iter().map(|f| f.header.header_id).collect()
+                    }
                     _ => Vec::new(),
                 }
             })
@@ -486,23 +494,27 @@ impl NetflowDecoder {
             let walk = match v {
                 Version::V9 => {
                     let up = be32(payload, 4).unwrap_or(0);
-                    self.fast.for_each_in_set((from, v, scope), set, payload, |f| {
-                        self.v9_record(exporter, scope, up, f, out, oc)
-                    })
+                    self.fast
+                        .for_each_in_set((from, v, scope), set, payload, |f| {
+                            self.v9_record(exporter, scope, up, f, out, oc)
+                        })
                 }
                 _ => {
                     let export_ms = u64::from(be32(payload, 4).unwrap_or(0)) * 1000;
-                    let init = self.scopes.get(&(exporter, scope)).and_then(|s| s.system_init_ms);
-                    self.fast.for_each_in_set((from, v, scope), set, payload, |f| {
-                        self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
-                    })
+                    let init = self
+                        .scopes
+                        .get(&(exporter, scope))
+                        .and_then(|s| s.system_init_ms);
+                    self.fast
+                        .for_each_in_set((from, v, scope), set, payload, |f| {
+                            self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
+                        })
                 }
             };
             whole &= !walk.overrun;
         }
         whole
     }
-
 
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
         // Bounded like the parser's sources: beyond the cap the oldest learned entries are
@@ -624,9 +636,8 @@ impl NetflowDecoder {
         for fs in &v9.flowsets {
             if let V9Body::OptionsData(od) = &fs.body {
                 for rec in &od.fields {
-                    let f = crate_fields(
-                        rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)),
-                    );
+                    let f =
+                        crate_fields(rec.options_fields.iter().map(|(k, v)| (u16::from(*k), v)));
                     self.scope_mut((exporter, scope)).learn(&f);
                     oc.skips.add(SkipReason::Options, 1);
                 }
@@ -944,7 +955,6 @@ fn crate_fields<'a>(it: impl Iterator<Item = (u16, &'a FieldValue)>) -> Fields<'
     }
     f
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -114,6 +114,24 @@ pub fn text(a: &Attack, other: &Rates) -> String {
     s
 }
 
+/// The BGP routes of an attack as the report lists them under its text: one line each,
+/// `route: state (reason)`. The mitigate stage owns the routes; the API hands them here
+/// as plain strings so detect does not depend on mitigate.
+pub fn routes_section(routes: &[(String, String, Option<String>)]) -> String {
+    if routes.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("BGP routes:\n");
+    for (route, state, reason) in routes {
+        let why = reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  {route}: {state}{why}");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

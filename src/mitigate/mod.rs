@@ -1,50 +1,62 @@
-//! Mitigate stage: turns attack events into MITIGATOR REST calls.
+//! Mitigate stage: turns attack events into MITIGATOR REST calls and BGP routes.
 //!
-//! - [`plan`]: the pure planner (desired state, reference counts, owned switches);
-//! - [`client`]: the REST client (login, 401/421 handling, retries);
+//! - [`plan`]: the pure planner (desired state, reference counts, owned resources);
+//! - [`backend`]: the seam every mitigation system sits behind, and the lane that executes
+//!   one backend's steps in order, retrying in the background (an end is never dropped);
+//! - [`client`] + [`backend::Mitigator`]: MITIGATOR's REST client (login, 401/421
+//!   handling, retries) as a backend;
+//! - [`route`], [`bgp_config`], [`gobgp`]: BGP routes (blackhole, FlowSpec), their safety
+//!   checks, and the GoBGP backend;
 //! - [`state`]: the state file that survives restarts;
-//! - this module: the async worker that feeds events to the planner and executes its steps
-//!   one at a time, in order, retrying in the background while MITIGATOR is unreachable (an
-//!   end is never dropped), and the [`MitigationHandle`] the API reads status from.
+//! - this module: the async worker that feeds events to the planner and hands its steps
+//!   to the backends' lanes, and the [`MitigationHandle`] the API reads status from.
 //!
 //! The worker owns no detection logic and never reads the clock inside the planner: it
 //! passes `now` in.
 
+pub mod backend;
+pub mod bgp_config;
 pub mod client;
 pub mod config;
+pub mod gobgp;
 pub mod plan;
+pub mod route;
 pub mod state;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use bgp_config::BgpConfig;
 pub use config::MitigatorConfig;
 pub use plan::MitigationStatus;
 
 use crate::clock::system_now_ms;
 use crate::metrics::Metrics;
 use crate::model::{AttackEvent, EventKind};
+use backend::{Lane, Shared};
 use client::{ClientError, MitigatorClient};
-use plan::{AttackSpec, Decision, Op, Planner, Step};
+use plan::{AttackSpec, BackendKind, Planner, Step};
 use state::StateStore;
 
 /// How many ended attacks `status` still knows.
 const MAX_ENDED: usize = 1000;
-/// How often restored attacks are checked against their grace period.
+/// How often restored attacks are checked against their grace period, and time-based
+/// escalations are evaluated.
 const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MitigateError {
     #[error("invalid [mitigator] configuration: {}", .0.join("; "))]
     Config(Vec<String>),
+    #[error("invalid [bgp] configuration: {}", .0.join("; "))]
+    BgpConfig(Vec<String>),
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("mitigation state: {0}")]
@@ -69,11 +81,16 @@ impl MitigationHandle {
     }
 }
 
-/// Starts the mitigate worker (call from inside a tokio runtime). Validates `cfg`,
-/// restores the state file from `state_dir` (not in dry run) and reconciles it against
-/// MITIGATOR before handling new events. The task ends when `shutdown` is cancelled,
-/// after saving the state file; a closed `rx` alone does not stop it, so queued
-/// switch-offs still get applied.
+/// Everything the mitigate stage is configured with.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    pub mitigator: MitigatorConfig,
+    pub bgp: BgpConfig,
+    /// `[networks] protected`: no route is ever announced outside these.
+    pub protected: Vec<IpNet>,
+}
+
+/// Starts the mitigate worker with MITIGATOR only (no BGP action configured).
 pub fn spawn(
     cfg: MitigatorConfig,
     state_dir: PathBuf,
@@ -81,20 +98,71 @@ pub fn spawn(
     rx: mpsc::Receiver<AttackEvent>,
     shutdown: CancellationToken,
 ) -> Result<(MitigationHandle, JoinHandle<()>), MitigateError> {
+    spawn_with(
+        Setup {
+            mitigator: cfg,
+            ..Default::default()
+        },
+        state_dir,
+        metrics,
+        rx,
+        shutdown,
+    )
+}
+
+/// Starts the mitigate worker (call from inside a tokio runtime). Validates the
+/// configuration, restores the state file from `state_dir` (unless every backend is a
+/// dry run) and reconciles it against MITIGATOR and the BGP daemon before handling new
+/// events. The task ends when `shutdown` is cancelled, after saving the state file; a
+/// closed `rx` alone does not stop it, so queued switch-offs and withdrawals still get
+/// applied.
+pub fn spawn_with(
+    setup: Setup,
+    state_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<AttackEvent>,
+    shutdown: CancellationToken,
+) -> Result<(MitigationHandle, JoinHandle<()>), MitigateError> {
+    let Setup {
+        mitigator: cfg,
+        bgp,
+        protected,
+    } = setup;
     let problems = config::validate(&cfg);
     if !problems.is_empty() {
         return Err(MitigateError::Config(problems));
     }
-    let dry_run = cfg.is_dry_run();
+    let problems = bgp_config::validate(&bgp);
+    if !problems.is_empty() {
+        return Err(MitigateError::BgpConfig(problems));
+    }
+    let mit_dry = cfg.is_dry_run();
+    // Without any BGP action there is nothing to announce: count it as a dry run, so it
+    // neither touches the state file nor needs a gobgpd.
+    let bgp_dry = bgp.is_dry_run() || !bgp.enabled();
+    let all_dry = mit_dry && bgp_dry;
     let now = system_now_ms();
-    let mut planner = Planner::new(dry_run, MAX_ENDED);
-    // A dry run must not read or write the state file: it would claim switches it never
-    // touched, and a later real run would switch them off.
-    let (client, store, steps) = if dry_run {
+    let mut planner = Planner::new(all_dry, MAX_ENDED);
+    planner.set_dry(BackendKind::Mitigator, mit_dry);
+    planner.set_dry(BackendKind::Bgp, bgp_dry);
+    planner.set_max_routes(bgp.max_routes);
+    if mit_dry {
         tracing::info!("MITIGATOR dry run: calls are logged, not made");
-        (None, None, Vec::new())
+    }
+    if bgp.enabled() && bgp_dry {
+        tracing::info!("BGP dry run: routes are logged, not announced");
+    }
+    let client = if mit_dry {
+        None
     } else {
-        let client = MitigatorClient::new(&cfg, metrics.clone())?;
+        Some(MitigatorClient::new(&cfg, metrics.clone())?)
+    };
+    // A dry run must not read or write the state file: it would claim switches it never
+    // touched, and a later real run would switch them off. With one backend real, the
+    // file is used and the planner keeps the dry one's resources out of it.
+    let (store, steps) = if all_dry {
+        (None, Vec::new())
+    } else {
         let store = StateStore::new(state_dir);
         let saved = match store.load() {
             Ok(s) => s,
@@ -110,6 +178,7 @@ pub fn spawn(
                 tracing::info!(
                     attacks = s.attacks.len(),
                     owned = s.owned.len(),
+                    owned_routes = s.owned_routes.len(),
                     grace_seconds = cfg.restore_grace_seconds,
                     "restoring mitigation state"
                 );
@@ -117,40 +186,63 @@ pub fn spawn(
             }
             None => Vec::new(),
         };
-        (Some(client), Some(store), steps)
+        (Some(store), steps)
     };
     let planner = Arc::new(Mutex::new(planner));
-    let worker = Worker {
-        backoff_attempt: 0,
-        next_attempt: Instant::now(),
-        queue: steps.into(),
-        planner: planner.clone(),
-        client,
+    let lanes: [Arc<Lane>; 2] = Default::default();
+    let shared = Arc::new(Shared::new(
+        planner.clone(),
         store,
+        metrics.clone(),
+        lanes.to_vec(),
+    ));
+    let lane_tasks = vec![
+        tokio::spawn(backend::run_lane(
+            backend::Mitigator {
+                cfg: cfg.clone(),
+                client,
+            },
+            lanes[BackendKind::Mitigator.index()].clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(backend::run_lane(
+            gobgp::Gobgp::new(bgp.clone(), metrics.clone()),
+            lanes[BackendKind::Bgp.index()].clone(),
+            shared.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    let worker = Worker {
+        planner: planner.clone(),
+        shared,
+        lanes,
+        lane_tasks,
         metrics,
         cfg,
+        bgp,
+        bgp_dry,
+        protected,
+        last_reassert_ms: now,
     };
-    worker.persist();
+    worker.dispatch(steps);
+    worker.shared.persist();
     let jh = tokio::spawn(worker.run(rx, shutdown));
     Ok((MitigationHandle { planner }, jh))
 }
 
 struct Worker {
     cfg: MitigatorConfig,
+    bgp: BgpConfig,
+    bgp_dry: bool,
+    protected: Vec<IpNet>,
     planner: Arc<Mutex<Planner>>,
-    client: Option<MitigatorClient>,
-    store: Option<StateStore>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
-    /// Steps in the order they must run; the head is retried until it succeeds.
-    queue: VecDeque<Step>,
-    backoff_attempt: u32,
-    next_attempt: Instant,
-}
-
-enum Outcome {
-    Done,
-    Rejected(ClientError),
-    Retry(ClientError),
+    /// One queue per backend, indexed by [`BackendKind::index`].
+    lanes: [Arc<Lane>; 2],
+    lane_tasks: Vec<JoinHandle<()>>,
+    last_reassert_ms: i64,
 }
 
 impl Worker {
@@ -159,28 +251,7 @@ impl Worker {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Take every queued event first, so steps are planned on the newest state.
-            while rx_open {
-                match rx.try_recv() {
-                    Ok(ev) => self.on_event(ev),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => rx_open = false,
-                }
-            }
             self.gauges();
-            if !self.queue.is_empty() && Instant::now() >= self.next_attempt {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = self.run_head() => {}
-                }
-                continue;
-            }
-            let wait = if self.queue.is_empty() {
-                None
-            } else {
-                Some(self.next_attempt)
-            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -188,201 +259,143 @@ impl Worker {
                     Some(ev) => self.on_event(ev),
                     None => rx_open = false,
                 },
-                _ = tokio::time::sleep_until(wait.unwrap_or_else(Instant::now)), if wait.is_some() => {}
-                _ = tick.tick() => {
-                    let grace = (self.cfg.restore_grace_seconds as i64).saturating_mul(1000);
-                    let steps = self.planner.lock().expire_restored(system_now_ms(), grace);
-                    if !steps.is_empty() {
-                        tracing::info!("restored attacks not renewed within the grace period: ending them");
-                        self.enqueue(steps);
-                    }
-                }
+                _ = tick.tick() => self.on_tick(),
             }
         }
-        // Whatever is still queued is in the state file (live attacks, owned switches)
-        // and is reconciled at the next start.
-        self.persist();
+        // The lanes stop on the same token; whatever is still queued is in the state
+        // file (live attacks, owned resources) and is reconciled at the next start.
+        for t in self.lane_tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.shared.persist();
         self.gauges();
-        tracing::info!(pending = self.queue.len(), "mitigate worker stopped");
+        tracing::info!(pending = self.pending(), "mitigate worker stopped");
     }
 
-    fn on_event(&mut self, ev: AttackEvent) {
+    fn on_tick(&mut self) {
         let now = system_now_ms();
-        let (tbl, tbl_skipped) = self.cfg.tbl_selection(&ev.top_sources);
-        let spec = || AttackSpec {
+        let grace = (self.cfg.restore_grace_seconds as i64).saturating_mul(1000);
+        let mut steps = {
+            let mut p = self.planner.lock();
+            let expired = p.expire_restored(now, grace);
+            if !expired.is_empty() {
+                tracing::info!("restored attacks not renewed within the grace period: ending them");
+            }
+            let mut s = expired;
+            s.extend(p.escalate(now));
+            s
+        };
+        // gobgpd keeps API-added routes only in memory: after its restart they are gone.
+        // Look the announced ones up now and then and put back what is missing; only when
+        // the lane is idle, so a down daemon does not pile up lookups behind the retry.
+        let every = (self.bgp.reassert_interval_seconds as i64).saturating_mul(1000);
+        if !self.bgp_dry
+            && now - self.last_reassert_ms >= every
+            && self.lanes[BackendKind::Bgp.index()].is_empty()
+        {
+            self.last_reassert_ms = now;
+            steps.extend(self.planner.lock().reassert_routes());
+        }
+        if !steps.is_empty() {
+            self.dispatch(steps);
+            self.shared.persist();
+        }
+    }
+
+    fn spec(&self, ev: &AttackEvent) -> AttackSpec {
+        let routes = if self.bgp.enabled() {
+            route::plan(ev, &route::vectors_of(ev), &self.bgp, &self.protected)
+        } else {
+            Vec::new()
+        };
+        AttackSpec {
             id: ev.id.clone(),
             ip: ev.ip,
             policy: self.cfg.policy_for(ev.ip, &ev.hostgroup),
             // Per vector: a vector that appears later adds its countermeasure.
-            countermeasures: self.cfg.countermeasures_for_event(&ev),
-            tbl: tbl.clone(),
+            countermeasures: self.cfg.countermeasures_for_event(ev),
+            tbl: self.cfg.tbl_selection(&ev.top_sources).0,
             tbl_ttl: self.cfg.tbl_ttl_seconds,
+            bps: ev.bps,
+            routes,
+        }
+    }
+
+    fn on_event(&mut self, ev: AttackEvent) {
+        let now = system_now_ms();
+        let steps = match ev.event {
+            EventKind::Start => {
+                let s = self.spec(&ev);
+                for r in &s.routes {
+                    if let Some(why) = r.refused {
+                        tracing::warn!(attack_id = %s.id, route = %r.route.describe(), reason = why.as_str(), "BGP route refused");
+                        self.metrics
+                            .bgp_refusals
+                            .with_label_values(&[why.as_str()])
+                            .inc();
+                    }
+                }
+                tracing::info!(attack_id = %s.id, ip = %s.ip, policy = s.policy, countermeasures = ?s.countermeasures, routes = s.routes.len(), "mitigation requested");
+                self.planner.lock().start(s, now)
+            }
+            EventKind::Update => {
+                let s = self.spec(&ev);
+                if ev.is_change() {
+                    tracing::info!(attack_id = %s.id, countermeasures = ?s.countermeasures, new_vectors = ?ev.new_vectors, "attack changed: mitigation follows its vectors");
+                }
+                self.planner.lock().update(s, now)
+            }
+            EventKind::End => {
+                tracing::info!(attack_id = %ev.id, "mitigation end requested");
+                self.planner.lock().end(&ev.id, now)
+            }
         };
-        let skip_reason = || {
-            format!(
+        if ev.event != EventKind::End && self.cfg.tbl_top_sources > 0 {
+            let skipped = self.cfg.tbl_selection(&ev.top_sources).1;
+            let reason = format!(
                 "share of the attack's packets under tbl_min_source_share_percent = {} % \
                  (random or spoofed sources)",
                 self.cfg.tbl_min_source_share_percent
-            )
-        };
-        let steps = {
-            let mut p = self.planner.lock();
-            let steps = match ev.event {
-                EventKind::Start => {
-                    let s = spec();
-                    tracing::info!(attack_id = %s.id, ip = %s.ip, policy = s.policy, countermeasures = ?s.countermeasures, "mitigation requested");
-                    p.start(s, now)
-                }
-                EventKind::Update => {
-                    let s = spec();
-                    if ev.is_change() {
-                        tracing::info!(attack_id = %s.id, countermeasures = ?s.countermeasures, new_vectors = ?ev.new_vectors, "attack changed: mitigation follows its vectors");
-                    }
-                    p.update(s, now)
-                }
-                EventKind::End => {
-                    tracing::info!(attack_id = %ev.id, "mitigation end requested");
-                    p.end(&ev.id, now)
-                }
-            };
-            if ev.event != EventKind::End && self.cfg.tbl_top_sources > 0 {
-                if tbl_skipped > 0 {
-                    tracing::info!(attack_id = %ev.id, skipped = tbl_skipped, "top sources not blacklisted: {}", skip_reason());
-                }
-                p.note_tbl_skipped(&ev.id, tbl_skipped, skip_reason());
+            );
+            if skipped > 0 {
+                tracing::info!(attack_id = %ev.id, skipped, "top sources not blacklisted: {reason}");
             }
-            steps
-        };
-        self.enqueue(steps);
-        self.persist();
+            self.planner
+                .lock()
+                .note_tbl_skipped(&ev.id, skipped, reason);
+        }
+        self.dispatch(steps);
+        self.shared.persist();
     }
 
-    fn enqueue(&mut self, steps: Vec<Step>) {
-        self.queue.extend(steps);
+    /// Hands each step to its backend's lane, in order.
+    fn dispatch(&self, steps: Vec<Step>) {
+        let mut by: [Vec<Step>; 2] = Default::default();
+        for s in steps {
+            by[s.op.backend().index()].push(s);
+        }
+        for (lane, steps) in self.lanes.iter().zip(by) {
+            lane.push(steps);
+        }
         self.gauges();
     }
 
+    fn pending(&self) -> usize {
+        self.shared.pending()
+    }
+
     fn gauges(&self) {
+        let mut p = self.planner.lock();
+        for r in p.take_refusals() {
+            self.metrics
+                .bgp_refusals
+                .with_label_values(&[r.as_str()])
+                .inc();
+        }
         self.metrics
             .mitigation_pending_ops
-            .set(self.queue.len() as i64);
-        self.metrics
-            .mitigations_active
-            .set(self.planner.lock().live_count() as i64);
-    }
-
-    fn persist(&self) {
-        let Some(store) = &self.store else { return };
-        let snap = self.planner.lock().snapshot();
-        if let Err(e) = store.save(&snap) {
-            tracing::error!(error = %e, "cannot save the mitigation state file");
-        }
-    }
-
-    async fn run_head(&mut self) {
-        let Some(step) = self.queue.front().cloned() else {
-            return;
-        };
-        let outcome = self.execute(&step).await;
-        let now = system_now_ms();
-        match outcome {
-            Outcome::Done => {
-                self.queue.pop_front();
-                self.backoff_attempt = 0;
-                self.planner.lock().step_done(&step, now);
-            }
-            Outcome::Rejected(e) => {
-                self.queue.pop_front();
-                self.backoff_attempt = 0;
-                tracing::error!(attack_id = step.attack.as_deref().unwrap_or("-"), op = ?step.op, error = %e, "MITIGATOR rejected the call; giving up on it");
-                self.planner.lock().step_rejected(&step, e.to_string(), now);
-            }
-            Outcome::Retry(e) => {
-                self.backoff_attempt = self.backoff_attempt.saturating_add(1);
-                let d = client::backoff(
-                    self.cfg.retry_base_ms,
-                    self.cfg.retry_max_ms,
-                    self.backoff_attempt,
-                );
-                self.next_attempt = Instant::now() + d;
-                tracing::warn!(attack_id = step.attack.as_deref().unwrap_or("-"), op = ?step.op, error = %e, retry_in_ms = d.as_millis() as u64, pending = self.queue.len(), "MITIGATOR call failed; will retry");
-                self.planner.lock().step_failed(&step, e.to_string(), now);
-            }
-        }
-        self.persist();
-    }
-
-    async fn execute(&self, step: &Step) -> Outcome {
-        if !self.planner.lock().precheck(step) {
-            return Outcome::Done;
-        }
-        let r = match &step.op {
-            Op::Engage(k) | Op::Release(k) => self.switch(step, k).await,
-            Op::TblAdd {
-                policy,
-                prefixes,
-                ttl,
-            } => match &self.client {
-                Some(c) => c.tbl_add(*policy, prefixes, *ttl).await.map(|_| {
-                    tracing::info!(
-                        attack_id = step.attack.as_deref().unwrap_or("-"),
-                        policy,
-                        count = prefixes.len(),
-                        ttl,
-                        "top sources added to MITIGATOR's temporary blacklist"
-                    );
-                }),
-                None => {
-                    tracing::info!(
-                        attack_id = step.attack.as_deref().unwrap_or("-"),
-                        "dry run: would POST tbl/items?policy={policy} {prefixes:?} ttl {ttl}"
-                    );
-                    Ok(())
-                }
-            },
-        };
-        match r {
-            Ok(()) => Outcome::Done,
-            Err(e) if e.is_permanent() => Outcome::Rejected(e),
-            Err(e) => Outcome::Retry(e),
-        }
-    }
-
-    async fn switch(&self, step: &Step, k: &plan::SwitchKey) -> Result<(), ClientError> {
-        let attack_id = step.attack.as_deref().unwrap_or("-");
-        let observed = match &self.client {
-            Some(c) => c.get_switch(&k.name, k.policy).await?,
-            None => {
-                // Dry run: assume what flowguard would find on a quiet appliance.
-                tracing::debug!("dry run: would GET {}/switch?policy={}", k.name, k.policy);
-                matches!(step.op, Op::Release(_))
-            }
-        };
-        let decision = self.planner.lock().decide(&step.op, observed);
-        match decision {
-            Decision::Put(on) => {
-                self.planner.lock().before_put(k, on);
-                if on {
-                    self.persist();
-                }
-                match &self.client {
-                    Some(c) => {
-                        c.put_switch(&k.name, k.policy, on).await?;
-                        tracing::info!(attack_id, policy = k.policy, switch = %k.name, on, "MITIGATOR switch {} {}", k.name, if on { "on" } else { "off" });
-                    }
-                    None => {
-                        tracing::info!(attack_id, policy = k.policy, switch = %k.name, on, "dry run: would PUT {}/switch?policy={} {{\"switch\":{}}}", k.name, k.policy, u8::from(on));
-                    }
-                }
-                self.planner.lock().after_put(k, on);
-            }
-            Decision::Keep(why) => {
-                if !observed {
-                    self.planner.lock().observed_off(&step.op);
-                }
-                tracing::debug!(attack_id, policy = k.policy, switch = %k.name, observed, why, "MITIGATOR switch left as it is");
-            }
-        }
-        Ok(())
+            .set(self.pending() as i64);
+        self.metrics.mitigations_active.set(p.live_count() as i64);
+        self.metrics.bgp_routes_wanted.set(p.routes_wanted() as i64);
     }
 }

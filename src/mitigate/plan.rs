@@ -1,22 +1,30 @@
 //! The mitigation planner: the pure core of the mitigate stage. No I/O, no clock.
 //!
-//! It holds the desired state (live attacks → policy and countermeasures), derives the
-//! reference count of every switch from it, and remembers which switches flowguard itself
-//! switched on ("owned"). Events become ordered [`Step`]s; the worker executes a step by
-//! reading the switch (GET) and asking [`Planner::decide`] whether to write it, so every
-//! decision is taken against the *current* desired state and the *observed* switch:
+//! It holds the desired state (live attacks → policy, countermeasures and BGP routes),
+//! derives the reference count of every [`Resource`] from it, and remembers which
+//! resources flowguard itself put in place ("owned"). A resource is a MITIGATOR switch or
+//! a BGP route; the planner treats both alike and the worker hands each to its backend.
+//! Events become ordered [`Step`]s; the worker executes a step by observing the resource
+//! (GET the switch, look the route up) and asking [`Planner::decide`] whether to write
+//! it, so every decision is taken against the *current* desired state and the *observed*
+//! resource:
 //!
-//! - a switch is switched on only when it is off; if it was already on, flowguard does not
-//!   own it and will never switch it off (an operator's countermeasure survives);
-//! - a switch is switched off only when flowguard owns it and no live attack needs it any
+//! - a resource is put in place only when it is absent; if it was already there, flowguard
+//!   does not own it and will never remove it (an operator's countermeasure or route
+//!   survives);
+//! - a resource is removed only when flowguard owns it and no live attack needs it any
 //!   more (two attacks on one policy: the policy stays on until the second ends);
 //! - countermeasures go on after the policy and off before it;
 //! - an attack's countermeasures only grow while it lasts: a Start or Update that names a
 //!   countermeasure more (a new vector of the attack) engages it, and none is released
 //!   before the attack ends (a vector that fades and returns does not flap its switch).
 //!
+//! Routes can be conditional ([`Escalation`]): wanted only while the attack's bits/s is
+//! above a level, or once it has lasted long enough. [`Planner::escalate`] re-evaluates
+//! them; the route cap (`max_routes`) is checked whenever a route becomes wanted.
+//!
 //! Restart: [`Planner::restore`] takes the state file's attacks as live ("restored") and
-//! emits steps that re-assert them and release owned switches nothing needs. Detection
+//! emits steps that re-assert them and release owned resources nothing needs. Detection
 //! starts empty after a restart, so a restored attack that is not renewed by a Start (same
 //! id, or same address) or ended by an End within the grace period is ended by
 //! [`Planner::expire_restored`].
@@ -26,11 +34,54 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::route::{Escalation, Refusal, Route, RoutePlan};
 pub use super::state::SwitchKey;
 use super::state::{PersistedAttack, PersistedState};
 
 /// The policy protection switch's name.
 pub const TOGGLE: &str = "toggle";
+
+/// Something a backend puts in place for attacks and removes when none needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// A MITIGATOR switch.
+    Switch(SwitchKey),
+    /// A route in the BGP daemon.
+    Route(Route),
+}
+
+impl Resource {
+    /// Which backend handles it.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Resource::Switch(_) => BackendKind::Mitigator,
+            Resource::Route(_) => BackendKind::Bgp,
+        }
+    }
+}
+
+/// The backends, as the planner knows them (the order of [`BackendKind::ALL`] is the
+/// index of each in the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Mitigator,
+    Bgp,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Mitigator, BackendKind::Bgp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Mitigator => "mitigator",
+            BackendKind::Bgp => "bgp",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What a start asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,14 +94,18 @@ pub struct AttackSpec {
     /// Prefixes for the temporary blacklist (empty = none).
     pub tbl: Vec<String>,
     pub tbl_ttl: u32,
+    /// The attack's bits/s in the event (escalation by rate).
+    pub bps: u64,
+    /// BGP routes it asks for, each with its condition (empty = no BGP action).
+    pub routes: Vec<RoutePlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Make sure the switch is on: GET, then PUT 1 if it is off.
-    Engage(SwitchKey),
-    /// Switch off what flowguard switched on and nothing needs: GET, then PUT 0.
-    Release(SwitchKey),
+    /// Make sure the resource is in place: observe it, then add it if it is absent.
+    Engage(Resource),
+    /// Remove what flowguard put in place and nothing needs: observe, then remove.
+    Release(Resource),
     /// Add prefixes to a policy's temporary blacklist.
     TblAdd {
         policy: u32,
@@ -59,14 +114,32 @@ pub enum Op {
     },
 }
 
+impl Op {
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Op::Engage(r) | Op::Release(r) => r.backend(),
+            Op::TblAdd { .. } => BackendKind::Mitigator,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// The attack the step is for (None: reconciliation of an orphan switch).
+    /// The attack the step is for (None: reconciliation of an orphan resource).
     pub attack: Option<String>,
     pub op: Op,
 }
 
-/// The answer to "the switch was observed in this state: write it?".
+/// A resource as observed in its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Absent,
+    Present,
+    /// Present, but not flowguard's (a route without flowguard's marker community).
+    Foreign,
+}
+
+/// The answer to "the resource was observed in this state: write it?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Put(bool),
@@ -81,6 +154,16 @@ enum Phase {
     Ended,
 }
 
+/// One planned route of an attack and where it stands.
+#[derive(Debug, Clone)]
+struct RouteRun {
+    plan: RoutePlan,
+    /// Wanted now (its condition holds, nothing refused it).
+    on: bool,
+    /// Refused: by the plan's checks, or by the route cap when it became wanted.
+    refused: Option<Refusal>,
+}
+
 #[derive(Debug, Clone)]
 struct Record {
     spec: AttackSpec,
@@ -93,34 +176,82 @@ struct Record {
     outstanding: u32,
     /// Last failure of one of its steps; cleared by the next success.
     retrying: Option<String>,
-    /// A step that MITIGATOR rejected for good (4xx).
+    /// A step that the backend rejected for good (4xx).
     rejected: Option<String>,
+    routes: Vec<RouteRun>,
     /// Top sources of the latest blacklist selection left out, and why.
     tbl_skipped: Option<(usize, String)>,
 }
 
 impl Record {
+    fn new(spec: AttackSpec, phase: Phase, started_ms: i64, now: i64) -> Record {
+        let routes = spec
+            .routes
+            .iter()
+            .map(|p| RouteRun {
+                plan: p.clone(),
+                on: false,
+                refused: p.refused,
+            })
+            .collect();
+        Record {
+            spec,
+            phase,
+            started_ms,
+            updated_ms: now,
+            restored_at: None,
+            outstanding: 0,
+            retrying: None,
+            rejected: None,
+            routes,
+            tbl_skipped: None,
+        }
+    }
+
     fn live(&self) -> bool {
         matches!(self.phase, Phase::Pending | Phase::Active)
     }
 
-    /// Policy protection first, then countermeasures in configured order.
-    fn keys(&self) -> Vec<SwitchKey> {
-        let mut v = vec![SwitchKey {
+    /// Policy protection first, then countermeasures in configured order, then the
+    /// routes wanted now.
+    fn keys(&self) -> Vec<Resource> {
+        let mut v = vec![Resource::Switch(SwitchKey {
             policy: self.spec.policy,
             name: TOGGLE.into(),
-        }];
+        })];
         for c in &self.spec.countermeasures {
-            let k = SwitchKey {
+            let k = Resource::Switch(SwitchKey {
                 policy: self.spec.policy,
                 name: c.clone(),
-            };
+            });
+            if !v.contains(&k) {
+                v.push(k);
+            }
+        }
+        for r in self.routes.iter().filter(|r| r.on) {
+            let k = Resource::Route(r.plan.route.clone());
             if !v.contains(&k) {
                 v.push(k);
             }
         }
         v
     }
+}
+
+/// One route of an attack, as the API shows it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct RouteStatus {
+    /// `blackhole` or `flowspec`.
+    pub kind: &'static str,
+    pub prefix: String,
+    pub route: String,
+    /// `waiting` (its escalation condition does not hold), `pending` (being announced),
+    /// `announced`, `failed_retrying` (the BGP daemon is unreachable or failing; retried
+    /// in the background), `withdrawing`, `withdrawn`, `refused` (see `reason`),
+    /// `not_ours` (the same route was already there, not flowguard's: left alone),
+    /// `dry_run`.
+    pub state: &'static str,
+    pub reason: Option<String>,
 }
 
 /// Mitigation state of one attack, as the API shows it.
@@ -139,6 +270,9 @@ pub struct MitigationStatus {
     /// Taken from the state file after a restart and not renewed yet.
     pub restored: bool,
     pub last_error: Option<String>,
+    /// BGP routes of the attack (none when no BGP action applies to it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
     /// Top sources the latest blacklist selection left out (0 when none or off).
     pub tbl_skipped_sources: usize,
     /// Why they were left out.
@@ -147,11 +281,25 @@ pub struct MitigationStatus {
 
 pub struct Planner {
     records: BTreeMap<String, Record>,
-    owned: BTreeSet<SwitchKey>,
+    owned: BTreeSet<Resource>,
+    /// Resources observed in place (or written) and not removed since; for the status.
+    present: BTreeSet<Resource>,
+    /// Resources found in place but not flowguard's.
+    foreign: BTreeSet<Resource>,
+    /// Last error of a resource's step, cleared by its next success.
+    errors: BTreeMap<Resource, String>,
     /// Ended attacks in the order they ended; the oldest are forgotten past `max_ended`.
     ended: VecDeque<String>,
     max_ended: usize,
     dry_run: bool,
+    /// Backends in dry run while another one is real: their resources are neither
+    /// written to the state file nor taken from it (a dry run must not claim what it never
+    /// touched); owned resources of theirs found in the file are carried through as they are.
+    dry: [bool; 2],
+    carried: Vec<Resource>,
+    max_routes: usize,
+    /// Refusals not yet counted in the metrics.
+    refusals: Vec<Refusal>,
 }
 
 impl Planner {
@@ -159,25 +307,47 @@ impl Planner {
         Planner {
             records: BTreeMap::new(),
             owned: BTreeSet::new(),
+            present: BTreeSet::new(),
+            foreign: BTreeSet::new(),
+            errors: BTreeMap::new(),
             ended: VecDeque::new(),
             max_ended,
             dry_run,
+            dry: [dry_run; 2],
+            carried: Vec::new(),
+            max_routes: usize::MAX,
+            refusals: Vec::new(),
         }
     }
 
+    /// Which backends are dry runs (when not all are: see `dry`).
+    pub fn set_dry(&mut self, kind: BackendKind, dry: bool) {
+        self.dry[kind.index()] = dry;
+    }
+
+    /// The most routes wanted at once; more are refused (and counted).
+    pub fn set_max_routes(&mut self, n: usize) {
+        self.max_routes = n;
+    }
+
+    /// Refusals since the last call, for the metrics.
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
+    }
+
     /// Live attacks that need `key`.
-    pub fn refcount(&self, key: &SwitchKey) -> usize {
+    pub fn refcount(&self, key: &Resource) -> usize {
         self.records
             .values()
             .filter(|r| r.live() && r.keys().contains(key))
             .count()
     }
 
-    pub fn owns(&self, key: &SwitchKey) -> bool {
+    pub fn owns(&self, key: &Resource) -> bool {
         self.owned.contains(key)
     }
 
-    pub fn owned(&self) -> impl Iterator<Item = &SwitchKey> {
+    pub fn owned(&self) -> impl Iterator<Item = &Resource> {
         self.owned.iter()
     }
 
@@ -186,7 +356,15 @@ impl Planner {
         self.records.values().filter(|r| r.live()).count()
     }
 
-    fn needed(&self) -> BTreeSet<SwitchKey> {
+    /// Distinct routes wanted now.
+    pub fn routes_wanted(&self) -> usize {
+        self.needed()
+            .iter()
+            .filter(|k| matches!(k, Resource::Route(_)))
+            .count()
+    }
+
+    fn needed(&self) -> BTreeSet<Resource> {
         self.records
             .values()
             .filter(|r| r.live())
@@ -194,11 +372,110 @@ impl Planner {
             .collect()
     }
 
-    /// Releases for keys needed before and not after, countermeasures before policies.
-    fn releases(before: &BTreeSet<SwitchKey>, after: &BTreeSet<SwitchKey>) -> Vec<SwitchKey> {
-        let mut v: Vec<SwitchKey> = before.difference(after).cloned().collect();
-        v.sort_by_key(|k| (k.policy, k.name == TOGGLE, k.name.clone()));
+    /// Releases for keys needed before and not after: countermeasures before policies,
+    /// routes after the switches (another backend: the order between them is moot).
+    fn releases(before: &BTreeSet<Resource>, after: &BTreeSet<Resource>) -> Vec<Resource> {
+        let mut v: Vec<Resource> = before.difference(after).cloned().collect();
+        v.sort_by_key(|k| match k {
+            Resource::Switch(s) => (0, s.policy, s.name == TOGGLE, s.name.clone()),
+            Resource::Route(_) => (1, 0, false, String::new()),
+        });
         v
+    }
+
+    /// Re-evaluates which routes of live attacks are wanted at `now`, checking the route
+    /// cap for every route that becomes wanted. Records are visited in id order, so when
+    /// the cap is reached the outcome does not depend on hash order.
+    fn evaluate_routes(&mut self, now: i64) {
+        // First what is no longer wanted, so the room it leaves counts below.
+        for r in self.records.values_mut() {
+            let live = r.live();
+            let (bps, started) = (r.spec.bps, r.started_ms);
+            for run in &mut r.routes {
+                if !(live && run.plan.when.wanted(bps, started, now)) {
+                    run.on = false;
+                    if run.refused == Some(Refusal::RouteCap) {
+                        run.refused = None;
+                    }
+                }
+            }
+        }
+        let mut wanted: BTreeSet<Route> = self
+            .records
+            .values()
+            .filter(|r| r.live())
+            .flat_map(|r| r.routes.iter().filter(|x| x.on))
+            .map(|x| x.plan.route.clone())
+            .collect();
+        for r in self.records.values_mut() {
+            let live = r.live();
+            let (bps, started) = (r.spec.bps, r.started_ms);
+            for run in &mut r.routes {
+                if run.on
+                    || run.plan.refused.is_some()
+                    || !(live && run.plan.when.wanted(bps, started, now))
+                {
+                    continue;
+                }
+                if wanted.contains(&run.plan.route) || wanted.len() < self.max_routes {
+                    wanted.insert(run.plan.route.clone());
+                    run.on = true;
+                    run.refused = None;
+                } else if run.refused.is_none() {
+                    // Counted once per route and attack, not on every re-evaluation.
+                    run.refused = Some(Refusal::RouteCap);
+                    self.refusals.push(Refusal::RouteCap);
+                }
+            }
+        }
+    }
+
+    /// Steps from the needed set `before` to the current one: engages in the order of
+    /// the records' keys (`first` first), each for the first attack that needs it;
+    /// releases for `release_owner`. Counts each step as outstanding for its attack.
+    fn transition(
+        &mut self,
+        before: &BTreeSet<Resource>,
+        first: Option<&str>,
+        release_owner: Option<&str>,
+        now: i64,
+    ) -> Vec<Step> {
+        let after = self.needed();
+        let mut order: Vec<&Record> = Vec::new();
+        if let Some(f) = first.and_then(|f| self.records.get(f)) {
+            order.push(f);
+        }
+        order.extend(
+            self.records
+                .values()
+                .filter(|r| Some(r.spec.id.as_str()) != first),
+        );
+        let mut seen = BTreeSet::new();
+        let mut steps = Vec::new();
+        for r in order.into_iter().filter(|r| r.live()) {
+            for k in r.keys() {
+                if !before.contains(&k) && after.contains(&k) && seen.insert(k.clone()) {
+                    steps.push(Step {
+                        attack: Some(r.spec.id.clone()),
+                        op: Op::Engage(k),
+                    });
+                }
+            }
+        }
+        steps.extend(Self::releases(before, &after).into_iter().map(|k| Step {
+            attack: release_owner.map(str::to_string),
+            op: Op::Release(k),
+        }));
+        let mut per: BTreeMap<String, u32> = BTreeMap::new();
+        for s in &steps {
+            if let Some(a) = &s.attack {
+                *per.entry(a.clone()).or_default() += 1;
+            }
+        }
+        for (id, n) in per {
+            self.bump(&id, n, now);
+        }
+        steps
     }
 
     fn bump(&mut self, id: &str, n: u32, now: i64) {
@@ -236,14 +513,19 @@ impl Planner {
         let id = spec.id.clone();
         if let Some(r) = self.records.get_mut(&id) {
             if r.live() {
-                // A repeated Start renews a restored attack; its switches are already
-                // wanted, so only countermeasures it names more and new blacklist entries
-                // can come of it.
+                // A repeated Start renews a restored attack; its switches and routes are
+                // already wanted, so only new blacklist entries (and escalations by the
+                // new rate) can come of it.
                 r.restored_at = None;
                 r.updated_ms = now;
-                let mut steps = self.grow(&spec);
-                steps.extend(self.tbl_steps(&spec));
-                self.bump(&id, steps.len() as u32, now);
+                r.spec.bps = spec.bps;
+                let before = self.needed();
+                self.grow(&spec);
+                self.evaluate_routes(now);
+                let mut steps = self.transition(&before, Some(&id), Some(&id), now);
+                let tbl = self.tbl_steps(&spec);
+                self.bump(&id, tbl.len() as u32, now);
+                steps.extend(tbl);
                 return steps;
             }
         }
@@ -265,38 +547,15 @@ impl Planner {
             }
             self.mark_ended(s);
         }
-        let rec = Record {
-            spec: spec.clone(),
-            phase: Phase::Pending,
-            started_ms: now,
-            updated_ms: now,
-            restored_at: None,
-            outstanding: 0,
-            retrying: None,
-            rejected: None,
-            tbl_skipped: None,
-        };
-        let keys = rec.keys();
-        self.records.insert(id.clone(), rec);
-        let after = self.needed();
-        let mut steps: Vec<Step> = keys
-            .into_iter()
-            .filter(|k| !before.contains(k))
-            .map(|k| Step {
-                attack: Some(id.clone()),
-                op: Op::Engage(k),
-            })
-            .collect();
-        steps.extend(Self::releases(&before, &after).into_iter().map(|k| Step {
-            attack: None,
-            op: Op::Release(k),
-        }));
-        steps.extend(self.tbl_steps(&spec));
-        let mine = steps
-            .iter()
-            .filter(|s| s.attack.as_deref() == Some(id.as_str()))
-            .count() as u32;
-        self.bump(&id, mine, now);
+        self.records.insert(
+            id.clone(),
+            Record::new(spec.clone(), Phase::Pending, now, now),
+        );
+        self.evaluate_routes(now);
+        let mut steps = self.transition(&before, Some(&id), None, now);
+        let tbl = self.tbl_steps(&spec);
+        self.bump(&id, tbl.len() as u32, now);
+        steps.extend(tbl);
         steps
     }
 
@@ -319,46 +578,27 @@ impl Planner {
         }]
     }
 
-    /// An Update of a live attack: countermeasures it names more (a new vector) are
-    /// engaged, new top sources blacklisted; nothing is released.
-    pub fn update(&mut self, spec: AttackSpec, now: i64) -> Vec<Step> {
-        match self.records.get(&spec.id) {
-            Some(r) if r.live() => {
-                let mut steps = self.grow(&spec);
-                steps.extend(self.tbl_steps(&spec));
-                self.bump(&spec.id, steps.len() as u32, now);
-                steps
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// Adds the countermeasures of `spec` that the live record of the same id lacks, in
-    /// `spec`'s order, and returns the engage steps for the switches nothing needed before.
-    /// The caller counts them as outstanding.
-    fn grow(&mut self, spec: &AttackSpec) -> Vec<Step> {
-        let before = self.needed();
+    /// Adds to the live record of `spec`'s id the countermeasures and routes it lacks
+    /// (in `spec`'s order); the caller's [`Self::transition`] engages what is newly needed.
+    fn grow(&mut self, spec: &AttackSpec) {
         let Some(r) = self.records.get_mut(&spec.id) else {
-            return Vec::new();
+            return;
         };
-        let mut added = false;
         for c in &spec.countermeasures {
             if !r.spec.countermeasures.contains(c) {
                 r.spec.countermeasures.push(c.clone());
-                added = true;
             }
         }
-        if !added {
-            return Vec::new();
+        for p in &spec.routes {
+            if !r.routes.iter().any(|x| x.plan.route == p.route) {
+                r.spec.routes.push(p.clone());
+                r.routes.push(RouteRun {
+                    plan: p.clone(),
+                    on: false,
+                    refused: p.refused,
+                });
+            }
         }
-        r.keys()
-            .into_iter()
-            .filter(|k| !before.contains(k))
-            .map(|k| Step {
-                attack: Some(spec.id.clone()),
-                op: Op::Engage(k),
-            })
-            .collect()
     }
 
     /// Records how many top sources the latest blacklist selection of attack `id` left out
@@ -367,6 +607,48 @@ impl Planner {
         if let Some(r) = self.records.get_mut(id) {
             r.tbl_skipped = (skipped > 0).then_some((skipped, reason));
         }
+    }
+
+    /// New top sources, rates and vectors for a live attack (Update events): blacklist
+    /// entries, countermeasures and routes it names more (a new vector; engaged, never
+    /// released before the end), and routes whose escalation condition changed with the
+    /// rate.
+    pub fn update(&mut self, spec: AttackSpec, now: i64) -> Vec<Step> {
+        match self.records.get_mut(&spec.id) {
+            Some(r) if r.live() => {
+                r.spec.bps = spec.bps;
+                let before = self.needed();
+                self.grow(&spec);
+                self.evaluate_routes(now);
+                let mut steps = self.transition(&before, Some(&spec.id), Some(&spec.id), now);
+                let tbl = self.tbl_steps(&spec);
+                self.bump(&spec.id, tbl.len() as u32, now);
+                steps.extend(tbl);
+                steps
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Time-based escalation (and routes the cap held back that now fit): call once a
+    /// second or so.
+    pub fn escalate(&mut self, now: i64) -> Vec<Step> {
+        let before = self.needed();
+        self.evaluate_routes(now);
+        self.transition(&before, None, None, now)
+    }
+
+    /// Engage steps for every route flowguard announced and still wants: the BGP daemon
+    /// may have lost them (it was restarted) and the engage re-adds what is missing.
+    pub fn reassert_routes(&self) -> Vec<Step> {
+        self.needed()
+            .into_iter()
+            .filter(|k| matches!(k, Resource::Route(_)) && self.owned.contains(k))
+            .map(|k| Step {
+                attack: None,
+                op: Op::Engage(k),
+            })
+            .collect()
     }
 
     /// An attack ends. Unknown or already ended attacks produce nothing.
@@ -378,16 +660,14 @@ impl Planner {
         if let Some(r) = self.records.get_mut(id) {
             r.phase = Phase::Ending;
             r.restored_at = None;
+            for run in &mut r.routes {
+                run.on = false;
+            }
         }
-        let after = self.needed();
-        let steps: Vec<Step> = Self::releases(&before, &after)
-            .into_iter()
-            .map(|k| Step {
-                attack: Some(id.to_string()),
-                op: Op::Release(k),
-            })
-            .collect();
-        self.bump(id, steps.len() as u32, now);
+        // What the cap held back for other attacks may fit now.
+        self.evaluate_routes(now);
+        let steps = self.transition(&before, None, Some(id), now);
+        self.bump(id, 0, now);
         if self
             .records
             .get(id)
@@ -410,33 +690,43 @@ impl Planner {
     }
 
     /// Loads the state file's content (at start) and returns the reconciliation steps:
-    /// re-assert every restored attack's switches, release owned switches nothing needs.
+    /// re-assert every restored attack's switches and routes, release owned ones nothing
+    /// needs.
     pub fn restore(&mut self, st: PersistedState, now: i64) -> Vec<Step> {
         for a in st.attacks {
             let id = a.id.clone();
-            self.records.insert(
-                id,
-                Record {
-                    spec: AttackSpec {
-                        id: a.id,
-                        ip: a.ip,
-                        policy: a.policy,
-                        countermeasures: a.countermeasures,
-                        tbl: Vec::new(),
-                        tbl_ttl: 0,
-                    },
-                    phase: Phase::Pending,
-                    started_ms: a.started_ms,
-                    updated_ms: now,
-                    restored_at: Some(now),
-                    outstanding: 0,
-                    retrying: None,
-                    rejected: None,
-                    tbl_skipped: None,
-                },
-            );
+            let routes = if self.dry[BackendKind::Bgp.index()] {
+                Vec::new()
+            } else {
+                a.routes
+            };
+            let spec = AttackSpec {
+                id: a.id,
+                ip: a.ip,
+                policy: a.policy,
+                countermeasures: a.countermeasures,
+                tbl: Vec::new(),
+                tbl_ttl: 0,
+                bps: a.bps,
+                routes,
+            };
+            let mut rec = Record::new(spec, Phase::Pending, a.started_ms, now);
+            rec.restored_at = Some(now);
+            self.records.insert(id, rec);
         }
-        self.owned.extend(st.owned);
+        let owned = st
+            .owned
+            .into_iter()
+            .map(Resource::Switch)
+            .chain(st.owned_routes.into_iter().map(Resource::Route));
+        for k in owned {
+            if self.dry[k.backend().index()] {
+                self.carried.push(k);
+            } else {
+                self.owned.insert(k);
+            }
+        }
+        self.evaluate_routes(now);
         let mut steps = Vec::new();
         let mut seen = BTreeSet::new();
         let ids: Vec<String> = self.records.keys().cloned().collect();
@@ -455,7 +745,7 @@ impl Planner {
             self.bump(&id, n, now);
         }
         let needed = self.needed();
-        let orphans: BTreeSet<SwitchKey> = self.owned.difference(&needed).cloned().collect();
+        let orphans: BTreeSet<Resource> = self.owned.difference(&needed).cloned().collect();
         steps.extend(
             Self::releases(&orphans, &BTreeSet::new())
                 .into_iter()
@@ -469,6 +759,13 @@ impl Planner {
 
     /// What to write to the state file.
     pub fn snapshot(&self) -> PersistedState {
+        let kept = |k: &&Resource| !self.dry[k.backend().index()];
+        let owned: Vec<&Resource> = self
+            .owned
+            .iter()
+            .filter(kept)
+            .chain(&self.carried)
+            .collect();
         PersistedState {
             version: 0,
             attacks: self
@@ -481,14 +778,33 @@ impl Planner {
                     policy: r.spec.policy,
                     countermeasures: r.spec.countermeasures.clone(),
                     started_ms: r.started_ms,
+                    bps: r.spec.bps,
+                    routes: if self.dry[BackendKind::Bgp.index()] {
+                        Vec::new()
+                    } else {
+                        r.spec.routes.clone()
+                    },
                 })
                 .collect(),
-            owned: self.owned.iter().cloned().collect(),
+            owned: owned
+                .iter()
+                .filter_map(|k| match k {
+                    Resource::Switch(s) => Some(s.clone()),
+                    Resource::Route(_) => None,
+                })
+                .collect(),
+            owned_routes: owned
+                .iter()
+                .filter_map(|k| match k {
+                    Resource::Route(r) => Some(r.clone()),
+                    Resource::Switch(_) => None,
+                })
+                .collect(),
         }
     }
 
-    /// Does the step still need any call? An engage for a switch nothing needs any more
-    /// (the attack ended before the step ran) and a release of a switch that is needed
+    /// Does the step still need any call? An engage for a resource nothing needs any more
+    /// (the attack ended before the step ran) and a release of a resource that is needed
     /// again are dropped without a call.
     pub fn precheck(&self, step: &Step) -> bool {
         match &step.op {
@@ -501,31 +817,35 @@ impl Planner {
         }
     }
 
-    /// Given the observed state of the step's switch, write it or leave it.
-    pub fn decide(&self, op: &Op, observed_on: bool) -> Decision {
+    /// Given the observed state of the step's resource, write it or leave it.
+    pub fn decide(&self, op: &Op, seen: Seen) -> Decision {
         match op {
             Op::Engage(k) => {
                 if self.refcount(k) == 0 {
                     Decision::Keep("no longer needed")
-                } else if observed_on {
-                    Decision::Keep(if self.owned.contains(k) {
-                        "already on (flowguard's)"
-                    } else {
-                        "already on (not flowguard's: will be left on)"
-                    })
                 } else {
-                    Decision::Put(true)
+                    match seen {
+                        Seen::Absent => Decision::Put(true),
+                        Seen::Present if self.owned.contains(k) => {
+                            Decision::Keep("already on (flowguard's)")
+                        }
+                        Seen::Present | Seen::Foreign => {
+                            Decision::Keep("already on (not flowguard's: will be left on)")
+                        }
+                    }
                 }
             }
             Op::Release(k) => {
                 if self.refcount(k) > 0 {
                     Decision::Keep("still needed by another attack")
                 } else if !self.owned.contains(k) {
-                    Decision::Keep("not switched on by flowguard: left as it is")
-                } else if observed_on {
-                    Decision::Put(false)
+                    Decision::Keep("not put in place by flowguard: left as it is")
                 } else {
-                    Decision::Keep("already off")
+                    match seen {
+                        Seen::Present => Decision::Put(false),
+                        Seen::Absent => Decision::Keep("already off"),
+                        Seen::Foreign => Decision::Keep("replaced by someone else: left as it is"),
+                    }
                 }
             }
             Op::TblAdd { .. } => Decision::Keep("not a switch"),
@@ -533,27 +853,49 @@ impl Planner {
     }
 
     /// Record the outcome of a read (and of the write `decide` asked for, if any).
-    /// A switch flowguard is about to switch on is owned *before* the write, so that a
-    /// crash between the write and the next state-file save cannot leave it on forever.
-    pub fn before_put(&mut self, key: &SwitchKey, on: bool) {
+    /// A resource flowguard is about to put in place is owned *before* the write, so that
+    /// a crash between the write and the next state-file save cannot leave it on forever.
+    pub fn before_put(&mut self, key: &Resource, on: bool) {
         if on {
             self.owned.insert(key.clone());
         }
     }
 
-    pub fn after_put(&mut self, key: &SwitchKey, on: bool) {
-        if !on {
+    pub fn after_put(&mut self, key: &Resource, on: bool) {
+        self.foreign.remove(key);
+        if on {
+            self.present.insert(key.clone());
+        } else {
             self.owned.remove(key);
+            self.present.remove(key);
         }
     }
 
-    /// A release found the owned switch already off (someone else switched it off):
-    /// flowguard no longer owns it.
-    pub fn observed_off(&mut self, op: &Op) {
-        if let Op::Release(k) = op {
-            if self.refcount(k) == 0 {
-                self.owned.remove(k);
+    /// The step left the resource as it was observed. A release that found the owned
+    /// resource gone (someone else removed it) or replaced: flowguard no longer owns it.
+    /// An engage that found an owned one missing would have put it back instead.
+    pub fn observed(&mut self, op: &Op, seen: Seen) {
+        let (Op::Engage(k) | Op::Release(k)) = op else {
+            return;
+        };
+        match seen {
+            Seen::Absent => {
+                self.present.remove(k);
+                self.foreign.remove(k);
             }
+            Seen::Present => {
+                self.present.insert(k.clone());
+                if !self.owned.contains(k) {
+                    self.foreign.insert(k.clone());
+                }
+            }
+            Seen::Foreign => {
+                self.present.remove(k);
+                self.foreign.insert(k.clone());
+            }
+        }
+        if matches!(op, Op::Release(_)) && seen != Seen::Present && self.refcount(k) == 0 {
+            self.owned.remove(k);
         }
     }
 
@@ -562,12 +904,22 @@ impl Planner {
         self.finish(step, now, None);
     }
 
-    /// MITIGATOR rejected the step for good; it is dropped.
+    /// The backend rejected the step for good; it is dropped.
     pub fn step_rejected(&mut self, step: &Step, err: String, now: i64) {
         self.finish(step, now, Some(err));
     }
 
     fn finish(&mut self, step: &Step, now: i64, rejected: Option<String>) {
+        if let Op::Engage(k) | Op::Release(k) = &step.op {
+            match &rejected {
+                Some(e) => {
+                    self.errors.insert(k.clone(), e.clone());
+                }
+                None => {
+                    self.errors.remove(k);
+                }
+            }
+        }
         let Some(id) = &step.attack else { return };
         let Some(r) = self.records.get_mut(id) else {
             return;
@@ -589,6 +941,9 @@ impl Planner {
 
     /// The step failed and will be retried.
     pub fn step_failed(&mut self, step: &Step, err: String, now: i64) {
+        if let Op::Engage(k) | Op::Release(k) = &step.op {
+            self.errors.insert(k.clone(), err.clone());
+        }
         if let Some(r) = step.attack.as_ref().and_then(|id| self.records.get_mut(id)) {
             r.retrying = Some(err);
             r.updated_ms = now;
@@ -601,6 +956,49 @@ impl Planner {
 
     pub fn all(&self) -> Vec<MitigationStatus> {
         self.records.values().map(|r| self.status_of(r)).collect()
+    }
+
+    fn route_status(&self, r: &Record, run: &RouteRun) -> RouteStatus {
+        let k = Resource::Route(run.plan.route.clone());
+        let err = self.errors.get(&k);
+        let (state, reason) = if let Some(why) = run.refused {
+            ("refused", Some(why.as_str().to_string()))
+        } else if r.live() && !run.on {
+            ("waiting", Some(escalation_text(&run.plan.when)))
+        } else if self.dry[BackendKind::Bgp.index()] {
+            (if run.on { "dry_run" } else { "withdrawn" }, None)
+        } else if run.on && r.live() {
+            if self.foreign.contains(&k) {
+                ("not_ours", None)
+            } else if err.is_some() {
+                ("failed_retrying", err.cloned())
+            } else if self.present.contains(&k) && self.owned.contains(&k) {
+                ("announced", None)
+            } else {
+                ("pending", None)
+            }
+        } else if self.refcount(&k) > 0 {
+            // Ended here, still announced for another attack.
+            ("withdrawn", Some("still wanted by another attack".into()))
+        } else if self.owned.contains(&k) {
+            (
+                if err.is_some() {
+                    "failed_retrying"
+                } else {
+                    "withdrawing"
+                },
+                err.cloned(),
+            )
+        } else {
+            ("withdrawn", None)
+        };
+        RouteStatus {
+            kind: run.plan.route.kind(),
+            prefix: run.plan.route.prefix().to_string(),
+            route: run.plan.route.describe(),
+            state,
+            reason,
+        }
     }
 
     fn status_of(&self, r: &Record) -> MitigationStatus {
@@ -628,27 +1026,47 @@ impl Planner {
             updated_ms: r.updated_ms,
             restored: r.restored_at.is_some(),
             last_error: r.retrying.clone().or_else(|| r.rejected.clone()),
+            routes: r.routes.iter().map(|x| self.route_status(r, x)).collect(),
             tbl_skipped_sources: r.tbl_skipped.as_ref().map_or(0, |t| t.0),
             tbl_skip_reason: r.tbl_skipped.as_ref().map(|t| t.1.clone()),
         }
     }
 }
 
+fn escalation_text(e: &Escalation) -> String {
+    let mut v = Vec::new();
+    if let Some(b) = e.above_bps {
+        v.push(format!("while above {b} bps"));
+    }
+    if let Some(a) = e.after_ms {
+        v.push(format!("after {} s", a / 1000));
+    }
+    v.join(" or ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mitigate::route::{Escalation, Refusal, Route, RoutePlan};
 
     /// A fake appliance: switch states, and the writes made, in order.
     #[derive(Default)]
     struct World {
-        on: BTreeSet<SwitchKey>,
+        on: BTreeSet<Resource>,
         puts: Vec<String>,
     }
 
-    fn key(policy: u32, name: &str) -> SwitchKey {
-        SwitchKey {
+    fn key(policy: u32, name: &str) -> Resource {
+        Resource::Switch(SwitchKey {
             policy,
             name: name.into(),
+        })
+    }
+
+    fn show(k: &Resource) -> String {
+        match k {
+            Resource::Switch(s) => format!("{}:{}", s.policy, s.name),
+            Resource::Route(r) => r.describe(),
         }
     }
 
@@ -661,7 +1079,11 @@ mod tests {
             }
             match &s.op {
                 Op::Engage(k) | Op::Release(k) => {
-                    let observed = w.on.contains(k);
+                    let observed = if w.on.contains(k) {
+                        Seen::Present
+                    } else {
+                        Seen::Absent
+                    };
                     match p.decide(&s.op, observed) {
                         Decision::Put(on) => {
                             p.before_put(k, on);
@@ -670,15 +1092,10 @@ mod tests {
                             } else {
                                 w.on.remove(k);
                             }
-                            w.puts
-                                .push(format!("{}:{}:{}", k.policy, k.name, u8::from(on)));
+                            w.puts.push(format!("{}:{}", show(k), u8::from(on)));
                             p.after_put(k, on);
                         }
-                        Decision::Keep(_) => {
-                            if !observed {
-                                p.observed_off(&s.op);
-                            }
-                        }
+                        Decision::Keep(_) => p.observed(&s.op, observed),
                     }
                 }
                 Op::TblAdd {
@@ -697,6 +1114,8 @@ mod tests {
             countermeasures: cms.iter().map(|s| s.to_string()).collect(),
             tbl: Vec::new(),
             tbl_ttl: 0,
+            bps: 0,
+            routes: Vec::new(),
         }
     }
 
@@ -980,5 +1399,249 @@ mod tests {
         assert!(p.status("a0").is_none());
         assert!(p.status("a1").is_none());
         assert_eq!(p.status("a3").unwrap().state, "ended");
+    }
+
+    fn blackhole(ip: &str) -> RoutePlan {
+        RoutePlan {
+            route: Route::Blackhole {
+                prefix: format!("{ip}/32").parse().unwrap(),
+                next_hop: "192.0.2.1".parse().unwrap(),
+                communities: vec!["65535:666".into()],
+            },
+            when: Escalation::default(),
+            refused: None,
+        }
+    }
+
+    fn with_routes(mut s: AttackSpec, routes: Vec<RoutePlan>, bps: u64) -> AttackSpec {
+        s.routes = routes;
+        s.bps = bps;
+        s
+    }
+
+    fn route_states(p: &Planner, id: &str) -> Vec<&'static str> {
+        p.status(id)
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| r.state)
+            .collect()
+    }
+
+    #[test]
+    fn routes_are_reference_counted_like_switches() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let bh = blackhole("192.0.2.1");
+        // Two attacks on one host (two directions, say) want the same route.
+        let s = p.start(
+            with_routes(spec("a", "192.0.2.1", 1, &[]), vec![bh.clone()], 0),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let s = p.start(
+            with_routes(spec("b", "192.0.2.1", 1, &[]), vec![bh.clone()], 0),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let r = Resource::Route(bh.route.clone());
+        assert_eq!(p.refcount(&r), 2);
+        assert_eq!(route_states(&p, "a"), ["announced"]);
+        let s = p.end("a", 1);
+        run(&mut p, &mut w, s);
+        assert!(w.on.contains(&r), "still wanted by b");
+        let s = p.end("b", 2);
+        run(&mut p, &mut w, s);
+        assert!(!w.on.contains(&r));
+        assert_eq!(route_states(&p, "b"), ["withdrawn"]);
+        let bh_puts: Vec<String> = take(&mut w)
+            .into_iter()
+            .filter(|x| x.starts_with("blackhole"))
+            .collect();
+        assert_eq!(
+            bh_puts,
+            [
+                "blackhole 192.0.2.1/32 next-hop 192.0.2.1 communities 65535:666:1",
+                "blackhole 192.0.2.1/32 next-hop 192.0.2.1 communities 65535:666:0"
+            ]
+        );
+    }
+
+    #[test]
+    fn escalation_by_rate_follows_updates_and_by_time_follows_escalate() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let mut by_rate = blackhole("192.0.2.1");
+        by_rate.when.above_bps = Some(1_000);
+        let mut by_time = blackhole("192.0.2.2");
+        by_time.when.after_ms = Some(10_000);
+        let a = with_routes(spec("a", "192.0.2.1", 1, &[]), vec![by_rate.clone()], 10);
+        let s = p.start(a.clone(), 0);
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["waiting"]);
+        let s = p.update(
+            AttackSpec {
+                bps: 5_000,
+                ..a.clone()
+            },
+            1,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["announced"]);
+        let s = p.update(
+            AttackSpec {
+                bps: 999,
+                ..a.clone()
+            },
+            2,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "a"), ["waiting"]);
+        assert!(!w.on.contains(&Resource::Route(by_rate.route.clone())));
+
+        let b = with_routes(spec("b", "192.0.2.2", 1, &[]), vec![by_time.clone()], 0);
+        let s = p.start(b, 1_000);
+        run(&mut p, &mut w, s);
+        assert!(p.escalate(10_999).is_empty());
+        let s = p.escalate(11_000);
+        assert_eq!(s.len(), 1, "{s:?}");
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["announced"]);
+        let s = p.end("b", 12_000);
+        run(&mut p, &mut w, s);
+        assert!(!w.on.contains(&Resource::Route(by_time.route)));
+    }
+
+    #[test]
+    fn the_route_cap_refuses_counts_once_and_takes_back_up_when_room_frees() {
+        let mut p = Planner::new(false, 10);
+        p.set_max_routes(1);
+        let mut w = World::default();
+        let s = p.start(
+            with_routes(
+                spec("a", "192.0.2.1", 1, &[]),
+                vec![blackhole("192.0.2.1")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let s = p.start(
+            with_routes(
+                spec("b", "192.0.2.2", 1, &[]),
+                vec![blackhole("192.0.2.2")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["refused"]);
+        assert!(p.escalate(1).is_empty());
+        assert_eq!(p.take_refusals(), [Refusal::RouteCap]);
+        let s = p.end("a", 2);
+        run(&mut p, &mut w, s);
+        assert_eq!(route_states(&p, "b"), ["announced"]);
+        assert_eq!(p.routes_wanted(), 1);
+        assert!(p.take_refusals().is_empty());
+    }
+
+    #[test]
+    fn refused_plans_are_never_announced() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let mut r = blackhole("203.0.113.1");
+        r.refused = Some(Refusal::OutsideProtected);
+        let s = p.start(with_routes(spec("a", "203.0.113.1", 1, &[]), vec![r], 0), 0);
+        run(&mut p, &mut w, s);
+        assert!(w.on.iter().all(|k| matches!(k, Resource::Switch(_))));
+        let st = p.status("a").unwrap();
+        assert_eq!(st.routes[0].state, "refused");
+        assert_eq!(st.routes[0].reason.as_deref(), Some("outside_protected"));
+    }
+
+    #[test]
+    fn restart_reasserts_routes_withdraws_orphans_and_leaves_foreign_ones() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let keep = blackhole("192.0.2.1");
+        let orphan = blackhole("192.0.2.2");
+        let foreign = blackhole("192.0.2.3");
+        // Someone else's route for .3 is there before the attack on it.
+        w.on.insert(Resource::Route(foreign.route.clone()));
+        for (id, ip, r) in [
+            ("a", "192.0.2.1", &keep),
+            ("b", "192.0.2.2", &orphan),
+            ("c", "192.0.2.3", &foreign),
+        ] {
+            let s = p.start(with_routes(spec(id, ip, 1, &[]), vec![r.clone()], 0), 0);
+            run(&mut p, &mut w, s);
+        }
+        assert!(!p.owns(&Resource::Route(foreign.route.clone())));
+        // b ends, but the process dies before the withdrawal runs; the BGP daemon is
+        // restarted too and loses a's route.
+        let _lost = p.end("b", 1);
+        let saved = p.snapshot();
+        assert_eq!(saved.owned_routes.len(), 2);
+        w.on.remove(&Resource::Route(keep.route.clone()));
+        take(&mut w);
+        let mut q = Planner::new(false, 10);
+        let s = q.restore(saved, 100);
+        run(&mut q, &mut w, s);
+        let puts = take(&mut w);
+        assert!(
+            puts.contains(&format!("{}:1", keep.route.describe())),
+            "{puts:?}"
+        );
+        assert!(
+            puts.contains(&format!("{}:0", orphan.route.describe())),
+            "{puts:?}"
+        );
+        assert!(!puts
+            .iter()
+            .any(|x| x.starts_with(&foreign.route.describe())));
+        // The periodic re-assertion covers a's route only (c's is not flowguard's).
+        let re = q.reassert_routes();
+        assert_eq!(re.len(), 1);
+        // Nobody renews them: the end withdraws a's, leaves c's foreign route.
+        let s = q.expire_restored(100 + 600, 600);
+        run(&mut q, &mut w, s);
+        assert!(w.on.contains(&Resource::Route(foreign.route)));
+        assert!(!w.on.contains(&Resource::Route(keep.route)));
+    }
+
+    #[test]
+    fn a_dry_backend_keeps_its_resources_out_of_the_state_file() {
+        let mut p = Planner::new(false, 10);
+        p.set_dry(BackendKind::Mitigator, true);
+        let mut w = World::default();
+        let s = p.start(
+            with_routes(
+                spec("a", "192.0.2.1", 1, &["tcp"]),
+                vec![blackhole("192.0.2.1")],
+                0,
+            ),
+            0,
+        );
+        run(&mut p, &mut w, s);
+        let snap = p.snapshot();
+        assert!(snap.owned.is_empty(), "dry-run switches are not claimed");
+        assert_eq!(snap.owned_routes.len(), 1);
+        // And a switch owned by an earlier real run is carried through untouched.
+        let mut saved = snap.clone();
+        saved.owned.push(SwitchKey {
+            policy: 9,
+            name: "tcp".into(),
+        });
+        let mut q = Planner::new(false, 10);
+        q.set_dry(BackendKind::Mitigator, true);
+        let s = q.restore(saved, 0);
+        assert!(!s.iter().any(|x| x.op == Op::Release(key(9, "tcp"))));
+        assert_eq!(
+            q.snapshot().owned,
+            [SwitchKey {
+                policy: 9,
+                name: "tcp".into()
+            }]
+        );
     }
 }

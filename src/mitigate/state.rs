@@ -1,5 +1,5 @@
 //! The mitigation state file: which attacks are being mitigated and which switches
-//! flowguard itself switched on, so that a restart (or a crash) neither forgets an active
+//! flowguard itself switched on (and which BGP routes it announced), so that a restart (or a crash) neither forgets an active
 //! mitigation nor leaves one on forever.
 //!
 //! Owns the file format and its atomic replacement (temp file, fsync, rename, fsync of the
@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::route::{Route, RoutePlan};
 
 /// File name inside `[state] dir`.
 pub const FILE_NAME: &str = "mitigation.json";
@@ -41,6 +43,13 @@ pub struct PersistedAttack {
     pub policy: u32,
     pub countermeasures: Vec<String>,
     pub started_ms: i64,
+    /// Last bits/s seen (escalation by rate after a restart). Absent in files written
+    /// before BGP actions existed, as are `routes`.
+    #[serde(default)]
+    pub bps: u64,
+    /// The BGP routes the attack asks for, with their conditions.
+    #[serde(default)]
+    pub routes: Vec<RoutePlan>,
 }
 
 /// What survives a restart: the attacks still in force and the switches flowguard owns.
@@ -50,6 +59,9 @@ pub struct PersistedState {
     pub attacks: Vec<PersistedAttack>,
     /// Switches flowguard switched on (or is about to): only these are ever switched off.
     pub owned: Vec<SwitchKey>,
+    /// BGP routes flowguard announced (or is about to): only these are ever withdrawn.
+    #[serde(default)]
+    pub owned_routes: Vec<Route>,
 }
 
 /// The state file of one state directory.
@@ -146,11 +158,14 @@ mod tests {
                 policy: 3,
                 countermeasures: vec!["tcp".into()],
                 started_ms: 5,
+                bps: 0,
+                routes: Vec::new(),
             }],
             owned: vec![SwitchKey {
                 policy: 3,
                 name: "toggle".into(),
             }],
+            owned_routes: Vec::new(),
         };
         store.save(&st).unwrap();
         let back = store.load().unwrap().unwrap();

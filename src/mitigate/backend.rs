@@ -1,0 +1,369 @@
+//! The seam between the planner and the systems that mitigate: a [`Backend`] observes,
+//! writes and removes [`Resource`]s of one kind, and one [`Lane`] per backend executes
+//! that backend's steps one at a time, in order, retrying the head in the background
+//! while the backend is unreachable (never dropping it).
+//!
+//! Lanes are independent: MITIGATOR being down (the link in front of it saturated, say)
+//! never holds back a blackhole route, and the other way round. The decision logic
+//! (observe, then [`Planner::decide`], then write) is here once, for every backend.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{ClientError, MitigatorClient};
+use super::config::MitigatorConfig;
+use super::plan::{BackendKind, Decision, Op, Planner, Resource, Seen, Step};
+use super::state::StateStore;
+use crate::clock::system_now_ms;
+use crate::metrics::Metrics;
+
+/// A failed step: retried in the background unless `permanent` (the backend refused it
+/// for good, e.g. a 4xx from MITIGATOR).
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl StepError {
+    pub fn retry(message: String) -> StepError {
+        StepError {
+            message,
+            permanent: false,
+        }
+    }
+    pub fn reject(message: String) -> StepError {
+        StepError {
+            message,
+            permanent: true,
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<ClientError> for StepError {
+    fn from(e: ClientError) -> StepError {
+        StepError {
+            permanent: e.is_permanent(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One mitigation system. A new backend implements this and gets the planner's
+/// reference counts, ownership, state file and reconciliation for free.
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+    /// Log the writes instead of making them.
+    fn dry_run(&self) -> bool;
+    /// Pause before the `attempt`-th retry of a failed step.
+    fn backoff(&self, attempt: u32) -> Duration;
+    /// The write in words, for logs (`switch tcp on policy 1`, `announce blackhole ...`).
+    fn describe(&self, r: &Resource, on: bool) -> String;
+    /// Is the resource in place?
+    fn observe(&self, r: &Resource) -> impl Future<Output = Result<Seen, StepError>> + Send;
+    /// Put it in place (`on`) or remove it.
+    fn write(&self, r: &Resource, on: bool) -> impl Future<Output = Result<(), StepError>> + Send;
+    /// A one-shot operation of this backend (MITIGATOR's temporary blacklist).
+    fn act(&self, op: &Op, attack: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// What every lane shares: the planner and the state file.
+pub struct Shared {
+    pub planner: Arc<Mutex<Planner>>,
+    pub store: Option<StateStore>,
+    /// Saves from several lanes must not interleave (they share the temp file).
+    save: Mutex<()>,
+    metrics: Arc<Metrics>,
+    /// Every backend's queue, for the pending-operations gauge.
+    lanes: Vec<Arc<Lane>>,
+}
+
+impl Shared {
+    pub fn new(
+        planner: Arc<Mutex<Planner>>,
+        store: Option<StateStore>,
+        metrics: Arc<Metrics>,
+        lanes: Vec<Arc<Lane>>,
+    ) -> Shared {
+        Shared {
+            planner,
+            store,
+            save: Mutex::new(()),
+            metrics,
+            lanes,
+        }
+    }
+
+    /// Steps queued in all lanes; also sets the gauge, so it reads 0 as soon as the last
+    /// step is done.
+    pub fn pending(&self) -> usize {
+        let n: usize = self.lanes.iter().map(|l| l.len()).sum();
+        self.metrics.mitigation_pending_ops.set(n as i64);
+        n
+    }
+
+    pub fn persist(&self) {
+        let Some(store) = &self.store else { return };
+        let _g = self.save.lock();
+        let snap = self.planner.lock().snapshot();
+        if let Err(e) = store.save(&snap) {
+            tracing::error!(error = %e, "cannot save the mitigation state file");
+        }
+    }
+}
+
+/// The queue of one backend's steps.
+#[derive(Default)]
+pub struct Lane {
+    queue: Mutex<VecDeque<Step>>,
+    wake: Notify,
+}
+
+impl Lane {
+    pub fn push(&self, steps: impl IntoIterator<Item = Step>) {
+        let mut q = self.queue.lock();
+        let n = q.len();
+        q.extend(steps);
+        if q.len() > n {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+enum Outcome {
+    Done,
+    Rejected(StepError),
+    Retry(StepError),
+}
+
+/// Executes `lane`'s steps with `b` until `shutdown`; whatever is still queued then is
+/// in the state file (live attacks, owned resources) and is reconciled at the next start.
+pub async fn run_lane<B: Backend>(
+    b: B,
+    lane: Arc<Lane>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt = 0u32;
+    let name = b.kind().as_str();
+    loop {
+        let woken = lane.wake.notified();
+        let head = lane.queue.lock().front().cloned();
+        let Some(step) = head else {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = woken => continue,
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            o = execute(&b, &step, &shared) => o,
+        };
+        let now = system_now_ms();
+        let attack = step.attack.as_deref().unwrap_or("-");
+        match outcome {
+            Outcome::Done => {
+                lane.queue.lock().pop_front();
+                shared.pending();
+                attempt = 0;
+                shared.planner.lock().step_done(&step, now);
+            }
+            Outcome::Rejected(e) => {
+                lane.queue.lock().pop_front();
+                shared.pending();
+                attempt = 0;
+                tracing::error!(backend = name, attack_id = attack, op = ?step.op, error = %e, "the backend rejected the call; giving up on it");
+                shared
+                    .planner
+                    .lock()
+                    .step_rejected(&step, e.to_string(), now);
+            }
+            Outcome::Retry(e) => {
+                attempt = attempt.saturating_add(1);
+                let d = b.backoff(attempt);
+                tracing::warn!(backend = name, attack_id = attack, op = ?step.op, error = %e, retry_in_ms = d.as_millis() as u64, pending = lane.len(), "call failed; will retry");
+                shared.planner.lock().step_failed(&step, e.to_string(), now);
+                shared.persist();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(d) => {}
+                }
+                continue;
+            }
+        }
+        shared.persist();
+    }
+    tracing::info!(
+        backend = name,
+        pending = lane.len(),
+        "mitigation backend stopped"
+    );
+}
+
+async fn execute<B: Backend>(b: &B, step: &Step, shared: &Shared) -> Outcome {
+    if !shared.planner.lock().precheck(step) {
+        return Outcome::Done;
+    }
+    let r = match &step.op {
+        Op::Engage(k) | Op::Release(k) => resource(b, step, k, shared).await,
+        op => b.act(op, step.attack.as_deref().unwrap_or("-")).await,
+    };
+    match r {
+        Ok(()) => Outcome::Done,
+        Err(e) if e.permanent => Outcome::Rejected(e),
+        Err(e) => Outcome::Retry(e),
+    }
+}
+
+async fn resource<B: Backend>(
+    b: &B,
+    step: &Step,
+    k: &Resource,
+    shared: &Shared,
+) -> Result<(), StepError> {
+    let attack_id = step.attack.as_deref().unwrap_or("-");
+    let backend = b.kind().as_str();
+    let seen = if b.dry_run() {
+        // Dry run: assume what flowguard would find on a quiet system.
+        if matches!(step.op, Op::Release(_)) {
+            Seen::Present
+        } else {
+            Seen::Absent
+        }
+    } else {
+        b.observe(k).await?
+    };
+    let decision = shared.planner.lock().decide(&step.op, seen);
+    match decision {
+        Decision::Put(on) => {
+            shared.planner.lock().before_put(k, on);
+            if on {
+                shared.persist();
+            }
+            let what = b.describe(k, on);
+            if b.dry_run() {
+                tracing::info!(backend, attack_id, on, "dry run: would {what}");
+            } else {
+                b.write(k, on).await?;
+                tracing::info!(backend, attack_id, on, "{what}");
+            }
+            shared.planner.lock().after_put(k, on);
+        }
+        Decision::Keep(why) => {
+            shared.planner.lock().observed(&step.op, seen);
+            tracing::debug!(backend, attack_id, resource = ?k, ?seen, why, "left as it is");
+        }
+    }
+    Ok(())
+}
+
+/// MITIGATOR behind the [`Backend`] seam: switches are resources, the temporary
+/// blacklist a one-shot operation.
+pub struct Mitigator {
+    pub cfg: MitigatorConfig,
+    /// None in dry run.
+    pub client: Option<MitigatorClient>,
+}
+
+fn switch_of(r: &Resource) -> Result<&super::plan::SwitchKey, StepError> {
+    match r {
+        Resource::Switch(k) => Ok(k),
+        Resource::Route(_) => Err(StepError::reject("not a MITIGATOR switch".into())),
+    }
+}
+
+impl Backend for Mitigator {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mitigator
+    }
+
+    fn dry_run(&self) -> bool {
+        self.client.is_none()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        super::client::backoff(self.cfg.retry_base_ms, self.cfg.retry_max_ms, attempt)
+    }
+
+    fn describe(&self, r: &Resource, on: bool) -> String {
+        match r {
+            Resource::Switch(k) => format!(
+                "PUT {}/switch?policy={} {{\"switch\":{}}} (MITIGATOR switch {} {})",
+                k.name,
+                k.policy,
+                u8::from(on),
+                k.name,
+                if on { "on" } else { "off" }
+            ),
+            Resource::Route(_) => String::new(),
+        }
+    }
+
+    async fn observe(&self, r: &Resource) -> Result<Seen, StepError> {
+        let k = switch_of(r)?;
+        let Some(c) = &self.client else {
+            return Ok(Seen::Absent);
+        };
+        let on = c.get_switch(&k.name, k.policy).await?;
+        Ok(if on { Seen::Present } else { Seen::Absent })
+    }
+
+    async fn write(&self, r: &Resource, on: bool) -> Result<(), StepError> {
+        let k = switch_of(r)?;
+        if let Some(c) = &self.client {
+            c.put_switch(&k.name, k.policy, on).await?;
+        }
+        Ok(())
+    }
+
+    async fn act(&self, op: &Op, attack_id: &str) -> Result<(), StepError> {
+        let Op::TblAdd {
+            policy,
+            prefixes,
+            ttl,
+        } = op
+        else {
+            return Ok(());
+        };
+        match &self.client {
+            Some(c) => {
+                c.tbl_add(*policy, prefixes, *ttl).await?;
+                tracing::info!(
+                    attack_id,
+                    policy,
+                    count = prefixes.len(),
+                    ttl,
+                    "top sources added to MITIGATOR's temporary blacklist"
+                );
+            }
+            None => tracing::info!(
+                attack_id,
+                "dry run: would POST tbl/items?policy={policy} {prefixes:?} ttl {ttl}"
+            ),
+        }
+        Ok(())
+    }
+}
