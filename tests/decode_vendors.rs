@@ -225,7 +225,7 @@ fn both_families_use_the_one_that_is_set() {
         ipfix(&[set(2, &xr_template()), set(260, &data)]),
     ] {
         let r = decode(&[dg.clone(), dg], true);
-        let want = vec![
+        let want = [
             (ip("203.0.113.5"), 10, 1000),
             (ip("2001:db8::1"), 10, 1000),
             (ip("203.0.113.6"), 10, 1000),
@@ -455,7 +455,7 @@ fn v9_variable_length_fields_decode_as_ipfix_ones() {
         &[v9(&[set(0, &t), set(600, &d)]), v9(&[set(600, &d)])],
         false,
     );
-    let want = vec![(ip("203.0.113.1"), 6, 600), (ip("203.0.113.2"), 1, 40)];
+    let want = [(ip("203.0.113.1"), 6, 600), (ip("203.0.113.2"), 1, 40)];
     assert_eq!(dsts(&run)[..2], want[..]);
     assert_eq!(dsts(&run)[2..], want[..]);
 }

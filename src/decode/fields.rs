@@ -194,7 +194,7 @@ impl<'a> Fields<'a> {
             21 => self.last = v.uint(),
             // flowStart/EndSeconds are seconds on the wire (the crate's `as_u64` already
             // gives ms, and its path hands them over converted).
-            150 | 151 | 152 | 153 => {
+            150..=153 => {
                 let ms = v.uint();
                 if id == 150 || id == 152 {
                     self.start_abs_ms = ms;
