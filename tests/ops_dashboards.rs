@@ -37,6 +37,7 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.decode_errors,
         &m.datagrams_dropped,
         &m.template_misses,
+        &m.records_skipped,
         &m.counter_samples,
         &m.host_evictions,
         &m.queue_full_drops,
@@ -48,6 +49,10 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.mitigator_requests,
         &m.hook_events,
         &m.api_requests,
+        &m.bgp_announcements,
+        &m.bgp_withdrawals,
+        &m.bgp_refusals,
+        &m.bgp_errors,
     ] {
         touch(v);
     }

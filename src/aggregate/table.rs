@@ -1159,6 +1159,24 @@ mod tests {
     }
 
     #[test]
+    fn replay_totals_outlive_idle_eviction_and_live_ones_do_not() {
+        for keep_evicted in [true, false] {
+            let mut s = Shard::new(10, 5, 300, &[true]);
+            s.keep_totals(keep_evicted);
+            s.apply(&upd("192.0.2.1", "198.51.100.1", 7), 5_000);
+            let key = upd("192.0.2.1", "198.51.100.1", 0).key;
+            s.sweep(1_000, 60, &|_| false);
+            assert_eq!((s.len(), s.evicted_idle), (0, 1), "the host was evicted");
+            let t = s.totals_of(&key).map(|t| t.packets);
+            assert_eq!(
+                t,
+                keep_evicted.then_some(7),
+                "keep_evicted = {keep_evicted}"
+            );
+        }
+    }
+
+    #[test]
     fn large_batches_sample_the_ring_without_losing_a_periodic_source() {
         // One host, four sources in strict rotation, 400 records per batch: the ring
         // takes every 4th record from a random start, weighing 4. A fixed start would

@@ -293,8 +293,8 @@ impl FastTemplates {
 
     /// One template record at `body[*p..]` with `count` fields; moves `p` past it.
     /// Returns the template (None = refused) and whether the walk may go on.
-    /// Err = refused (over the limits, or a zero-length field); Ok(None) = valid but
-    /// not compiled here.
+    /// Err = refused (over the limits, or no field with a length); Ok(None) = valid but
+    /// not compiled here. A zero-length field among others is legal and reads nothing.
     #[allow(clippy::result_unit_err)]
     fn compile(
         &self,
@@ -306,7 +306,7 @@ impl FastTemplates {
         let mut all = Vec::with_capacity(usize::from(count));
         let mut fixed_len = 0usize;
         let mut var = false;
-        let mut refuse = usize::from(count) > self.limits.max_fields;
+        let refuse = usize::from(count) > self.limits.max_fields;
         let mut compilable = true;
         for _ in 0..count {
             let (Some(raw), Some(flen)) = (be16(body, *p), be16(body, *p + 2)) else {
@@ -328,9 +328,6 @@ impl FastTemplates {
                 };
             } else if !fields::is_read(id) {
                 id = 0;
-            }
-            if flen == 0 {
-                refuse = true;
             }
             let kind = if id == 0 {
                 Kind::Skip
