@@ -2,23 +2,26 @@
 //!
 //! Why: `netflow_parser` builds a `Vec` of (field, value) pairs per record; at millions of
 //! records per second that allocation dominated decoding (~0.45 µs per record, see
-//! `benches/README.md`). Here a template is compiled once into the offsets of the fields
-//! flowguard reads, and a data record becomes a [`Fields`] with no allocation; the
+//! `benches/README.md`). Here a template is compiled once into the offsets, widths and
+//! meanings ([`fields::meaning`]) of the fields flowguard reads, and a data record fills
+//! one reused [`Fields`] with no allocation and no dispatch on element ids; the
 //! field → record mapping after that is the crate path's own (`NetflowDecoder::v9_record`
 //! / `ipfix_record`), so both paths give the same records (tested on generated data and on
 //! the shared captures).
 //!
-//! Only datagrams made of data sets whose templates are all here take the fast path.
-//! Anything else — template and options sets, options data (sampling), unknown templates,
-//! malformed lengths — goes to the crate, which stays the authority for templates; its
-//! datagrams are also scanned here to learn (or forget) templates. A template that uses a
-//! variable-length field or reads a field in an encoding not handled here is not compiled:
-//! its data always takes the crate path.
+//! Datagrams made only of data sets whose templates are all here take the fast path
+//! whole. Anything else — template and options sets, options data (sampling), unknown
+//! templates, malformed lengths — goes to the crate, which stays the authority for
+//! templates; its datagrams are also scanned here to learn (or forget) templates, and
+//! their data sets of compiled templates are still read here (`fast_sets_of_mixed`).
+//! Variable-length fields (IPFIX, and v9 length 65535 as H3C sends) are compiled; a
+//! template that reads a field in an encoding not handled here is not: its data always
+//! takes the crate path.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use super::fields::{self, Fields, Kind, Value, REVERSE};
+use super::fields::{self, Fields, Ie, Kind, REVERSE};
 use super::{be16, be32, Version};
 
 /// Compiled templates kept at most (over all exporters); beyond it new ones are not
@@ -33,11 +36,13 @@ const PEN_REVERSE: u32 = 29305;
 /// namespaces, as they are in netflow_parser's scoping.
 type Key = (SocketAddr, bool, u32, u16);
 
-/// One template field: the element id flowguard reads it as (0 = not read), how, and
+/// One template field: what flowguard reads it as (`Kind::Skip` = not read), how, and
 /// its wire length (0xFFFF = variable, RFC 7011 §7; H3C sends the same in v9).
 #[derive(Debug, Clone, Copy)]
 struct Slot {
+    /// The element id, for a packet section (313 or 315).
     id: u16,
+    ie: Ie,
     kind: Kind,
     off: u16,
     len: u16,
@@ -79,6 +84,8 @@ pub(super) struct SetWalk {
     pub(super) overrun: bool,
 }
 
+/// A big-endian unsigned integer of 1 to 8 bytes (RFC 7011 §6.2 reduced-size encoding;
+/// the common widths have kinds of their own, read as one load).
 fn uint(b: &[u8]) -> u64 {
     b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x))
 }
@@ -199,17 +206,22 @@ impl FastTemplates {
             return walk;
         };
         let body = &payload[off + 4..off + len];
+        // One `Fields` for the whole set, cleared per record (one store).
+        let mut fl = Fields::default();
         if let Some(rec_len) = t.fixed {
             // Trailing bytes shorter than a record are padding.
             for rec in body.chunks_exact(rec_len) {
-                f(&t.fixed_fields(rec));
+                fl.clear();
+                t.fixed_fields(rec, &mut fl);
+                f(&fl);
             }
             return walk;
         }
         let mut p = 0;
         while body.len() - p >= t.min_len {
-            match t.var_fields(&body[p..]) {
-                Some((fl, used)) => {
+            fl.clear();
+            match t.var_fields(&body[p..], &mut fl) {
+                Some(used) => {
                     f(&fl);
                     p += used;
                 }
@@ -319,27 +331,23 @@ impl FastTemplates {
                     return (Err(()), false);
                 };
                 *p += 4;
-                let base = raw & 0x7FFF;
                 // Reverse counters are read; other enterprise elements are skipped.
-                id = if pen == PEN_REVERSE && fields::is_read(base | REVERSE) {
-                    base | REVERSE
+                id = if pen == PEN_REVERSE {
+                    (raw & 0x7FFF) | REVERSE
                 } else {
                     0
                 };
-            } else if !fields::is_read(id) {
-                id = 0;
             }
-            let kind = if id == 0 {
-                Kind::Skip
-            } else {
-                match fields::wire_kind(id & !REVERSE, flen) {
-                    Some(k) => k,
+            let (ie, kind) = match fields::meaning(id) {
+                None => (Ie::Nsel, Kind::Skip),
+                Some(ie) => match fields::wire_kind(id & !REVERSE, flen) {
+                    Some(k) => (ie, k),
                     None => {
                         // Read in another encoding than ours: the crate's job.
                         compilable = false;
-                        Kind::Skip
+                        (ie, Kind::Skip)
                     }
-                }
+                },
             };
             if flen == 0xFFFF {
                 var = true;
@@ -348,6 +356,7 @@ impl FastTemplates {
             }
             all.push(Slot {
                 id,
+                ie,
                 kind,
                 off: 0,
                 len: flen,
@@ -370,7 +379,7 @@ impl FastTemplates {
             let mut off = 0u16;
             let mut slots = Vec::new();
             for s in all {
-                if s.id != 0 {
+                if s.kind != Kind::Skip {
                     slots.push(Slot { off, ..s });
                 }
                 off = off.wrapping_add(s.len);
@@ -385,34 +394,63 @@ impl FastTemplates {
     }
 }
 
-fn value(kind: Kind, b: &[u8]) -> Option<Value<'_>> {
-    Some(match kind {
-        Kind::Uint => Value::Uint(uint(b)),
-        Kind::V4 => Value::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?)),
-        Kind::V6 => Value::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?)),
-        Kind::F32 => Value::Float(f64::from(f32::from_be_bytes(b.try_into().ok()?))),
-        Kind::F64 => Value::Float(f64::from_be_bytes(b.try_into().ok()?)),
-        Kind::Bytes => Value::Bytes(b),
-        Kind::Skip => return None,
-    })
+impl Slot {
+    /// Stores this field's bytes `b` (of its wire length) into `f`.
+    #[inline]
+    fn store<'a>(&self, b: &'a [u8], f: &mut Fields<'a>) {
+        let n = match self.kind {
+            Kind::U8 => b.first().map(|x| u64::from(*x)),
+            Kind::U16 => b.try_into().ok().map(|x| u64::from(u16::from_be_bytes(x))),
+            Kind::U32 => b.try_into().ok().map(|x| u64::from(u32::from_be_bytes(x))),
+            Kind::U64 => b.try_into().ok().map(u64::from_be_bytes),
+            _ => None,
+        };
+        if let Some(n) = n {
+            f.put_uint(self.ie, n);
+            return;
+        }
+        match self.kind {
+            Kind::U8 | Kind::U16 | Kind::U32 | Kind::U64 => {}
+            Kind::Uint => f.put_uint(self.ie, uint(b)),
+            Kind::Secs => f.put_uint(self.ie, uint(b).saturating_mul(1000)),
+            Kind::V6 => {
+                if let Ok(a) = <[u8; 16]>::try_from(b) {
+                    f.put_v6(self.ie, a);
+                }
+            }
+            Kind::F32 => {
+                if let Ok(x) = b.try_into() {
+                    f.put_float(self.ie, f64::from(f32::from_be_bytes(x)));
+                }
+            }
+            Kind::F64 => {
+                if let Ok(x) = b.try_into() {
+                    f.put_float(self.ie, f64::from_be_bytes(x));
+                }
+            }
+            Kind::Bytes => f.put_section(self.id, b),
+            Kind::Skip => {}
+        }
+    }
 }
 
 impl Template {
-    fn fixed_fields<'a>(&self, rec: &'a [u8]) -> Fields<'a> {
-        let mut f = Fields::default();
+    /// One record of a fixed layout into `f` (cleared).
+    #[inline]
+    fn fixed_fields<'a>(&self, rec: &'a [u8], f: &mut Fields<'a>) {
         for s in &self.slots {
-            let b = &rec[usize::from(s.off)..usize::from(s.off) + usize::from(s.len)];
-            if let Some(v) = value(s.kind, b) {
-                f.put(s.id, put_value(s.id, v));
+            let (o, l) = (usize::from(s.off), usize::from(s.len));
+            // In bounds by construction (the record is the template's length); `get`
+            // keeps a logic error from ever being a panic on input.
+            if let Some(b) = rec.get(o..o + l) {
+                s.store(b, f);
             }
         }
-        f
     }
 
-    /// One record of a variable-length layout and the bytes it used; None if a length
-    /// runs past the end.
-    fn var_fields<'a>(&self, rec: &'a [u8]) -> Option<(Fields<'a>, usize)> {
-        let mut f = Fields::default();
+    /// One record of a variable-length layout into `f` (cleared); the bytes it used, or
+    /// None if a length runs past the end.
+    fn var_fields<'a>(&self, rec: &'a [u8], f: &mut Fields<'a>) -> Option<usize> {
         let mut p = 0usize;
         for s in &self.slots {
             let mut len = usize::from(s.len);
@@ -430,21 +468,10 @@ impl Template {
             // An empty value (length 0: an empty string or list) is legal and says
             // nothing; a numeric or address field of another length is not read.
             if !b.is_empty() && (s.len != 0xFFFF || matches!(s.kind, Kind::Bytes)) {
-                if let Some(v) = value(s.kind, b) {
-                    f.put(s.id, put_value(s.id, v));
-                }
+                s.store(b, f);
             }
         }
-        Some((f, p))
-    }
-}
-
-/// flowStartSeconds/flowEndSeconds (150/151) reach [`Fields::put`] in ms, as the crate
-/// hands them over.
-fn put_value(id: u16, v: Value<'_>) -> Value<'_> {
-    match (id, v) {
-        (150 | 151, Value::Uint(s)) => Value::Uint(s.saturating_mul(1000)),
-        _ => v,
+        Some(p)
     }
 }
 

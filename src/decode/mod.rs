@@ -79,6 +79,15 @@ impl FlowRecord {
     pub fn is_syn(&self) -> bool {
         self.protocol == PROTO_TCP && self.tcp_flags & TCP_SYN != 0 && self.tcp_flags & TCP_ACK == 0
     }
+
+    /// TCP or UDP with both ports zero: a non-first fragment (it has no transport
+    /// header), as flow exporters that carry no fragment fields report it.
+    #[inline]
+    pub(crate) fn ports_zero_fragment(&self) -> bool {
+        (self.protocol == PROTO_TCP || self.protocol == PROTO_UDP)
+            && self.src_port == 0
+            && self.dst_port == 0
+    }
 }
 
 /// Protocol version of a datagram, as labelled in metrics.
@@ -229,11 +238,33 @@ impl SamplingOverrides {
         self.per_exporter.get(&exporter).copied().or(self.collector)
     }
 
-    /// The rate in force: an override, else what the exporter announced, else the
-    /// fallback, else 1 (never 0).
+    /// What applies to `exporter`, looked up once (per datagram, not per record).
+    pub fn exporter(&self, exporter: IpAddr) -> ExporterSampling {
+        ExporterSampling {
+            fixed: self.for_exporter(exporter),
+            fallback: self.fallback,
+        }
+    }
+
+    /// The rate in force for `exporter` (see [`ExporterSampling::resolve`]).
     pub fn resolve(&self, exporter: IpAddr, announced: Option<u32>) -> u32 {
-        self.for_exporter(exporter)
-            .or(announced.filter(|r| *r > 0))
+        self.exporter(exporter).resolve(|| announced)
+    }
+}
+
+/// One exporter's sampling configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ExporterSampling {
+    fixed: Option<u32>,
+    fallback: Option<u32>,
+}
+
+impl ExporterSampling {
+    /// The rate in force: an override, else what the exporter announced (asked only
+    /// when no override applies), else the fallback, else 1 (never 0).
+    pub fn resolve(&self, announced: impl FnOnce() -> Option<u32>) -> u32 {
+        self.fixed
+            .or_else(|| announced().filter(|r| *r > 0))
             .or(self.fallback)
             .unwrap_or(1)
             .max(1)

@@ -42,9 +42,10 @@ use netflow_parser::variable_versions::v9::{FlowSetBody as V9Body, V9};
 use netflow_parser::{AutoScopedParser, NetflowError, NetflowPacket, NetflowParser};
 
 use super::fast;
-use super::fields::{ports_zero_fragment, Fields, Skip, Value, REVERSE};
+use super::fields::{Fields, Skip, Value, REVERSE};
 use super::{
-    be16, be32, DecodeErrorKind, DecodeOutcome, FlowRecord, SamplingOverrides, SkipReason, Version,
+    be16, be32, DecodeErrorKind, DecodeOutcome, ExporterSampling, FlowRecord, SamplingOverrides,
+    SkipReason, Version,
 };
 
 /// Largest end age we believe; more means a broken exporter clock, and the record is
@@ -72,7 +73,7 @@ impl ScopeState {
     /// Takes what one options record announces.
     fn learn(&mut self, f: &Fields) {
         if let Some(rate) = f.sampling_rate() {
-            match f.sampler_id {
+            match f.sampler_id() {
                 Some(id) => {
                     if let Some(s) = self.samplers.iter_mut().find(|s| s.0 == id) {
                         s.1 = rate;
@@ -86,7 +87,7 @@ impl ScopeState {
                 None => self.sampling_rate = Some(rate),
             }
         }
-        if let Some(init) = f.system_init_ms {
+        if let Some(init) = f.system_init_ms() {
             self.system_init_ms = Some(init);
         }
     }
@@ -112,6 +113,24 @@ impl ScopeState {
                 rates.all(|x| x == r).then_some(r)
             }
         }
+    }
+}
+
+/// What the data records of one exporter scope (address, source id / observation
+/// domain) share: the configured sampling and the options data learned so far.
+struct RecordContext<'s> {
+    sampling: ExporterSampling,
+    scope: Option<&'s ScopeState>,
+}
+
+impl RecordContext<'_> {
+    /// Rate in force for a v9/IPFIX record: an override, else what the record itself
+    /// announces, else what options data announced for its sampler, else the fallback.
+    fn rate(&self, f: &Fields) -> u32 {
+        self.sampling.resolve(|| {
+            f.sampling_rate()
+                .or_else(|| self.scope.and_then(|s| s.rate_for(f.sampler_id())))
+        })
     }
 }
 
@@ -491,23 +510,20 @@ impl NetflowDecoder {
                 whole &= crate_ids.contains(&id);
                 continue;
             }
+            let ctx = self.context(exporter, scope);
             let walk = match v {
                 Version::V9 => {
                     let up = be32(payload, 4).unwrap_or(0);
                     self.fast
                         .for_each_in_set((from, v, scope), set, payload, |f| {
-                            self.v9_record(exporter, scope, up, f, out, oc)
+                            self.v9_record(&ctx, up, f, out, oc)
                         })
                 }
                 _ => {
                     let export_ms = u64::from(be32(payload, 4).unwrap_or(0)) * 1000;
-                    let init = self
-                        .scopes
-                        .get(&(exporter, scope))
-                        .and_then(|s| s.system_init_ms);
                     self.fast
                         .for_each_in_set((from, v, scope), set, payload, |f| {
-                            self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
+                            self.ipfix_record(&ctx, export_ms, f, out, oc)
                         })
                 }
             };
@@ -524,15 +540,12 @@ impl NetflowDecoder {
         self.scopes.entry(key).or_default()
     }
 
-    /// Rate in force for a v9/IPFIX record: an override, else what the record itself
-    /// announces, else what options data announced for its sampler, else the fallback.
-    fn rate(&self, exporter: IpAddr, scope: u32, f: &Fields) -> u32 {
-        let announced = f.sampling_rate().or_else(|| {
-            self.scopes
-                .get(&(exporter, scope))
-                .and_then(|s| s.rate_for(f.sampler_id))
-        });
-        self.overrides.resolve(exporter, announced)
+    /// What the data records of one exporter scope share, looked up once per datagram.
+    fn context(&self, exporter: IpAddr, scope: u32) -> RecordContext<'_> {
+        RecordContext {
+            sampling: self.overrides.exporter(exporter),
+            scope: self.scopes.get(&(exporter, scope)),
+        }
     }
 
     fn v5(
@@ -551,6 +564,10 @@ impl NetflowDecoder {
     /// datagrams the crate would parse whole into exactly one packet — 1 to 30 records
     /// and not a byte more — so both paths give the same records (tests/fast_decode.rs);
     /// anything else goes to the crate, which stays the authority on errors.
+    // Not inlined into `decode`: the v5 loop compiled on its own does not share
+    // registers with the v9/IPFIX code around it (5 instructions per record less under
+    // cachegrind, benches/README.md).
+    #[inline(never)]
     fn try_v5(
         &mut self,
         from: SocketAddr,
@@ -623,7 +640,7 @@ impl NetflowDecoder {
                 ..FlowRecord::default()
             };
             set_times(&mut r, sys_up_time, f.first, f.last);
-            r.fragment = ports_zero_fragment(&r);
+            r.fragment = r.ports_zero_fragment();
             out.push(r);
         }
     }
@@ -651,9 +668,10 @@ impl NetflowDecoder {
             }
             match &fs.body {
                 V9Body::Data(d) => {
+                    let ctx = self.context(exporter, scope);
                     for rec in &d.fields {
                         let f = crate_fields(rec.iter().map(|(k, v)| (v9_id(k), v)));
-                        self.v9_record(exporter, scope, v9.header.sys_up_time, &f, out, oc);
+                        self.v9_record(&ctx, v9.header.sys_up_time, &f, out, oc);
                     }
                 }
                 V9Body::NoTemplate(_) => {
@@ -696,10 +714,7 @@ impl NetflowDecoder {
                 self.scope_mut((exporter, scope)).learn(&f);
             }
         }
-        let init = self
-            .scopes
-            .get(&(exporter, scope))
-            .and_then(|s| s.system_init_ms);
+        let ctx = self.context(exporter, scope);
         for fs in &msg.flowsets {
             let id = fs.header.header_id;
             if self.fast_enabled && self.fast.knows(from, Version::Ipfix, scope, id) {
@@ -724,7 +739,7 @@ impl NetflowDecoder {
                 _ => continue,
             };
             for f in recs {
-                self.ipfix_record(exporter, scope, export_ms, init, &f, out, oc);
+                self.ipfix_record(&ctx, export_ms, &f, out, oc);
             }
         }
     }
@@ -754,18 +769,17 @@ impl NetflowDecoder {
     /// path, so both map fields identically).
     fn v9_record(
         &self,
-        exporter: IpAddr,
-        scope: u32,
+        ctx: &RecordContext,
         sys_up_time: u32,
         f: &Fields,
         out: &mut Vec<FlowRecord>,
         oc: &mut DecodeOutcome,
     ) {
-        let rate = self.rate(exporter, scope, f);
+        let rate = ctx.rate(f);
         oc.sampling_rate = Some(rate);
         let at = out.len();
         if self.push_records(f, rate, out, oc) {
-            if let (Some(first), Some(last)) = (f.first, f.last) {
+            if let (Some(first), Some(last)) = (f.first(), f.last()) {
                 for r in &mut out[at..] {
                     set_times(r, sys_up_time, first as u32, last as u32);
                 }
@@ -774,18 +788,16 @@ impl NetflowDecoder {
     }
 
     /// One IPFIX data record's fields → records (crate path and fast path).
-    #[allow(clippy::too_many_arguments)]
     fn ipfix_record(
         &self,
-        exporter: IpAddr,
-        scope: u32,
+        ctx: &RecordContext,
         export_ms: u64,
-        init: Option<u64>,
         f: &Fields,
         out: &mut Vec<FlowRecord>,
         oc: &mut DecodeOutcome,
     ) {
-        let rate = self.rate(exporter, scope, f);
+        let rate = ctx.rate(f);
+        let init = ctx.scope.and_then(|s| s.system_init_ms);
         oc.sampling_rate = Some(rate);
         let at = out.len();
         if !self.push_records(f, rate, out, oc) {
@@ -794,7 +806,7 @@ impl NetflowDecoder {
         // Absolute end/start if the record has them, else sysUpTime-relative
         // ones with the learned init time; without either, the record ends at
         // export time.
-        let (start, end) = match (f.start_abs_ms, f.end_abs_ms, f.first, f.last, init) {
+        let (start, end) = match (f.start_abs_ms(), f.end_abs_ms(), f.first(), f.last(), init) {
             (Some(s), Some(e), ..) => (Some(s), Some(e)),
             // Saturating: both come from the wire (fuzzing found the overflow).
             (_, _, Some(fi), Some(la), Some(init)) => {
@@ -837,17 +849,15 @@ impl NetflowDecoder {
         let before = out.len();
         let walk = match plan {
             fast::Plan::V9 { scope, sys_up_time } => {
+                let ctx = self.context(exporter, scope);
                 self.fast.for_each_record(from, payload, v, scope, |f| {
-                    self.v9_record(exporter, scope, sys_up_time, f, out, oc)
+                    self.v9_record(&ctx, sys_up_time, f, out, oc)
                 })
             }
             fast::Plan::Ipfix { scope, export_ms } => {
-                let init = self
-                    .scopes
-                    .get(&(exporter, scope))
-                    .and_then(|s| s.system_init_ms);
+                let ctx = self.context(exporter, scope);
                 self.fast.for_each_record(from, payload, v, scope, |f| {
-                    self.ipfix_record(exporter, scope, export_ms, init, f, out, oc)
+                    self.ipfix_record(&ctx, export_ms, f, out, oc)
                 })
             }
         };

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket};
 
-use super::{be16, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use super::{be16, FlowRecord, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// What flowguard needs from one packet header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,28 @@ pub struct HeaderInfo {
     pub fragment: bool,
     /// Length of the IP packet as its header states (before truncation).
     pub ip_len: u32,
+}
+
+impl HeaderInfo {
+    /// The traffic one sampled packet with this header stands for at sampling rate
+    /// `rate` (sFlow flow samples, IPFIX packet sections): `rate` packets of its IP
+    /// length, and no flow count of its own.
+    pub fn sampled(&self, rate: u32) -> FlowRecord {
+        FlowRecord {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            tcp_flags: self.tcp_flags,
+            fragment: self.fragment,
+            packets: u64::from(rate),
+            bytes: u64::from(self.ip_len) * u64::from(rate),
+            flows: 0,
+            end_age_ms: 0,
+            duration_ms: 0,
+        }
+    }
 }
 
 /// sFlow `header_protocol` values we decode.
@@ -48,7 +70,11 @@ pub fn decode_header(start: HeaderStart, bytes: &[u8]) -> Option<HeaderInfo> {
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
 /// The tag ethertypes etherparse reads as VLAN headers (802.1Q, 802.1ad, old QinQ).
-const ETHERTYPE_VLAN: [u16; 3] = [0x8100, 0x88A8, 0x9100];
+/// A `matches!`, not `[..].contains`: the slice search is not always inlined, and this
+/// runs once per sampled packet.
+fn is_vlan(ethertype: u16) -> bool {
+    matches!(ethertype, 0x8100 | 0x88A8 | 0x9100)
+}
 
 /// The usual header read directly; None = not handled here (not "undecodable").
 fn fast_header(start: HeaderStart, b: &[u8]) -> Option<HeaderInfo> {
@@ -58,7 +84,7 @@ fn fast_header(start: HeaderStart, b: &[u8]) -> Option<HeaderInfo> {
             let mut o = 12;
             let mut ethertype = be16(b, o)?;
             let mut tags = 0;
-            while ETHERTYPE_VLAN.contains(&ethertype) {
+            while is_vlan(ethertype) {
                 tags += 1;
                 if tags > 2 {
                     return None;

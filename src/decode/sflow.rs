@@ -308,22 +308,7 @@ fn sampled_ip(rb: &[u8], src: IpAddr, dst: IpAddr, rest: usize) -> Option<Header
 
 /// One flow sample's record, scaled by its rate; nothing when no record was decodable.
 fn emit(info: Option<HeaderInfo>, rate: u32, out: &mut Vec<FlowRecord>) {
-    {
-        if let Some(h) = info {
-            out.push(FlowRecord {
-                src: h.src,
-                dst: h.dst,
-                src_port: h.src_port,
-                dst_port: h.dst_port,
-                protocol: h.protocol,
-                tcp_flags: h.tcp_flags,
-                fragment: h.fragment,
-                packets: u64::from(rate),
-                bytes: u64::from(h.ip_len) * u64::from(rate),
-                flows: 0,
-                end_age_ms: 0,
-                duration_ms: 0,
-            });
-        }
+    if let Some(h) = info {
+        out.push(h.sampled(rate));
     }
 }
