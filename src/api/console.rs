@@ -741,6 +741,31 @@ mod tests {
         assert_eq!(h.snapshots().1.unwrap().1.exporter_series_overflow, 7.0);
     }
 
+    /// The page works with no internet: the embedded assets name no other host (no CDN,
+    /// font or image URL), and the page loads only its own script and style.
+    #[test]
+    fn assets_reference_nothing_outside_the_service() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+        ] {
+            for bad in ["https://", "http://", "src=\"//", "href=\"//", "@import", "url("] {
+                // The SVG namespace is a name, not a URL anything is loaded from.
+                let hits = text
+                    .match_indices(bad)
+                    .filter(|(i, _)| !text[*i..].starts_with("http://www.w3.org/2000/svg"))
+                    .count();
+                assert_eq!(hits, 0, "{name} contains {bad:?}");
+            }
+        }
+        let srcs: Vec<&str> = INDEX_HTML
+            .split(['"', '\''])
+            .filter(|t| t.starts_with('/') && !t.starts_with("/api/") && *t != "/metrics")
+            .collect();
+        assert_eq!(srcs, ["/console/style.css", "/console/app.js"]);
+    }
+
     #[test]
     fn sparkline_history_is_bounded_and_zero_where_a_host_was_not_on_top() {
         let h = History::default();
