@@ -135,7 +135,8 @@ function renderAttacks(d, now) {
     typeCell(a),
     el('td', { class: 'num', text: `${pps(a.current?.pps)} / ${pps(a.peak_pps)}` }),
     el('td', { class: 'num', text: `${bps(a.current?.bps)} / ${bps(a.peak_bps)}` }),
-    el('td', { text: clock(a.start_ms) }),
+    // Time of day only (the date is in the tooltip): the mitigation column needs the room.
+    el('td', { text: clock(a.start_ms).slice(11), title: clock(a.start_ms) }),
     el('td', { text: dur(now - a.start_ms) }),
     mitigationCell(a),
     reportButton(a))));
@@ -205,10 +206,9 @@ function renderExporters(d) {
     const drops = Object.entries(c.dropped || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
     return el('tr', { 'data-collector': c.collector },
       el('td', { text: c.collector }),
-      el('td', { class: 'num', text: si(c.records_per_second, '') }),
       el('td', { class: 'num', text: si(c.datagrams_per_second, '') }),
       el('td', { class: 'num', text: `${c.exporters_known}` }),
-      el('td', { class: 'num', text: `${c.templates_known} (misses ${c.template_misses})` }),
+      el('td', { class: 'num', text: `${c.template_misses}` }),
       el('td', { class: 'num wrap' + (c.decode_errors_total ? ' bad' : ''), text: String(c.decode_errors_total) + (errs ? ` (${errs})` : '') }),
       el('td', { class: 'num wrap' + (c.socket_drops || drops ? ' bad' : ''), text: `${c.socket_drops}` + (drops ? ` + ${drops}` : '') }));
   }));
