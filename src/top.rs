@@ -240,14 +240,23 @@ fn mitigation(a: &Value) -> String {
             "toggle" => format!("policy {}", s["policy"]),
             n => n.to_string(),
         };
-        let mut p = format!("{name} {}->{}", text(&s["wanted"]), switch_ack(text(&s["state"])));
+        let mut p = format!(
+            "{name} {}->{}",
+            text(&s["wanted"]),
+            switch_ack(text(&s["state"]))
+        );
         if let Some(e) = s["error"].as_str() {
             p.push_str(&format!(" ({e})"));
         }
         parts.push(p);
     }
     for r in m["routes"].as_array().unwrap_or(&empty) {
-        let mut p = format!("{} {} {}", text(&r["kind"]), text(&r["prefix"]), text(&r["state"]));
+        let mut p = format!(
+            "{} {} {}",
+            text(&r["kind"]),
+            text(&r["prefix"]),
+            text(&r["state"])
+        );
         if let Some(e) = r["reason"].as_str() {
             p.push_str(&format!(" ({e})"));
         }
@@ -465,11 +474,22 @@ mod tests {
             ),
             "each switch with its own state and error: {f}"
         );
-        assert!(!f.contains("[failed"), "the error is carried by its switch: {f}");
+        assert!(
+            !f.contains("[failed"),
+            "the error is carried by its switch: {f}"
+        );
         let ex: Vec<&str> = f.lines().filter(|l| l.contains("192.0.2.")).collect();
         assert_eq!(ex.len(), 2, "one row per exporter: {f}");
-        assert!(ex[0].contains(" nf ") && ex[0].contains("1.5k") && ex[0].contains("1:512"), "{}", ex[0]);
-        assert!(ex[1].contains(" sf ") && ex[1].contains(" - ") && ex[1].trim_end().ends_with('4'), "{}", ex[1]);
+        assert!(
+            ex[0].contains(" nf ") && ex[0].contains("1.5k") && ex[0].contains("1:512"),
+            "{}",
+            ex[0]
+        );
+        assert!(
+            ex[1].contains(" sf ") && ex[1].contains(" - ") && ex[1].trim_end().ends_with('4'),
+            "{}",
+            ex[1]
+        );
         assert!(f.contains("6s"), "age from the service's clock: {f}");
         assert!(f.contains("▁▁█"), "{f}");
         let narrow = render(&d, "http://x", &Status::Offline("refused".into()), 40, 5);

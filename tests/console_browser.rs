@@ -363,8 +363,12 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         "policy protection first, then tcp: {r}"
     );
     assert!(
-        r["cms"].as_array().unwrap().iter().all(|c| c["wanted"] == "on"
-            && ["pending", "on"].contains(&c["state"].as_str().unwrap_or(""))),
+        r["cms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["wanted"] == "on"
+                && ["pending", "on"].contains(&c["state"].as_str().unwrap_or(""))),
         "mitigation states: {r}"
     );
     // MITIGATOR (the simulator) acknowledges: every switch shows "on → on".
@@ -381,9 +385,9 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
     assert!(on["errs"].as_array().unwrap().is_empty(), "no error: {on}");
     let puts = common::sim_switch_puts(sim.addr);
     assert!(
-        ["toggle", "tcp"]
+        ["toggle", "tcp"].iter().all(|n| puts
             .iter()
-            .all(|n| puts.iter().any(|p| p.starts_with(&format!("PUT {n}/switch")))),
+            .any(|p| p.starts_with(&format!("PUT {n}/switch")))),
         "the page says on, so the simulator got those switch calls: {puts:?}"
     );
     eprintln!("active row: {on}");
@@ -395,7 +399,11 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         let p = d.exec(ROWS);
         let r = row(&p, "active", udp)?.clone();
         let cms = r["cms"].as_array()?;
-        let st = |n: &str| cms.iter().find(|c| c["name"] == n).map(|c| c["state"].clone());
+        let st = |n: &str| {
+            cms.iter()
+                .find(|c| c["name"] == n)
+                .map(|c| c["state"].clone())
+        };
         (st("toggle")? == "on" && st("sorb")? == "failed").then_some(r)
     });
     let failed = failed.unwrap_or_else(|| panic!("no failed sorb on {udp}: {}", d.exec(ROWS)));
@@ -413,7 +421,8 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         .find(|e| e["name"] == "sorb")
         .unwrap_or_else(|| panic!("sorb's error not shown: {failed}"));
     assert!(
-        err["text"].as_str().unwrap().contains("403") && err["text"].as_str().unwrap().contains("injected fault"),
+        err["text"].as_str().unwrap().contains("403")
+            && err["text"].as_str().unwrap().contains("injected fault"),
         "the error MITIGATOR answered: {err}"
     );
     // The simulator did refuse exactly that call, and the API says the same per switch.
@@ -487,7 +496,10 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         cells_of(&d.exec(ROWS)).filter(|c| c[4].parse::<u64>().is_ok_and(|n| n >= 1))
     })
     .unwrap_or_else(|| panic!("one exporter row with its templates: {}", d.exec(ROWS)));
-    assert_eq!(cells[3], "1:1", "softflowd announces no sampling: 1 in 1: {cells:?}");
+    assert_eq!(
+        cells[3], "1:1",
+        "softflowd announces no sampling: 1 in 1: {cells:?}"
+    );
     assert_eq!(cells[5], "0", "decode errors: {cells:?}");
     assert_eq!(p["collectors"].as_array().unwrap().len(), 1, "{p}");
     let (_, body) = http_get(api, "/api/v1/exporters").unwrap();
@@ -495,7 +507,12 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
     assert!(v[0]["records_total"].as_u64() > Some(1000), "{v}");
     // Health: drops, detection pass time, MITIGATOR.
     let h = p["health"].as_str().unwrap();
-    for want in ["socket drops (kernel)", "queue drops0", "detection pass", "MITIGATORreachable"] {
+    for want in [
+        "socket drops (kernel)",
+        "queue drops0",
+        "detection pass",
+        "MITIGATORreachable",
+    ] {
         assert!(h.contains(want), "health lacks {want:?}: {h}");
     }
     // Nothing came from anywhere but the service (no CDN, no font, no image).

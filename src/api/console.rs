@@ -515,7 +515,8 @@ fn exporters_json(h: &History) -> Value {
         .exporters
         .iter()
         .map(|(k, e)| {
-            let of = |s: &Snapshot, f: &dyn Fn(&ExporterSnap) -> f64| s.exporters.get(k).map_or(0.0, f);
+            let of =
+                |s: &Snapshot, f: &dyn Fn(&ExporterSnap) -> f64| s.exporters.get(k).map_or(0.0, f);
             ExporterRow {
                 exporter: k.0.clone(),
                 collector: k.1.clone(),
@@ -750,7 +751,14 @@ mod tests {
             ("app.js", APP_JS),
             ("style.css", STYLE_CSS),
         ] {
-            for bad in ["https://", "http://", "src=\"//", "href=\"//", "@import", "url("] {
+            for bad in [
+                "https://",
+                "http://",
+                "src=\"//",
+                "href=\"//",
+                "@import",
+                "url(",
+            ] {
                 // The SVG namespace is a name, not a URL anything is loaded from.
                 let hits = text
                     .match_indices(bad)

@@ -1064,9 +1064,19 @@ impl Planner {
                 Some("still wanted by another attack".into()),
             )
         } else if owned {
-            (if err.is_some() { failed } else { "switching_off" }, None)
+            (
+                if err.is_some() {
+                    failed
+                } else {
+                    "switching_off"
+                },
+                None,
+            )
         } else if not_ours {
-            ("not_ours", Some("not switched on by flowguard: left on".into()))
+            (
+                "not_ours",
+                Some("not switched on by flowguard: left on".into()),
+            )
         } else {
             ("off", None)
         };
@@ -1405,7 +1415,10 @@ mod tests {
         let mut w = World::default();
         let steps = p.start(spec("a", "192.0.2.1", 1, &["tcp", "sorb"]), 0);
         let own = |n: &str| (n.to_string(), "on", "pending");
-        assert_eq!(switch_states(&p, "a"), [own("toggle"), own("tcp"), own("sorb")]);
+        assert_eq!(
+            switch_states(&p, "a"),
+            [own("toggle"), own("tcp"), own("sorb")]
+        );
         // toggle and tcp go through; sorb is rejected (as a 4xx would be).
         run(&mut p, &mut w, steps[..2].to_vec());
         p.before_put(&key(1, "sorb"), true);
@@ -1416,7 +1429,10 @@ mod tests {
         assert_eq!((by("toggle").state, by("toggle").error), ("on", None));
         assert_eq!((by("tcp").state, by("tcp").error), ("on", None));
         assert_eq!(by("sorb").state, "failed");
-        assert_eq!(by("sorb").error.as_deref(), Some("HTTP 403: injected fault"));
+        assert_eq!(
+            by("sorb").error.as_deref(),
+            Some("HTTP 403: injected fault")
+        );
         // A second attack on the policy needs acl, and MITIGATOR is down: retrying, with
         // that error; the shared sorb is not retried (its step was dropped) and stays failed.
         let s2 = p.start(spec("b", "192.0.2.2", 1, &["acl", "sorb"]), 2);

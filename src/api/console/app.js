@@ -209,8 +209,8 @@ function renderExporters(d) {
       el('td', { class: 'num', text: si(c.datagrams_per_second, '') }),
       el('td', { class: 'num', text: `${c.exporters_known}` }),
       el('td', { class: 'num', text: `${c.template_misses}` }),
-      el('td', { class: 'num wrap' + (c.decode_errors_total ? ' bad' : ''), text: String(c.decode_errors_total) + (errs ? ` (${errs})` : '') }),
-      el('td', { class: 'num wrap' + (c.socket_drops || drops ? ' bad' : ''), text: `${c.socket_drops}` + (drops ? ` + ${drops}` : '') }));
+      el('td', { class: 'num' + (c.decode_errors_total ? ' bad' : ''), text: String(c.decode_errors_total) + (errs ? ` (${errs})` : '') }),
+      el('td', { class: 'num' + (c.socket_drops || drops ? ' bad' : ''), text: `${c.socket_drops}` + (drops ? ` + ${drops}` : '') }));
   }));
 }
 

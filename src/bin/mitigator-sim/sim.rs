@@ -459,8 +459,15 @@ mod tests {
         });
         let on = br#"{"switch":1}"#;
         let put = |s: &mut Sim, name: &str| {
-            s.api("PUT", &format!("{name}/switch"), "policy=1", Some(&t), on, 0)
-                .status
+            s.api(
+                "PUT",
+                &format!("{name}/switch"),
+                "policy=1",
+                Some(&t),
+                on,
+                0,
+            )
+            .status
         };
         assert_eq!(put(&mut s, "tcp"), 200);
         let get = s.api("GET", "sorb/switch", "policy=1", Some(&t), b"", 0);
