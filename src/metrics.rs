@@ -11,8 +11,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Upper bound on exporters that get their own sampling-rate series; the rest are counted
-/// in `flowguard_exporter_series_overflow_total` instead of growing the registry.
+/// Upper bound on exporters (per collector) that get their own series (sampling rate,
+/// records, decode errors, templates); the rest are counted in
+/// `flowguard_exporter_series_overflow_total` instead of growing the registry.
 pub const MAX_EXPORTER_SERIES: usize = 256;
 
 /// How many ranks `flowguard_top_host_pps` / `flowguard_top_host_bps` carry per direction.
@@ -33,6 +34,9 @@ pub struct Metrics {
     pub templates_known: IntGaugeVec,
     pub exporter_sampling_rate: IntGaugeVec,
     pub exporter_series_overflow: IntCounter,
+    pub exporter_records: IntCounterVec,
+    pub exporter_decode_errors: IntCounterVec,
+    pub exporter_templates_known: IntGaugeVec,
     pub counter_samples: IntCounterVec,
     pub exporters_known: IntGaugeVec,
     // aggregate
@@ -141,6 +145,9 @@ impl Metrics {
             templates_known: gauge_vec(&r, "flowguard_templates_known", "NetFlow v9/IPFIX templates currently cached, by collector.", &["collector"]),
             exporter_sampling_rate: gauge_vec(&r, "flowguard_exporter_sampling_rate", "Sampling rate (1 in N) in force per exporter.", &["collector", "exporter"]),
             exporter_series_overflow: counter(&r, "flowguard_exporter_series_overflow_total", "Exporters not given their own series because the series cap was reached."),
+            exporter_records: counter_vec(&r, "flowguard_exporter_records_total", "Flow records and flow samples decoded, per exporter (router address).", &["collector", "exporter"]),
+            exporter_decode_errors: counter_vec(&r, "flowguard_exporter_decode_errors_total", "Datagrams that failed (part-way) to decode, per exporter.", &["collector", "exporter"]),
+            exporter_templates_known: gauge_vec(&r, "flowguard_exporter_templates_known", "NetFlow v9/IPFIX templates currently cached, per exporter (all its source ids).", &["collector", "exporter"]),
             counter_samples: counter_vec(&r, "flowguard_sflow_stats_samples_total", "sFlow counter (interface statistics) samples received; counted, not used for detection.", &["collector"]),
             exporters_known: gauge_vec(&r, "flowguard_exporters_known", "Exporters known (template scopes and v5 exporters), by collector.", &["collector"]),
             tracked_hosts: gauge(&r, "flowguard_tracked_hosts", "Host-directions with a live window."),

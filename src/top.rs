@@ -215,32 +215,64 @@ pub fn sparkline(v: &[Value], n: usize) -> String {
         .collect()
 }
 
+/// What MITIGATOR acknowledged for one switch, in words (mitigation.switches[].state).
+fn switch_ack(state: &str) -> &str {
+    match state {
+        "not_ours" => "on(not ours)",
+        "failed_retrying" => "FAILED, retrying",
+        "failed" => "FAILED",
+        "switching_off" => "switching off",
+        "dry_run" => "dry run",
+        s => s,
+    }
+}
+
+/// Per switch (and BGP route): `name wanted->acknowledged`, with the switch's last error.
 fn mitigation(a: &Value) -> String {
     let m = &a["mitigation"];
     if m.is_null() {
         return "no mitigation state".into();
     }
-    let want = if a["active"].as_bool() == Some(true) {
-        "on"
-    } else {
-        "off"
-    };
-    let ack = match text(&m["state"]) {
-        "active" => "on",
-        "ended" => "off",
-        "ending" => "switching off",
-        "failed_retrying" => "FAILED, retrying",
-        "failed" => "FAILED",
-        "dry_run" => "dry run",
-        s => s,
-    };
-    let mut names = vec![format!("policy {}", m["policy"])];
-    if let Some(c) = m["countermeasures"].as_array() {
-        names.extend(c.iter().map(|x| text(x).to_string()));
+    let empty = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
+    for s in m["switches"].as_array().unwrap_or(&empty) {
+        let name = match text(&s["name"]) {
+            "toggle" => format!("policy {}", s["policy"]),
+            n => n.to_string(),
+        };
+        let mut p = format!(
+            "{name} {}->{}",
+            text(&s["wanted"]),
+            switch_ack(text(&s["state"]))
+        );
+        if let Some(e) = s["error"].as_str() {
+            p.push_str(&format!(" ({e})"));
+        }
+        parts.push(p);
     }
-    let mut s = format!("{} {want}->{ack}", names.join(","));
-    if let Some(e) = m["last_error"].as_str() {
-        s.push_str(&format!(" ({e})"));
+    for r in m["routes"].as_array().unwrap_or(&empty) {
+        let mut p = format!(
+            "{} {} {}",
+            text(&r["kind"]),
+            text(&r["prefix"]),
+            text(&r["state"])
+        );
+        if let Some(e) = r["reason"].as_str() {
+            p.push_str(&format!(" ({e})"));
+        }
+        parts.push(p);
+    }
+    let mut s = parts.join(", ");
+    let carried = m["switches"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .any(|x| x["error"] == m["last_error"]);
+    if let Some(e) = m["last_error"].as_str().filter(|_| !carried) {
+        s.push_str(&format!(" [{}: {e}]", text(&m["state"])));
+    }
+    if s.is_empty() {
+        s = text(&m["state"]).to_string();
     }
     s
 }
@@ -350,26 +382,32 @@ pub fn render(d: &Value, api: &str, status: &Status, width: usize, height: usize
         }
     }
     l.push(String::new());
-    l.push("EXPORTERS".into());
-    for c in d["exporters"].as_array().unwrap_or(&empty) {
-        let ex: Vec<String> = c["exporters"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(|e| format!("{} 1:{}", text(&e["exporter"]), e["sampling_rate"]))
-            .collect();
+    let exporters = d["exporters"].as_array().unwrap_or(&empty);
+    l.push(String::new());
+    l.push(format!("EXPORTERS ({})", exporters.len()));
+    if exporters.is_empty() {
+        l.push("  none yet".into());
+    } else {
         l.push(format!(
-            "  {:<20} {:>8} rec/s {:>7} dgram/s  templates {:<4} decode errors {:<6} exporters: {}",
-            text(&c["collector"]),
-            si(num(&c["records_per_second"]), ""),
-            si(num(&c["datagrams_per_second"]), ""),
-            c["templates_known"],
-            c["decode_errors_total"],
-            if ex.is_empty() {
-                "none yet".to_string()
-            } else {
-                ex.join(", ")
-            }
+            "  {:<39} {:<28} {:>9} {:>10} {:>9} {:>13}",
+            "EXPORTER", "COLLECTOR", "REC/S", "SAMPLING", "TEMPLATES", "DECODE ERRORS"
+        ));
+    }
+    for e in exporters {
+        let rate = e["sampling_rate"]
+            .as_i64()
+            .map_or_else(|| "-".to_string(), |r| format!("1:{r}"));
+        let templates = e["templates_known"]
+            .as_i64()
+            .map_or_else(|| "-".to_string(), |t| t.to_string());
+        l.push(format!(
+            "  {:<39} {:<28} {:>9} {:>10} {:>9} {:>13}",
+            text(&e["exporter"]),
+            text(&e["collector"]),
+            si(num(&e["records_per_second"]), ""),
+            rate,
+            templates,
+            e["decode_errors_total"]
         ));
     }
     let h = &d["health"];
@@ -412,17 +450,45 @@ mod tests {
                 "attack_type": "syn_flood", "protocol": "tcp", "current": {"pps": 5000, "bps": 2_000_000},
                 "peak_pps": 6700, "peak_bps": 2_100_000, "start_ms": 4000, "active": true,
                 "vectors": ["syn"],
-                "mitigation": {"state": "failed_retrying", "policy": 1, "countermeasures": ["tcp"], "last_error": "timeout"}}],
+                "mitigation": {"state": "failed", "policy": 1, "countermeasures": ["tcp", "sorb"],
+                    "last_error": "HTTP 403: injected fault",
+                    "switches": [
+                        {"name": "toggle", "policy": 1, "wanted": "on", "state": "on", "error": null},
+                        {"name": "tcp", "policy": 1, "wanted": "on", "state": "failed_retrying", "error": "timeout"},
+                        {"name": "sorb", "policy": 1, "wanted": "on", "state": "failed", "error": "HTTP 403: injected fault"}]}}],
                 "recent": [], "recent_total": 0},
             "top": {"incoming": [{"ip": "127.0.0.20", "pps": 5000, "bps": 2e6, "flows_per_second": 10, "spark_pps": [0, 1, 5000]}], "outgoing": []},
-            "spark_seconds": 3, "exporters": [], "health": {"sampled": false}
+            "spark_seconds": 3, "health": {"sampled": false},
+            "exporters": [
+                {"exporter": "192.0.2.1", "collector": "nf", "records_per_second": 1500.0, "sampling_rate": 512,
+                 "templates_known": 3, "decode_errors_total": 0},
+                {"exporter": "192.0.2.9", "collector": "sf", "records_per_second": 0.0, "sampling_rate": null,
+                 "templates_known": null, "decode_errors_total": 4}]
         });
         let f = render(&d, "http://x", &Status::Live, 300, 100);
         assert!(f.contains("127.0.0.20"), "{f}");
         assert!(f.contains("syn_flood tcp [syn]"), "{f}");
         assert!(
-            f.contains("policy 1,tcp on->FAILED, retrying (timeout)"),
-            "{f}"
+            f.contains(
+                "policy 1 on->on, tcp on->FAILED, retrying (timeout), sorb on->FAILED (HTTP 403: injected fault)"
+            ),
+            "each switch with its own state and error: {f}"
+        );
+        assert!(
+            !f.contains("[failed"),
+            "the error is carried by its switch: {f}"
+        );
+        let ex: Vec<&str> = f.lines().filter(|l| l.contains("192.0.2.")).collect();
+        assert_eq!(ex.len(), 2, "one row per exporter: {f}");
+        assert!(
+            ex[0].contains(" nf ") && ex[0].contains("1.5k") && ex[0].contains("1:512"),
+            "{}",
+            ex[0]
+        );
+        assert!(
+            ex[1].contains(" sf ") && ex[1].contains(" - ") && ex[1].trim_end().ends_with('4'),
+            "{}",
+            ex[1]
         );
         assert!(f.contains("6s"), "age from the service's clock: {f}");
         assert!(f.contains("▁▁█"), "{f}");

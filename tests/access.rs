@@ -245,6 +245,7 @@ async fn write_endpoint_needs_the_token_and_limits_bodies() {
         "/console/app.js".to_string(),
         "/api/v1/summary".to_string(),
         "/api/v1/exporters".to_string(),
+        "/api/v1/collectors".to_string(),
         "/api/v1/health".to_string(),
     ] {
         let r = c.get(format!("{base}{path}")).send().await.unwrap();

@@ -4,7 +4,12 @@
 //! the page must show the attack within 2 s of the API knowing it, with its type and the
 //! countermeasures' states; move it to "recent" when it ends; open its report in one
 //! click; log no JavaScript error; say "offline" while the service is down and come back
-//! by itself when it restarts. Screenshots go to `target/tmp/console-*.png`.
+//! by itself when it restarts. Per switch: the simulator refuses one countermeasure
+//! (`sorb`, fault injection), so one attack shows its policy protection acknowledged "on"
+//! and `sorb` "failed" with MITIGATOR's error, while another shows all its switches on.
+//! Exporters are rows per router address; top hosts carry sparklines; health shows drops,
+//! detection pass time and MITIGATOR reachability; the page loads nothing from anywhere
+//! but the service. Screenshots go to `target/tmp/console-*.png`.
 //!
 //! Skips (loudly) only when chromium or chromedriver is not installed.
 
@@ -234,12 +239,24 @@ fn start_browser(profile: &Path) -> (common::Child, Driver) {
 const ROWS: &str = r#"
 const rows = (sel) => Array.from(document.querySelectorAll(sel + ' tbody tr')).map((tr) => ({
   ip: tr.dataset.ip, id: tr.dataset.id, text: tr.textContent,
-  cms: Array.from(tr.querySelectorAll('.cm')).map((c) => ({state: c.dataset.state, text: c.textContent})),
+  cms: Array.from(tr.querySelectorAll('.cm')).map((c) => ({name: c.dataset.cm, kind: c.dataset.kind,
+    wanted: c.dataset.wanted, state: c.dataset.state, text: c.textContent})),
+  errs: Array.from(tr.querySelectorAll('.err')).map((e) => ({name: e.dataset.cm, text: e.textContent})),
 }));
+const origin = location.origin + '/';
 return {active: rows('#active'), recent: rows('#recent'),
         conn: document.getElementById('conn').dataset.state,
         health: document.getElementById('health').textContent,
         top: Array.from(document.querySelectorAll('#top-incoming tbody tr')).map((tr) => tr.dataset.ip),
+        sparks: Array.from(document.querySelectorAll('#top-incoming tbody tr svg.spark polyline'))
+          .map((l) => l.getAttribute('points').split(' ').length),
+        exporters: Array.from(document.querySelectorAll('#exporters tbody tr')).map((tr) => ({
+          exporter: tr.dataset.exporter, collector: tr.dataset.collector,
+          cells: Array.from(tr.cells).map((c) => c.textContent)})),
+        collectors: Array.from(document.querySelectorAll('#collectors tbody tr')).map((tr) => tr.dataset.collector),
+        foreign: performance.getEntriesByType('resource').map((e) => e.name).concat(
+          Array.from(document.querySelectorAll('[src],[href]')).map((e) => e.src || e.href))
+          .filter((u) => !u.startsWith(origin) && !u.startsWith('data:') && u !== ''),
         report: document.getElementById('report-panel').hidden ? null : document.getElementById('report-text').textContent};
 "#;
 
@@ -291,6 +308,11 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
 
     let profile = tempfile::tempdir().unwrap();
     let (_chromedriver, d) = start_browser(profile.path());
+    // MITIGATOR refuses to switch `sorb` on (the UDP and fragment floods' countermeasure):
+    // a permanent 403 for that one PUT, every other call answered.
+    d.rt.block_on(sim.fault(json!({
+        "path": "sorb/switch", "method": "PUT", "status": 403, "count": 20
+    })));
     d.goto(&format!("http://{api}/"));
     let live = wait_for(10, || (d.exec(ROWS)["conn"] == "live").then_some(()));
     assert!(live.is_some(), "page never went live: {}", d.exec(ROWS));
@@ -327,14 +349,26 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         r["text"].as_str().unwrap().contains("syn_flood"),
         "type in row: {r}"
     );
-    let cms = r["cms"].as_array().unwrap();
+    let names = |r: &Value| -> Vec<String> {
+        r["cms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let n = names(r);
     assert!(
-        cms.len() >= 2,
-        "policy protection and a countermeasure: {r}"
+        n.first().map(String::as_str) == Some("toggle") && n.iter().any(|x| x == "tcp"),
+        "policy protection first, then tcp: {r}"
     );
     assert!(
-        cms.iter()
-            .all(|c| ["pending", "active"].contains(&c["state"].as_str().unwrap_or(""))),
+        r["cms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["wanted"] == "on"
+                && ["pending", "on"].contains(&c["state"].as_str().unwrap_or(""))),
         "mitigation states: {r}"
     );
     // MITIGATOR (the simulator) acknowledges: every switch shows "on → on".
@@ -344,15 +378,76 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         r["cms"]
             .as_array()?
             .iter()
-            .all(|c| c["text"].as_str().unwrap_or("").ends_with("on → on"))
+            .all(|c| c["state"] == "on" && c["text"].as_str().unwrap_or("").ends_with("on → on"))
             .then_some(r)
     });
     let on = on.unwrap_or_else(|| panic!("switches never acknowledged: {}", d.exec(ROWS)));
+    assert!(on["errs"].as_array().unwrap().is_empty(), "no error: {on}");
+    let puts = common::sim_switch_puts(sim.addr);
     assert!(
-        !common::sim_switch_puts(sim.addr).is_empty(),
-        "the page says on, so the simulator got the switch calls"
+        ["toggle", "tcp"].iter().all(|n| puts
+            .iter()
+            .any(|p| p.starts_with(&format!("PUT {n}/switch")))),
+        "the page says on, so the simulator got those switch calls: {puts:?}"
     );
     eprintln!("active row: {on}");
+
+    // The UDP flood's row: its policy protection on (shared with the SYN flood), its
+    // countermeasure failed with the error MITIGATOR gave.
+    let udp = "127.0.0.22";
+    let failed = wait_for(15, || {
+        let p = d.exec(ROWS);
+        let r = row(&p, "active", udp)?.clone();
+        let cms = r["cms"].as_array()?;
+        let st = |n: &str| {
+            cms.iter()
+                .find(|c| c["name"] == n)
+                .map(|c| c["state"].clone())
+        };
+        (st("toggle")? == "on" && st("sorb")? == "failed").then_some(r)
+    });
+    let failed = failed.unwrap_or_else(|| panic!("no failed sorb on {udp}: {}", d.exec(ROWS)));
+    let sorb = failed["cms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sorb")
+        .unwrap();
+    assert_eq!(sorb["text"], "sorb: on → failed", "{failed}");
+    let err = failed["errs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "sorb")
+        .unwrap_or_else(|| panic!("sorb's error not shown: {failed}"));
+    assert!(
+        err["text"].as_str().unwrap().contains("403")
+            && err["text"].as_str().unwrap().contains("injected fault"),
+        "the error MITIGATOR answered: {err}"
+    );
+    // The simulator did refuse exactly that call, and the API says the same per switch.
+    let (_, log) = http_get(sim.addr, "/sim/log").unwrap();
+    let log: Vec<Value> = serde_json::from_str(&log).unwrap();
+    assert!(
+        log.iter().any(|r| r["method"] == "PUT"
+            && r["path"].as_str().unwrap_or("").ends_with("sorb/switch")
+            && r["status"] == 403),
+        "no refused sorb PUT in the simulator's log"
+    );
+    let (_, body) = http_get(api, "/api/v1/attacks").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let a = v["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ip"] == udp)
+        .unwrap();
+    let sw = a["mitigation"]["switches"].as_array().unwrap();
+    assert_eq!(sw[0]["name"], "toggle");
+    assert_eq!(sw[0]["state"], "on");
+    assert_eq!(sw[1]["name"], "sorb");
+    assert_eq!(sw[1]["state"], "failed");
+    assert!(sw[1]["error"].as_str().unwrap().contains("403"), "{sw:?}");
     // Health says so too, from the outcomes of the calls mitigation made.
     let reach = wait_for(5, || {
         let h = d.exec(ROWS)["health"].as_str().unwrap_or("").to_string();
@@ -378,6 +473,50 @@ fn console_shows_attack_mitigation_recent_report_and_survives_a_restart() {
         p["top"].as_array().unwrap().iter().any(|x| x == target),
         "top hosts: {p}"
     );
+    // Each top host has its sparkline, one point per sample (more than one by now).
+    let sparks = p["sparks"].as_array().unwrap();
+    assert_eq!(sparks.len(), p["top"].as_array().unwrap().len(), "{p}");
+    assert!(sparks.iter().all(|n| n.as_u64() > Some(1)), "{p}");
+    // Exporters: one row per router address (the capture is sent from 127.0.0.1), with
+    // the templates it announced; the collector socket in its own table.
+    // Template counts are refreshed once a second by the collector and sampled once a
+    // second by the console: the row may take a moment to show them.
+    let cells_of = |p: &Value| -> Option<Vec<String>> {
+        let ex = p["exporters"].as_array()?;
+        (ex.len() == 1 && ex[0]["exporter"] == "127.0.0.1").then_some(())?;
+        Some(
+            ex[0]["cells"]
+                .as_array()?
+                .iter()
+                .map(|c| c.as_str().unwrap_or("").to_string())
+                .collect(),
+        )
+    };
+    let cells = wait_for(10, || {
+        cells_of(&d.exec(ROWS)).filter(|c| c[4].parse::<u64>().is_ok_and(|n| n >= 1))
+    })
+    .unwrap_or_else(|| panic!("one exporter row with its templates: {}", d.exec(ROWS)));
+    assert_eq!(
+        cells[3], "1:1",
+        "softflowd announces no sampling: 1 in 1: {cells:?}"
+    );
+    assert_eq!(cells[5], "0", "decode errors: {cells:?}");
+    assert_eq!(p["collectors"].as_array().unwrap().len(), 1, "{p}");
+    let (_, body) = http_get(api, "/api/v1/exporters").unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v[0]["records_total"].as_u64() > Some(1000), "{v}");
+    // Health: drops, detection pass time, MITIGATOR.
+    let h = p["health"].as_str().unwrap();
+    for want in [
+        "socket drops (kernel)",
+        "queue drops0",
+        "detection pass",
+        "MITIGATORreachable",
+    ] {
+        assert!(h.contains(want), "health lacks {want:?}: {h}");
+    }
+    // Nothing came from anywhere but the service (no CDN, no font, no image).
+    assert_eq!(p["foreign"], json!([]), "{p}");
     d.screenshot("console-attack.png");
 
     // The flood is over: the attack ends after its ban time and moves to "recent".

@@ -53,6 +53,8 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.bgp_withdrawals,
         &m.bgp_refusals,
         &m.bgp_errors,
+        &m.exporter_records,
+        &m.exporter_decode_errors,
     ] {
         touch(v);
     }
@@ -60,6 +62,7 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.socket_drops,
         &m.templates_known,
         &m.exporter_sampling_rate,
+        &m.exporter_templates_known,
         &m.exporters_known,
         &m.attacks_active,
         &m.attack_host_pps,

@@ -120,6 +120,28 @@ dir = "{}"
     eprintln!("{pane}");
     assert!(pane.contains("TOP HOSTS INCOMING"), "{pane}");
     assert!(pane.contains("EXPORTERS"), "{pane}");
+    // Per switch (no MITIGATOR configured: a dry run) and one row per exporter address.
+    let syn = pane
+        .lines()
+        .find(|l| l.contains("127.0.0.20") && l.contains("syn_flood"))
+        .unwrap();
+    assert!(
+        syn.contains("policy 1 on->dry run") && syn.contains("tcp on->dry run"),
+        "{syn}"
+    );
+    // Exporter rows come from the service's once-a-second sample: may trail the attack.
+    let exporter = wait_for(10, || {
+        let p = t.pane();
+        let rows = p.split("EXPORTERS").nth(1).unwrap_or("").to_string();
+        rows.lines()
+            .any(|l| l.trim_start().starts_with("127.0.0.1 ") && l.contains("1:1"))
+            .then_some(())
+    });
+    assert!(
+        exporter.is_some(),
+        "an exporter row for 127.0.0.1 with its sampling:\n{}",
+        t.pane()
+    );
 
     t.cmd(&["send-keys", "-t", &name, "q"]);
     let dead = wait_for(10, || {

@@ -1,6 +1,7 @@
 //! The operator console: `GET /` (an HTML page, its script and style, embedded in the
-//! binary) and the JSON it reads, `GET /api/v1/summary` (also `/api/v1/exporters` and
-//! `/api/v1/health`), which `flowguard top` reads too.
+//! binary) and the JSON it reads, `GET /api/v1/summary` (also its parts
+//! `/api/v1/exporters`, `/api/v1/collectors` and `/api/v1/health`), which `flowguard top`
+//! reads too.
 //!
 //! The page is plain HTML/CSS/JS with no external asset, so it works on a management
 //! network with no internet. It is read-only and shows nothing secret: no API token, no
@@ -56,8 +57,10 @@ const UNREACHABLE: [&str; 3] = ["timeout", "transport_error", "misdirected"];
 #[derive(Clone, Default, Debug)]
 struct Snapshot {
     collectors: BTreeMap<String, CollectorSnap>,
-    /// (collector, exporter) → sampling rate in force.
-    sampling: Vec<(String, String, i64)>,
+    /// Per exporter (router address), keyed (exporter, collector): an exporter sending to
+    /// two collectors is two rows. At most `MAX_EXPORTER_SERIES` per collector.
+    exporters: BTreeMap<(String, String), ExporterSnap>,
+    exporter_series_overflow: f64,
     queue_full_drops: BTreeMap<String, f64>,
     events_dropped: BTreeMap<String, f64>,
     host_evictions: BTreeMap<String, f64>,
@@ -66,6 +69,16 @@ struct Snapshot {
     mitigator_ok: f64,
     mitigator_unreachable: f64,
     mitigator_failed: f64,
+}
+
+#[derive(Clone, Default, Debug)]
+struct ExporterSnap {
+    records: f64,
+    decode_errors: f64,
+    /// None until the exporter's first datagram that carried a rate.
+    sampling_rate: Option<i64>,
+    /// None on sFlow collectors (no templates).
+    templates_known: Option<i64>,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -160,13 +173,22 @@ impl Snapshot {
                 .or_default()
                 .exporters_known = x as i64;
         }
-        for (mm, x) in series(&m.exporter_sampling_rate) {
-            s.sampling.push((
-                label(&mm, "collector").into(),
-                label(&mm, "exporter").into(),
-                x as i64,
-            ));
+        let key = |mm: &prometheus::proto::Metric| -> (String, String) {
+            (label(mm, "exporter").into(), label(mm, "collector").into())
+        };
+        for (mm, x) in series(&m.exporter_records) {
+            s.exporters.entry(key(&mm)).or_default().records += x;
         }
+        for (mm, x) in series(&m.exporter_decode_errors) {
+            s.exporters.entry(key(&mm)).or_default().decode_errors += x;
+        }
+        for (mm, x) in series(&m.exporter_sampling_rate) {
+            s.exporters.entry(key(&mm)).or_default().sampling_rate = Some(x as i64);
+        }
+        for (mm, x) in series(&m.exporter_templates_known) {
+            s.exporters.entry(key(&mm)).or_default().templates_known = Some(x as i64);
+        }
+        s.exporter_series_overflow = m.exporter_series_overflow.get() as f64;
         for (mm, x) in series(&m.queue_full_drops) {
             *s.queue_full_drops
                 .entry(label(&mm, "queue").into())
@@ -389,6 +411,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/console/style.css", get(style_css))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/exporters", get(exporters))
+        .route("/api/v1/collectors", get(collectors))
         .route("/api/v1/health", get(health))
         .with_state(c)
 }
@@ -448,12 +471,22 @@ fn rate(
     }
 }
 
+/// One exporter (router address) as the console shows it.
 #[derive(Serialize)]
 struct ExporterRow {
     exporter: String,
-    sampling_rate: i64,
+    collector: String,
+    records_per_second: f64,
+    records_total: u64,
+    /// The rate in force (1 in N); null before its first datagram that carried one.
+    sampling_rate: Option<i64>,
+    /// NetFlow v9/IPFIX templates cached for it; null on sFlow collectors.
+    templates_known: Option<i64>,
+    decode_errors_total: u64,
+    decode_errors_per_second: f64,
 }
 
+/// One collector socket: what is not per exporter (kernel drops, refused datagrams).
 #[derive(Serialize)]
 struct CollectorRow {
     collector: String,
@@ -468,10 +501,38 @@ struct CollectorRow {
     decode_errors_per_second: f64,
     dropped: BTreeMap<String, u64>,
     socket_drops: i64,
-    exporters: Vec<ExporterRow>,
 }
 
+/// Per exporter, from the per-exporter series the collectors keep (bounded there).
 fn exporters_json(h: &History) -> Value {
+    let (prev, last, _) = h.snapshots();
+    let Some(last) = last else {
+        return json!([]);
+    };
+    let prev = prev.as_ref();
+    let rows: Vec<ExporterRow> = last
+        .1
+        .exporters
+        .iter()
+        .map(|(k, e)| {
+            let of =
+                |s: &Snapshot, f: &dyn Fn(&ExporterSnap) -> f64| s.exporters.get(k).map_or(0.0, f);
+            ExporterRow {
+                exporter: k.0.clone(),
+                collector: k.1.clone(),
+                records_per_second: rate(prev, &last, |s| of(s, &|e| e.records)),
+                records_total: e.records as u64,
+                sampling_rate: e.sampling_rate,
+                templates_known: e.templates_known,
+                decode_errors_total: e.decode_errors as u64,
+                decode_errors_per_second: rate(prev, &last, |s| of(s, &|e| e.decode_errors)),
+            }
+        })
+        .collect();
+    serde_json::to_value(rows).unwrap_or(Value::Null)
+}
+
+fn collectors_json(h: &History) -> Value {
     let (prev, last, _) = h.snapshots();
     let Some(last) = last else {
         return json!([]);
@@ -503,16 +564,6 @@ fn exporters_json(h: &History) -> Value {
                 .map(|(k, v)| (k.clone(), *v as u64))
                 .collect(),
             socket_drops: c.socket_drops,
-            exporters: last
-                .1
-                .sampling
-                .iter()
-                .filter(|(col, _, _)| col == name)
-                .map(|(_, e, r)| ExporterRow {
-                    exporter: e.clone(),
-                    sampling_rate: *r,
-                })
-                .collect(),
         });
     }
     serde_json::to_value(rows).unwrap_or(Value::Null)
@@ -563,6 +614,8 @@ fn health_json(c: &Console) -> Value {
         "queue_full_drops": ints(&s.queue_full_drops),
         "attack_events_dropped": ints(&s.events_dropped),
         "host_evictions": ints(&s.host_evictions),
+        // Exporters past the per-collector series cap: counted, not shown as rows.
+        "exporter_series_overflow": s.exporter_series_overflow as u64,
         // Gauges are read live (the page shows the planner's live state beside them).
         "tracked_hosts": c.api.metrics.tracked_hosts.get(),
         "detection_pass_ms": (pass_ms * 1000.0).round() / 1000.0,
@@ -582,6 +635,11 @@ fn health_json(c: &Console) -> Value {
 async fn exporters(State(c): State<Console>) -> Json<Value> {
     super::count(&c.api, "exporters", axum::http::StatusCode::OK);
     Json(exporters_json(&c.history))
+}
+
+async fn collectors(State(c): State<Console>) -> Json<Value> {
+    super::count(&c.api, "collectors", axum::http::StatusCode::OK);
+    Json(collectors_json(&c.history))
 }
 
 async fn health(State(c): State<Console>) -> Json<Value> {
@@ -612,6 +670,7 @@ async fn summary(State(c): State<Console>) -> Json<Value> {
         "top": top,
         "spark_seconds": span,
         "exporters": exporters_json(&c.history),
+        "collectors": collectors_json(&c.history),
         "health": health_json(&c),
     }))
 }
@@ -620,21 +679,31 @@ async fn summary(State(c): State<Console>) -> Json<Value> {
 mod tests {
     use super::*;
 
-    /// Rates are the difference of two snapshots over their time apart; the exporters'
-    /// sampling rates are listed under their collector.
+    /// Rates are the difference of two snapshots over their time apart: per collector
+    /// socket, and per exporter (router address) with its sampling rate, templates and
+    /// decode errors; an exporter on an sFlow collector has no templates (null).
     #[test]
-    fn collector_rates_come_from_two_snapshots() {
+    fn exporter_and_collector_rates_come_from_two_snapshots() {
         let m = Metrics::new();
         m.pretouch(&[("nf".into(), false)]);
+        let (r1, r2) = (["nf", "192.0.2.1"], ["nf", "192.0.2.2"]);
+        let sf = ["sf", "192.0.2.9"];
         m.flow_records.with_label_values(&["nf", "v9"]).inc_by(1000);
-        m.exporter_sampling_rate
-            .with_label_values(&["nf", "192.0.2.1"])
-            .set(512);
+        m.exporter_records.with_label_values(&r1).inc_by(1000);
+        m.exporter_records.with_label_values(&r2);
+        m.exporter_records.with_label_values(&sf).inc_by(10);
+        m.exporter_sampling_rate.with_label_values(&r1).set(512);
+        m.exporter_templates_known.with_label_values(&r1).set(3);
+        m.exporter_templates_known.with_label_values(&r2).set(1);
         let first = Snapshot::read(&m);
         m.flow_records.with_label_values(&["nf", "v9"]).inc_by(3000);
+        m.exporter_records.with_label_values(&r1).inc_by(3000);
+        m.exporter_records.with_label_values(&sf).inc_by(20);
         m.decode_errors
             .with_label_values(&["nf", "truncated"])
             .inc_by(4);
+        m.exporter_decode_errors.with_label_values(&r2).inc_by(4);
+        m.exporter_series_overflow.inc_by(7);
         let second = Snapshot::read(&m);
         let h = History::default();
         {
@@ -642,7 +711,7 @@ mod tests {
             g.prev = Some((10_000, first));
             g.last = Some((12_000, second));
         }
-        let v = exporters_json(&h);
+        let v = collectors_json(&h);
         let c = &v[0];
         assert_eq!(c["collector"], "nf");
         assert_eq!(c["records_per_second"], 1500.0);
@@ -650,8 +719,59 @@ mod tests {
         assert_eq!(c["decode_errors_total"], 4);
         assert_eq!(c["decode_errors"]["truncated"], 4);
         assert_eq!(c["decode_errors_per_second"], 2.0);
-        assert_eq!(c["exporters"][0]["exporter"], "192.0.2.1");
-        assert_eq!(c["exporters"][0]["sampling_rate"], 512);
+        let v = exporters_json(&h);
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{v}");
+        let row = |ip: &str| rows.iter().find(|r| r["exporter"] == ip).unwrap();
+        let a = row("192.0.2.1");
+        assert_eq!(a["collector"], "nf");
+        assert_eq!(a["records_per_second"], 1500.0);
+        assert_eq!(a["records_total"], 4000);
+        assert_eq!(a["sampling_rate"], 512);
+        assert_eq!(a["templates_known"], 3);
+        assert_eq!(a["decode_errors_total"], 0);
+        let b = row("192.0.2.2");
+        assert_eq!(b["records_per_second"], 0.0);
+        assert_eq!(b["sampling_rate"], Value::Null, "no rate announced yet");
+        assert_eq!(b["decode_errors_total"], 4);
+        assert_eq!(b["decode_errors_per_second"], 2.0);
+        let s = row("192.0.2.9");
+        assert_eq!(s["collector"], "sf");
+        assert_eq!(s["records_per_second"], 10.0);
+        assert_eq!(s["templates_known"], Value::Null);
+        assert_eq!(h.snapshots().1.unwrap().1.exporter_series_overflow, 7.0);
+    }
+
+    /// The page works with no internet: the embedded assets name no other host (no CDN,
+    /// font or image URL), and the page loads only its own script and style.
+    #[test]
+    fn assets_reference_nothing_outside_the_service() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+        ] {
+            for bad in [
+                "https://",
+                "http://",
+                "src=\"//",
+                "href=\"//",
+                "@import",
+                "url(",
+            ] {
+                // The SVG namespace is a name, not a URL anything is loaded from.
+                let hits = text
+                    .match_indices(bad)
+                    .filter(|(i, _)| !text[*i..].starts_with("http://www.w3.org/2000/svg"))
+                    .count();
+                assert_eq!(hits, 0, "{name} contains {bad:?}");
+            }
+        }
+        let srcs: Vec<&str> = INDEX_HTML
+            .split(['"', '\''])
+            .filter(|t| t.starts_with('/') && !t.starts_with("/api/") && *t != "/metrics")
+            .collect();
+        assert_eq!(srcs, ["/console/style.css", "/console/app.js"]);
     }
 
     #[test]

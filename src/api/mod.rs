@@ -15,7 +15,8 @@
 //! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form, then the BGP routes |
 //! | `GET /` | the operator console (HTML; [`console`]) |
 //! | `GET /api/v1/summary` | everything the console and `flowguard top` show |
-//! | `GET /api/v1/exporters` | per collector: records/s, templates, decode errors, exporters' sampling |
+//! | `GET /api/v1/exporters` | per exporter (router address): records/s, sampling, templates, decode errors |
+//! | `GET /api/v1/collectors` | per collector socket: datagrams/s, drops, decode errors by kind |
 //! | `GET /api/v1/health` | drops, detection pass time, MITIGATOR reachability |
 
 pub mod console;

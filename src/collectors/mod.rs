@@ -10,6 +10,7 @@
 //! The exporter allow-list is checked before any parsing, so spoofed datagrams cannot
 //! touch real exporters' template state; refused datagrams are counted by reason.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -137,6 +138,31 @@ pub fn spawn(
         .spawn(move || receive_loop(b, pipeline, stop))
 }
 
+/// One exporter's own series: the handles are looked up once, so a datagram costs an
+/// atomic add or two, not a label lookup (formatting the address label per datagram was
+/// measurable). At most [`MAX_EXPORTER_SERIES`] per collector.
+struct ExporterSeries {
+    /// The sampling rate last set on its gauge (set only when it changes).
+    rate: Option<u32>,
+    records: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
+    /// NetFlow collectors only (sFlow has no templates).
+    templates: Option<prometheus::IntGauge>,
+}
+
+impl ExporterSeries {
+    fn new(m: &crate::metrics::Metrics, collector: &str, ip: IpAddr, netflow: bool) -> Self {
+        let ip = ip.to_string();
+        let l = [collector, ip.as_str()];
+        ExporterSeries {
+            rate: None,
+            records: m.exporter_records.with_label_values(&l),
+            errors: m.exporter_decode_errors.with_label_values(&l),
+            templates: netflow.then(|| m.exporter_templates_known.with_label_values(&l)),
+        }
+    }
+}
+
 enum Decoder {
     // Boxed: the NetFlow decoder's caches make it much larger than the sFlow one.
     Netflow(Box<NetflowDecoder>),
@@ -158,9 +184,10 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
     let mut rx = BatchReceiver::new();
     let mut records: Vec<FlowRecord> = Vec::with_capacity(BATCH * 32);
     let mut scratch = pipeline.scratch();
-    // Exporters with a sampling-rate series, and the rate last set (the gauge is set
-    // only when it changes: formatting the address label per datagram was measurable).
-    let mut labelled: HashMap<IpAddr, u32> = HashMap::new();
+    // Exporters with their own series. One is given a series by its first well-formed
+    // datagram, so garbage from random sources cannot take the slots.
+    let mut labelled: HashMap<IpAddr, ExporterSeries, ahash::RandomState> = HashMap::default();
+    let netflow = matches!(b.cfg.protocol, CollectorProtocol::Netflow);
     let mut tally = DecodeTally::default();
     let mut last_gauges = 0i64;
     let mut last_drops = 0i64;
@@ -228,22 +255,36 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
                 }
             };
             tally.add(&oc);
-            if let Some(rate) = oc.sampling_rate {
-                let ip = from.ip();
-                let known = labelled.get(&ip).copied();
-                if known == Some(rate) {
-                    // Unchanged: the gauge already says so.
-                } else if known.is_some() || labelled.len() < MAX_EXPORTER_SERIES {
-                    if known.is_none() {
+            let ip = from.ip();
+            let n = labelled.len();
+            let series = match labelled.entry(ip) {
+                Entry::Occupied(o) => Some(o.into_mut()),
+                Entry::Vacant(v) if oc.error.is_none() && n < MAX_EXPORTER_SERIES => {
+                    Some(v.insert(ExporterSeries::new(&metrics, &b.label, ip, netflow)))
+                }
+                Entry::Vacant(_) => {
+                    if oc.error.is_none() {
+                        metrics.exporter_series_overflow.inc();
+                    }
+                    None
+                }
+            };
+            if let Some(s) = series {
+                if oc.records > 0 {
+                    s.records.inc_by(oc.records as u64);
+                }
+                if oc.error.is_some() {
+                    s.errors.inc();
+                }
+                if let Some(rate) = oc.sampling_rate.filter(|r| s.rate != Some(*r)) {
+                    if s.rate.is_none() {
                         tracing::info!(collector = %b.label, exporter = %ip, sampling_rate = rate, "new exporter");
                     }
-                    labelled.insert(ip, rate);
+                    s.rate = Some(rate);
                     metrics
                         .exporter_sampling_rate
                         .with_label_values(&[&b.label, &ip.to_string()])
                         .set(i64::from(rate));
-                } else {
-                    metrics.exporter_series_overflow.inc();
                 }
             }
         }
@@ -274,7 +315,15 @@ fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
             coalesce = coalesce_for(rcvbuf, sec_dgrams, sec_bytes);
             (sec_dgrams, sec_bytes) = (0, 0);
             let (exporters, templates) = match &dec {
-                Decoder::Netflow(d) => (d.exporters(), d.templates_known()),
+                Decoder::Netflow(d) => {
+                    let per = d.templates_by_exporter();
+                    for (ip, s) in &labelled {
+                        if let Some(g) = &s.templates {
+                            g.set(per.get(ip).copied().unwrap_or(0) as i64);
+                        }
+                    }
+                    (d.exporters(), d.templates_known())
+                }
                 Decoder::Sflow(d) => (d.exporters(), 0),
             };
             metrics

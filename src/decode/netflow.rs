@@ -370,6 +370,27 @@ impl NetflowDecoder {
         v9 + ipfix
     }
 
+    /// Templates cached per exporter address (all its ports and source ids / domains
+    /// together): at most `max_sources` entries, like the scopes they come from.
+    pub fn templates_by_exporter(&self) -> HashMap<IpAddr, usize> {
+        let mut m: HashMap<IpAddr, usize> = HashMap::new();
+        let v9 = self.parser.v9_info();
+        let ipfix = self.parser.ipfix_info();
+        let sizes = v9
+            .iter()
+            .map(|(k, i)| (k.addr.ip(), i.v9.current_size + i.ipfix.current_size))
+            .chain(
+                ipfix
+                    .iter()
+                    .map(|(k, i)| (k.addr.ip(), i.v9.current_size + i.ipfix.current_size)),
+            );
+        // The scopes are keyed by the canonical address the collector passed in.
+        for (ip, n) in sizes {
+            *m.entry(ip).or_default() += n;
+        }
+        m
+    }
+
     /// Sampling rate in force for an exporter address (any scope), for metrics.
     pub fn sampling_rate_of(&self, exporter: IpAddr) -> u32 {
         if let Some(r) = self.overrides.for_exporter(exporter) {

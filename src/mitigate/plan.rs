@@ -254,6 +254,28 @@ pub struct RouteStatus {
     pub reason: Option<String>,
 }
 
+/// One MITIGATOR switch of an attack (the policy protection, then each countermeasure),
+/// as the API shows it: what flowguard wants for this attack and what MITIGATOR has
+/// acknowledged for that switch. A switch is one resource shared by every attack on its
+/// policy, so two attacks show the same acknowledged state for it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SwitchStatus {
+    /// `toggle` (the policy's protection) or a countermeasure's API name.
+    pub name: String,
+    pub policy: u32,
+    /// `on` while the attack is live, `off` after it.
+    pub wanted: &'static str,
+    /// `pending` (not confirmed on yet), `on` (read back or written on), `not_ours` (on,
+    /// but someone else switched it on: flowguard leaves it on), `failed_retrying`
+    /// (MITIGATOR unreachable or failing; retried in the background), `failed`
+    /// (MITIGATOR rejected the call for good), `switching_off`, `off`, `dry_run`.
+    pub state: &'static str,
+    /// The last error of this switch's calls (for the two failed states).
+    pub error: Option<String>,
+    /// Why the state is not simply what is wanted (e.g. kept on for another attack).
+    pub note: Option<String>,
+}
+
 /// Mitigation state of one attack, as the API shows it.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct MitigationStatus {
@@ -270,6 +292,8 @@ pub struct MitigationStatus {
     /// Taken from the state file after a restart and not renewed yet.
     pub restored: bool,
     pub last_error: Option<String>,
+    /// Per switch, in the order they are switched on.
+    pub switches: Vec<SwitchStatus>,
     /// BGP routes of the attack (none when no BGP action applies to it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteStatus>,
@@ -288,6 +312,9 @@ pub struct Planner {
     foreign: BTreeSet<Resource>,
     /// Last error of a resource's step, cleared by its next success.
     errors: BTreeMap<Resource, String>,
+    /// Resources whose last step the backend rejected for good (their error is in
+    /// `errors`); cleared by the next success or retry.
+    rejected: BTreeSet<Resource>,
     /// Ended attacks in the order they ended; the oldest are forgotten past `max_ended`.
     ended: VecDeque<String>,
     max_ended: usize,
@@ -310,6 +337,7 @@ impl Planner {
             present: BTreeSet::new(),
             foreign: BTreeSet::new(),
             errors: BTreeMap::new(),
+            rejected: BTreeSet::new(),
             ended: VecDeque::new(),
             max_ended,
             dry_run,
@@ -914,9 +942,11 @@ impl Planner {
             match &rejected {
                 Some(e) => {
                     self.errors.insert(k.clone(), e.clone());
+                    self.rejected.insert(k.clone());
                 }
                 None => {
                     self.errors.remove(k);
+                    self.rejected.remove(k);
                 }
             }
         }
@@ -943,6 +973,7 @@ impl Planner {
     pub fn step_failed(&mut self, step: &Step, err: String, now: i64) {
         if let Op::Engage(k) | Op::Release(k) = &step.op {
             self.errors.insert(k.clone(), err.clone());
+            self.rejected.remove(k);
         }
         if let Some(r) = step.attack.as_ref().and_then(|id| self.records.get_mut(id)) {
             r.retrying = Some(err);
@@ -1001,6 +1032,67 @@ impl Planner {
         }
     }
 
+    fn switch_status(&self, r: &Record, k: &SwitchKey) -> SwitchStatus {
+        let key = Resource::Switch(k.clone());
+        let err = self.errors.get(&key).cloned();
+        let failed = if self.rejected.contains(&key) {
+            "failed"
+        } else {
+            "failed_retrying"
+        };
+        let (present, owned) = (self.present.contains(&key), self.owned.contains(&key));
+        let not_ours = self.foreign.contains(&key) || (present && !owned);
+        let (state, note) = if self.dry[BackendKind::Mitigator.index()] {
+            (if r.live() { "dry_run" } else { "off" }, None)
+        } else if r.live() {
+            if err.is_some() {
+                (failed, None)
+            } else if not_ours {
+                (
+                    "not_ours",
+                    Some("already on, not flowguard's: will be left on".into()),
+                )
+            } else if present {
+                ("on", None)
+            } else {
+                ("pending", None)
+            }
+        } else if self.refcount(&key) > 0 {
+            // Off for this attack, on for another one on the same policy.
+            (
+                if present { "on" } else { "pending" },
+                Some("still wanted by another attack".into()),
+            )
+        } else if owned {
+            (
+                if err.is_some() {
+                    failed
+                } else {
+                    "switching_off"
+                },
+                None,
+            )
+        } else if not_ours {
+            (
+                "not_ours",
+                Some("not switched on by flowguard: left on".into()),
+            )
+        } else {
+            ("off", None)
+        };
+        let error = matches!(state, "failed" | "failed_retrying")
+            .then_some(err)
+            .flatten();
+        SwitchStatus {
+            name: k.name.clone(),
+            policy: k.policy,
+            wanted: if r.live() { "on" } else { "off" },
+            state,
+            error,
+            note,
+        }
+    }
+
     fn status_of(&self, r: &Record) -> MitigationStatus {
         let state = if r.retrying.is_some() {
             "failed_retrying"
@@ -1026,6 +1118,14 @@ impl Planner {
             updated_ms: r.updated_ms,
             restored: r.restored_at.is_some(),
             last_error: r.retrying.clone().or_else(|| r.rejected.clone()),
+            switches: r
+                .keys()
+                .iter()
+                .filter_map(|k| match k {
+                    Resource::Switch(s) => Some(self.switch_status(r, s)),
+                    Resource::Route(_) => None,
+                })
+                .collect(),
             routes: r.routes.iter().map(|x| self.route_status(r, x)).collect(),
             tbl_skipped_sources: r.tbl_skipped.as_ref().map_or(0, |t| t.0),
             tbl_skip_reason: r.tbl_skipped.as_ref().map(|t| t.1.clone()),
@@ -1296,6 +1396,110 @@ mod tests {
         assert!(take(&mut w).iter().all(|x| x.ends_with(":1")));
         assert_eq!(p.owned().count(), 0);
         assert_eq!(p.status("a").unwrap().state, "ended");
+    }
+
+    fn switch_states(p: &Planner, id: &str) -> Vec<(String, &'static str, &'static str)> {
+        p.status(id)
+            .unwrap()
+            .switches
+            .iter()
+            .map(|s| (s.name.clone(), s.wanted, s.state))
+            .collect()
+    }
+
+    /// Each switch of an attack carries its own acknowledged state and error: one on,
+    /// one rejected for good (its error kept), one retrying; a success clears the error.
+    #[test]
+    fn each_switch_shows_its_own_acknowledged_state_and_error() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        let steps = p.start(spec("a", "192.0.2.1", 1, &["tcp", "sorb"]), 0);
+        let own = |n: &str| (n.to_string(), "on", "pending");
+        assert_eq!(
+            switch_states(&p, "a"),
+            [own("toggle"), own("tcp"), own("sorb")]
+        );
+        // toggle and tcp go through; sorb is rejected (as a 4xx would be).
+        run(&mut p, &mut w, steps[..2].to_vec());
+        p.before_put(&key(1, "sorb"), true);
+        p.step_rejected(&steps[2], "HTTP 403: injected fault".into(), 1);
+        let st = p.status("a").unwrap();
+        assert_eq!(st.state, "failed");
+        let by = |n: &str| st.switches.iter().find(|s| s.name == n).unwrap().clone();
+        assert_eq!((by("toggle").state, by("toggle").error), ("on", None));
+        assert_eq!((by("tcp").state, by("tcp").error), ("on", None));
+        assert_eq!(by("sorb").state, "failed");
+        assert_eq!(
+            by("sorb").error.as_deref(),
+            Some("HTTP 403: injected fault")
+        );
+        // A second attack on the policy needs acl, and MITIGATOR is down: retrying, with
+        // that error; the shared sorb is not retried (its step was dropped) and stays failed.
+        let s2 = p.start(spec("b", "192.0.2.2", 1, &["acl", "sorb"]), 2);
+        assert_eq!(s2.len(), 1, "only acl is new: {s2:?}");
+        p.step_failed(&s2[0], "request failed: timeout".into(), 2);
+        let of = |p: &Planner, id: &str, n: &str| {
+            p.status(id)
+                .unwrap()
+                .switches
+                .into_iter()
+                .find(|s| s.name == n)
+                .unwrap()
+        };
+        assert_eq!(of(&p, "b", "acl").state, "failed_retrying");
+        assert_eq!(
+            of(&p, "b", "acl").error.as_deref(),
+            Some("request failed: timeout")
+        );
+        assert_eq!(of(&p, "b", "sorb").state, "failed", "one switch, one state");
+        assert_eq!(of(&p, "b", "toggle").state, "on");
+        // The retry succeeds; sorb is put back on (a reconcile): no error left anywhere.
+        run(&mut p, &mut w, s2);
+        run(&mut p, &mut w, vec![steps[2].clone()]);
+        assert_eq!(
+            (of(&p, "b", "acl").state, of(&p, "b", "acl").error),
+            ("on", None)
+        );
+        assert_eq!(
+            (of(&p, "a", "sorb").state, of(&p, "a", "sorb").error),
+            ("on", None)
+        );
+        // a ends: toggle and sorb stay on for b (noted), tcp goes off.
+        let s = p.end("a", 3);
+        assert_eq!(
+            switch_states(&p, "a"),
+            [
+                ("toggle".to_string(), "off", "on"),
+                ("tcp".to_string(), "off", "switching_off"),
+                ("sorb".to_string(), "off", "on")
+            ]
+        );
+        assert_eq!(
+            of(&p, "a", "sorb").note.as_deref(),
+            Some("still wanted by another attack")
+        );
+        run(&mut p, &mut w, s);
+        assert_eq!(switch_states(&p, "a")[1], ("tcp".to_string(), "off", "off"));
+    }
+
+    /// A switch an operator had on is shown on, not flowguard's; dry run says so.
+    #[test]
+    fn operator_switches_and_dry_runs_are_shown_as_such() {
+        let mut p = Planner::new(false, 10);
+        let mut w = World::default();
+        w.on.insert(key(1, "acl"));
+        let s = p.start(spec("a", "192.0.2.1", 1, &["acl"]), 0);
+        run(&mut p, &mut w, s);
+        assert_eq!(
+            switch_states(&p, "a"),
+            [
+                ("toggle".to_string(), "on", "on"),
+                ("acl".to_string(), "on", "not_ours")
+            ]
+        );
+        let mut d = Planner::new(true, 10);
+        let _ = d.start(spec("a", "192.0.2.1", 1, &["acl"]), 0);
+        assert!(switch_states(&d, "a").iter().all(|s| s.2 == "dry_run"));
     }
 
     #[test]

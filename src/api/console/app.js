@@ -42,12 +42,35 @@ function dur(ms) {
   return (h ? h + 'h ' : '') + (h || m ? m + 'm ' : '') + s + 's';
 }
 
-// What MITIGATOR has acknowledged, from the mitigation state of the attack.
-const ACK = {
-  active: ['on', 'on'], pending: ['pending', 'pending'], ending: ['switching off', 'ending'],
-  ended: ['off', 'off'], dry_run: ['dry run, not sent', 'dry_run'],
+// What MITIGATOR has acknowledged for one switch (mitigation.switches[].state), and the
+// chip's colour.
+const SWITCH_ACK = {
+  on: ['on', 'on'], pending: ['pending', 'pending'], not_ours: ["on (not flowguard's)", 'on'],
   failed_retrying: ['failed, retrying', 'failed'], failed: ['failed', 'failed'],
+  switching_off: ['switching off', 'pending'], off: ['off', 'off'], dry_run: ['dry run, not sent', 'dry_run'],
 };
+// The same for one BGP route (mitigation.routes[].state).
+const ROUTE_ACK = {
+  announced: ['announced', 'on'], pending: ['announcing', 'pending'], waiting: ['waiting', 'off'],
+  failed_retrying: ['failed, retrying', 'failed'], withdrawing: ['withdrawing', 'pending'],
+  withdrawn: ['withdrawn', 'off'], refused: ['refused', 'failed'], not_ours: ["not flowguard's", 'off'],
+  dry_run: ['dry run, not sent', 'dry_run'],
+};
+// The attack's overall mitigation state, shown when no switch says more.
+const ATTACK_STATE = {
+  active: 'on', pending: 'pending', ending: 'switching off', ended: 'off', dry_run: 'dry run',
+  failed_retrying: 'failed, retrying', failed: 'failed',
+};
+
+function chip(kind, name, label, wanted, state, table, error, note) {
+  const [ack, cls] = table[state] || [state, 'none'];
+  const c = el('span', { class: 'cm ' + cls, 'data-kind': kind, 'data-cm': name, 'data-wanted': wanted, 'data-state': state });
+  c.textContent = `${label}: ${wanted} → ${ack}`;
+  if (note) c.title = note;
+  const kids = [c];
+  if (error) kids.push(el('span', { class: 'err', 'data-cm': name, text: `${label}: ${error}` }));
+  return kids;
+}
 
 function mitigationCell(a) {
   const td = el('td', { class: 'mitigation' });
@@ -56,16 +79,21 @@ function mitigationCell(a) {
     td.append(el('span', { class: 'cm none', text: 'no mitigation state' }));
     return td;
   }
-  const wanted = a.active ? 'on' : 'off';
-  const [ack, cls] = ACK[m.state] || [m.state, 'none'];
-  const names = ['policy ' + m.policy].concat(m.countermeasures || []);
-  for (const n of names) {
-    const chip = el('span', { class: 'cm ' + cls, 'data-cm': n, 'data-state': m.state });
-    chip.textContent = `${n}: ${wanted} → ${ack}`;
-    td.append(chip);
+  const switches = m.switches || [];
+  for (const s of switches) {
+    const label = s.name === 'toggle' ? `policy ${s.policy}` : s.name;
+    td.append(...chip('switch', s.name, label, s.wanted, s.state, SWITCH_ACK, s.error, s.note));
+  }
+  for (const r of m.routes || []) {
+    const wanted = a.active && !['waiting', 'refused'].includes(r.state) ? 'on' : 'off';
+    const err = ['failed_retrying', 'refused'].includes(r.state) ? r.reason : null;
+    td.append(...chip('route', r.route, `${r.kind} ${r.prefix}`, wanted, r.state, ROUTE_ACK, err, r.reason));
   }
   if (m.restored) td.append(el('span', { class: 'muted', text: ' (restored)' }));
-  if (m.last_error) td.append(el('span', { class: 'err', text: 'last error: ' + m.last_error }));
+  // An error no switch carries (the temporary blacklist, say) still shows.
+  if (m.last_error && !switches.some((s) => s.error === m.last_error)) {
+    td.append(el('span', { class: 'err', text: `mitigation ${ATTACK_STATE[m.state] || m.state}: ${m.last_error}` }));
+  }
   return td;
 }
 
@@ -107,7 +135,8 @@ function renderAttacks(d, now) {
     typeCell(a),
     el('td', { class: 'num', text: `${pps(a.current?.pps)} / ${pps(a.peak_pps)}` }),
     el('td', { class: 'num', text: `${bps(a.current?.bps)} / ${bps(a.peak_bps)}` }),
-    el('td', { text: clock(a.start_ms) }),
+    // Time of day only (the date is in the tooltip): the mitigation column needs the room.
+    el('td', { text: clock(a.start_ms).slice(11), title: clock(a.start_ms) }),
     el('td', { text: dur(now - a.start_ms) }),
     mitigationCell(a),
     reportButton(a))));
@@ -163,16 +192,25 @@ function renderTop(d) {
 
 function renderExporters(d) {
   const rows = d.exporters || [];
-  fill(document.querySelector('#exporters tbody'), rows.map((c) => {
-    const ex = (c.exporters || []).map((e) => `${e.exporter} 1:${e.sampling_rate}`).join(', ');
+  document.getElementById('exporters-empty').hidden = rows.length > 0;
+  fill(document.querySelector('#exporters tbody'), rows.map((e) => el('tr', { 'data-exporter': e.exporter, 'data-collector': e.collector },
+    el('td', { class: 'addr', text: e.exporter }),
+    el('td', { class: 'muted', text: e.collector }),
+    el('td', { class: 'num', text: si(e.records_per_second, '') }),
+    el('td', { class: 'num', text: e.sampling_rate == null ? 'not announced' : `1:${e.sampling_rate}` }),
+    el('td', { class: 'num', text: e.templates_known == null ? '–' : String(e.templates_known) }),
+    el('td', { class: 'num' + (e.decode_errors_total ? ' bad' : ''), text: String(e.decode_errors_total) + (e.decode_errors_per_second ? ` (${e.decode_errors_per_second}/s)` : '') }))));
+  const cols = d.collectors || [];
+  fill(document.querySelector('#collectors tbody'), cols.map((c) => {
     const errs = Object.entries(c.decode_errors || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
+    const drops = Object.entries(c.dropped || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ');
     return el('tr', { 'data-collector': c.collector },
       el('td', { text: c.collector }),
-      el('td', { class: 'num', text: si(c.records_per_second, '') }),
       el('td', { class: 'num', text: si(c.datagrams_per_second, '') }),
-      el('td', { class: 'num', text: `${c.templates_known} (misses ${c.template_misses})` }),
-      el('td', { class: 'wrap', text: ex || (c.exporters_known ? `${c.exporters_known} known, sampling not announced` : 'none yet') }),
-      el('td', { class: 'num wrap' + (c.decode_errors_total ? ' bad' : ''), text: String(c.decode_errors_total) + (errs ? ` (${errs})` : '') }));
+      el('td', { class: 'num', text: `${c.exporters_known}` }),
+      el('td', { class: 'num', text: `${c.template_misses}` }),
+      el('td', { class: 'num' + (c.decode_errors_total ? ' bad' : ''), text: String(c.decode_errors_total) + (errs ? ` (${errs})` : '') }),
+      el('td', { class: 'num' + (c.socket_drops || drops ? ' bad' : ''), text: `${c.socket_drops}` + (drops ? ` + ${drops}` : '') }));
   }));
 }
 
@@ -191,6 +229,7 @@ function renderHealth(d) {
     add('queue drops', `${q}` + (q ? ` (${JSON.stringify({ ...h.queue_full_drops, ...h.attack_events_dropped })})` : ''), q ? 'bad' : 'good');
     add('detection pass', `${Number(h.detection_pass_ms).toFixed(2)} ms (${h.detection_passes} passes)`);
     add('tracked hosts', String(h.tracked_hosts));
+    if (h.exporter_series_overflow) add('exporters not listed (series cap)', String(h.exporter_series_overflow), 'bad');
     const m = h.mitigator || {};
     const rcls = { reachable: 'good', unreachable: 'bad' }[m.reachability] || '';
     add('MITIGATOR', m.mode === 'dry_run' ? 'dry run (calls logged, not made)' : m.reachability, rcls);

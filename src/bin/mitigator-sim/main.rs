@@ -46,6 +46,8 @@ Test endpoints (not logged, no token):
                     {\"location\":\"http://127.0.0.1:P\"}  ...421 with Location at that leader
                     {\"expire_tokens\":true}  every token issued so far is invalid now
                     {\"token_ttl_ms\":1000}   tokens issued from now expire after that (0 = never)
+                    {\"path\":\"sorb/switch\",\"method\":\"PUT\"}  ...only if the path
+                                             contains this and the method matches
                     {\"clear\":true}          drop queued faults
 
 Prints \"listening on ADDR\" on stdout once bound (ADDR is the real port for :0).";

@@ -38,11 +38,18 @@ pub struct FaultSpec {
     pub token_ttl_ms: Option<u64>,
     /// Drop every queued fault first.
     pub clear: Option<bool>,
+    /// Only requests whose path (after `/api/v4/`) contains this get the fault, e.g.
+    /// `sorb/switch`; others pass it by (it stays queued for a matching one).
+    pub path: Option<String>,
+    /// Only requests with this method (`GET`, `PUT`, ...) get the fault.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 struct QueuedFault {
     remaining: u32,
+    path: Option<String>,
+    method: Option<String>,
     status: Option<u16>,
     latency: Option<Duration>,
     location: Option<String>,
@@ -143,6 +150,8 @@ impl Sim {
         if f.status.is_some() || f.latency_ms.is_some() || f.location.is_some() {
             self.faults.push_back(QueuedFault {
                 remaining: f.count.unwrap_or(1).max(1),
+                path: f.path,
+                method: f.method.map(|m| m.to_ascii_uppercase()),
                 status: f.status,
                 latency: f.latency_ms.map(Duration::from_millis),
                 location: f.location.map(|l| l.trim_end_matches('/').to_string()),
@@ -188,11 +197,17 @@ impl Sim {
         token: Option<&str>,
         body: &[u8],
     ) -> Answer {
-        if let Some(f) = self.faults.front_mut() {
+        // The first queued fault this request matches (unfiltered faults match all).
+        let hit = self.faults.iter().position(|f| {
+            f.path.as_deref().map_or(true, |p| path.contains(p))
+                && f.method.as_deref().map_or(true, |m| m == method)
+        });
+        if let Some(i) = hit {
+            let f = &mut self.faults[i];
             f.remaining = f.remaining.saturating_sub(1);
             let f = f.clone();
             if f.remaining == 0 {
-                self.faults.pop_front();
+                self.faults.remove(i);
             }
             let mut a = if let Some(loc) = f.location {
                 let mut a = Answer::error(421, "misdirected request: ask the leader");
@@ -428,5 +443,38 @@ mod tests {
             s.api("POST", "users/session", "", None, body, 0).status,
             200
         );
+    }
+
+    /// A fault with a path and method only hits those requests, each time, until spent.
+    #[test]
+    fn filtered_faults_hit_only_their_path_and_method() {
+        let mut s = sim();
+        let t = token(&mut s);
+        s.add_fault(FaultSpec {
+            count: Some(2),
+            status: Some(403),
+            path: Some("sorb/switch".into()),
+            method: Some("put".into()),
+            ..Default::default()
+        });
+        let on = br#"{"switch":1}"#;
+        let put = |s: &mut Sim, name: &str| {
+            s.api(
+                "PUT",
+                &format!("{name}/switch"),
+                "policy=1",
+                Some(&t),
+                on,
+                0,
+            )
+            .status
+        };
+        assert_eq!(put(&mut s, "tcp"), 200);
+        let get = s.api("GET", "sorb/switch", "policy=1", Some(&t), b"", 0);
+        assert_eq!(get.status, 200);
+        assert_eq!(put(&mut s, "sorb"), 403);
+        assert_eq!(put(&mut s, "toggle"), 200);
+        assert_eq!(put(&mut s, "sorb"), 403);
+        assert_eq!(put(&mut s, "sorb"), 200, "spent after two hits");
     }
 }
