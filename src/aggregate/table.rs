@@ -725,6 +725,38 @@ impl Shard {
         }
     }
 
+    /// Applies one second's counter deltas of host-direction `key` (merged from
+    /// collectors in cluster mode) as of second `sec`: the slot's rates, the hostgroup
+    /// sum and totals, as [`Shard::apply_hashed`] does for a record. No recent-records
+    /// ring or source tracking: deltas carry no peers.
+    pub fn apply_delta(&mut self, key: &HostKey, group: u16, sec: u32, c: &Counters) {
+        let hash = key_hash(&self.hasher, key);
+        let found = match self.find_hashed(key, hash) {
+            Some(f) => Some(f),
+            None => self.insert_new(key, hash, group),
+        };
+        let Some((v6, i)) = found else {
+            self.refused += 1;
+            self.refused_since_sweep = true;
+            return;
+        };
+        let (decay, dither) = (&self.decay, &mut self.dither);
+        let m = slot_meta_mut(&mut self.v4, &mut self.v6, v6, i);
+        m.rates.add_counters(sec, c, decay, dither);
+        if m.flags & DIRTY == 0 {
+            m.flags |= DIRTY;
+            self.dirty.push(if v6 { i | V6_BIT } else { i });
+        }
+        if key.dir == Direction::Incoming {
+            if let Some(Some(g)) = self.groups.get_mut(usize::from(group)) {
+                g.add_counters(sec, c, decay, dither);
+            }
+        }
+        if let Some(t) = &mut self.totals {
+            t.entry(*key).or_default().add(c);
+        }
+    }
+
     /// Puts record `r` of host-direction `key` into the recent-records ring, its packets
     /// weighing `weight` times (the ring's sampling rate).
     fn ring_add(&mut self, key: &HostKey, r: &FlowRecord, weight: u64) {
