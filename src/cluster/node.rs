@@ -220,16 +220,14 @@ async fn setup(
     c: &ClusterConfig,
     replicas: usize,
 ) -> Result<(kv::Store, kv::Store), ClusterError> {
-    let bucket = |name: String, ttl_ms: u64| kv::Config {
-        bucket: name,
-        history: 1,
-        max_age: Duration::from_millis(ttl_ms),
-        num_replicas: replicas,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    };
-    let leases = open_bucket(js, bucket(format!("{}_leases", c.name), c.lease_ttl_ms)).await?;
-    let state = open_bucket(js, bucket(format!("{}_state", c.name), 0)).await?;
+    let leases = open_bucket(
+        js,
+        &format!("{}_leases", c.name),
+        Duration::from_millis(c.lease_ttl_ms),
+        replicas,
+    )
+    .await?;
+    let state = open_bucket(js, &format!("{}_state", c.name), Duration::ZERO, replicas).await?;
     js.get_or_create_stream(stream::Config {
         name: format!("{}_events", c.name),
         subjects: vec![format!("{}.events", c.name)],
@@ -244,16 +242,41 @@ async fn setup(
     Ok((leases, state))
 }
 
-async fn open_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, ClusterError> {
-    let name = cfg.bucket.clone();
-    match js.get_key_value(&name).await {
-        Ok(s) => Ok(s),
-        Err(_) => match js.create_key_value(cfg).await {
-            Ok(s) => Ok(s),
-            // Another node created it meanwhile.
-            Err(e) => js.get_key_value(&name).await.map_err(|_| nats(e)),
-        },
+/// Opens bucket `name`, creating its stream first if needed. The stream is made here
+/// rather than with `create_key_value`, which first reads the account info in a form
+/// NATS 2.9 does not send (it lacks the `reserved_*` fields async-nats 0.51 requires);
+/// the stream settings are the ones `create_key_value` would use.
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
     }
+    let cfg = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_bytes: -1,
+        max_messages: -1,
+        max_message_size: -1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    // Another node may create it meanwhile: an identical config is accepted.
+    if let Err(e) = js.create_stream(cfg).await {
+        tracing::debug!(error = %e, bucket = name, "bucket stream create");
+    }
+    js.get_key_value(name).await.map_err(nats)
 }
 
 /// The value of `key` if its latest operation is a put.
