@@ -30,8 +30,8 @@
 pub mod aggregate;
 pub mod api;
 pub mod cli;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod collectors;
 pub mod config;
 pub mod decode;

@@ -89,8 +89,13 @@ pub struct ClusterMetrics {
 /// Label sets of [`ClusterMetrics`] (pretouched).
 pub const CLUSTER_LEASES: [&str; 2] = ["partition", "controller"];
 pub const CLUSTER_PUBLISH: [&str; 4] = ["deltas", "events", "state", "heartbeat"];
-pub const CLUSTER_BAD_FRAMES: [&str; 5] =
-    ["magic", "version", "truncated", "unknown_node", "config_hash"];
+pub const CLUSTER_BAD_FRAMES: [&str; 5] = [
+    "magic",
+    "version",
+    "truncated",
+    "unknown_node",
+    "config_hash",
+];
 
 impl ClusterMetrics {
     fn new(r: &Registry) -> ClusterMetrics {

@@ -235,6 +235,14 @@ impl Pipeline {
         }
     }
 
+    /// Makes the next pass look at every tracked host `f` accepts (see
+    /// [`Shard::mark_dirty_where`]).
+    pub fn revisit_where(&self, f: impl Fn(&HostKey) -> bool) {
+        for s in &self.table.shards {
+            s.lock().mark_dirty_where(&f);
+        }
+    }
+
     /// Takes over attack `a` (known from elsewhere: another detector started it) as an
     /// active attack of this detector, unless one is active for its host already.
     pub fn adopt(&self, ev: &AttackEvent, now_ms: i64) -> bool {
@@ -917,6 +925,88 @@ mod tests {
             ev.extend(p.tick(t0 + (i + 1) * 1000));
         }
         ev
+    }
+
+    /// The cluster seam: two collecting pipelines ship per-second deltas, a third merges
+    /// them; it sees the rates and attacks of one pipeline fed everything, and a victim
+    /// at 0.6 × threshold on each half is detected in the merge only.
+    #[test]
+    fn merged_deltas_of_two_halves_detect_like_one_pipeline() {
+        let toml = r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 10000
+            ban_time_seconds = 3
+            "#;
+        let cfg = Config::from_toml_str(toml).unwrap();
+        let one = pipeline(toml);
+        let merged = pipeline(toml);
+        let halves: Vec<Pipeline> = (0..2)
+            .map(|_| {
+                let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+                p.enable_deltas(&cfg, 10_000, false);
+                p
+            })
+            .collect();
+        let t0 = 1_800_000_000_000i64;
+        let mut s1 = one.scratch();
+        let mut hs: Vec<Scratch> = halves.iter().map(|p| p.scratch()).collect();
+        let (mut ev_one, mut ev_merged) = (Vec::new(), Vec::new());
+        for i in 0..14i64 {
+            let now = t0 + i * 1000 + 500;
+            for j in 0..10 {
+                // 12 000 pps to .10 while i < 8 (6 000 through each half), 1 500 to .20
+                // throughout.
+                let mut recs = vec![udp("198.51.100.9", "192.0.2.20", 150)];
+                if i < 8 {
+                    recs.push(udp("198.51.100.9", "192.0.2.10", 1200));
+                }
+                one.ingest(&recs, now + j, &mut s1);
+                halves[(j % 2) as usize].ingest(&recs, now + j, &mut hs[(j % 2) as usize]);
+            }
+            let end = t0 + (i + 1) * 1000;
+            ev_one.extend(one.tick(end));
+            let sec = (end / 1000) as u32;
+            for h in &halves {
+                let d = h.drain_deltas(sec);
+                assert!(
+                    d.iter().all(|x| x.sec + 1 == sec),
+                    "only the second that ended"
+                );
+                merged.apply_deltas(&d);
+            }
+            assert!(
+                halves.iter().all(|h| h.table.is_empty()),
+                "collectors keep no table"
+            );
+            ev_merged.extend(merged.tick(end));
+            let ip = "192.0.2.10".parse().unwrap();
+            let (a, b) = (one.host(ip, end), merged.host(ip, end));
+            if let (Some(a), Some(b)) = (a, b) {
+                let (ra, rb) = (a.directions[0].rates.pps, b.directions[0].rates.pps);
+                assert!(
+                    ra.abs_diff(rb) <= ra / 100 + 1,
+                    "second {i}: {ra} vs {rb} pps"
+                );
+            }
+        }
+        let kinds = |v: &[AttackEvent]| -> Vec<(EventKind, IpAddr, i64)> {
+            v.iter()
+                .filter(|e| e.event != EventKind::Update)
+                .map(|e| (e.event, e.ip, e.time_ms))
+                .collect()
+        };
+        assert_eq!(kinds(&ev_one), kinds(&ev_merged));
+        assert_eq!(
+            kinds(&ev_merged)
+                .iter()
+                .filter(|e| e.0 == EventKind::Start)
+                .count(),
+            1,
+            "{ev_merged:?}"
+        );
     }
 
     #[test]

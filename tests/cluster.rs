@@ -122,7 +122,14 @@ fn start_sim(dir: &Path) -> (Child, SocketAddr) {
     let c = spawn(
         "mitigator-sim",
         std::process::Command::new(env!("CARGO_BIN_EXE_mitigator-sim"))
-            .args(["--listen", "127.0.0.1:0", "--username", "admin", "--password", "pw"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--username",
+                "admin",
+                "--password",
+                "pw",
+            ])
             .stdout(f.try_clone().expect("log"))
             .stderr(f),
     );
@@ -161,7 +168,10 @@ fn start_node(
     if roles.contains("controller") {
         t += &format!("[mitigator]\nurl = \"http://{sim}\"\nusername = \"admin\"\npassword = \"pw\"\nretry_base_ms = 50\n");
     }
-    t += &format!("[state]\ndir = \"{}\"\n", dir.join(format!("{name}-state")).display());
+    t += &format!(
+        "[state]\ndir = \"{}\"\n",
+        dir.join(format!("{name}-state")).display()
+    );
     let urls: Vec<String> = nats.urls.iter().map(|u| format!("\"{u}\"")).collect();
     t += &format!(
         "[cluster]\nnats_urls = [{}]\nnode_id = \"{name}\"\nroles = {roles}\n",
@@ -217,7 +227,10 @@ fn split_victim_one_mitigation_and_controller_failover() {
             .map(|n| {
                 let l = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default();
                 let tail: Vec<&str> = l.lines().rev().take(15).collect();
-                format!("--- {n}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- {n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -238,7 +251,11 @@ fn split_victim_one_mitigation_and_controller_failover() {
     // 0.6 × threshold through each collector: 12 s of 6 000 pps each.
     let fl = std::thread::spawn(move || flood(collectors, [127, 16, 0, 10], 100, 12));
     let on = common::wait_for(10, || (ons_offs(sim).0 >= 1).then_some(()));
-    assert!(on.is_some(), "no policy-on for the split victim:\n{}", logs());
+    assert!(
+        on.is_some(),
+        "no policy-on for the split victim:\n{}",
+        logs()
+    );
     let leader = cluster_json(c.api)
         .and_then(|j| j["controller_leader"].as_str().map(str::to_string))
         .expect("a controller leader");
@@ -254,7 +271,11 @@ fn split_victim_one_mitigation_and_controller_failover() {
         let j = cluster_json(survivor.api)?;
         (j["controller_leader"].as_str() == Some(survivor.name)).then_some(())
     });
-    assert!(took_over.is_some(), "standby did not take over:\n{}", logs());
+    assert!(
+        took_over.is_some(),
+        "standby did not take over:\n{}",
+        logs()
+    );
     eprintln!(
         "controller {} killed; {} leads after {:?}",
         killed.name,
@@ -265,11 +286,20 @@ fn split_victim_one_mitigation_and_controller_failover() {
     let off = common::wait_for(25, || (ons_offs(sim).1 >= 1).then_some(()));
     assert!(off.is_some(), "no policy-off after the flood:\n{}", logs());
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(ons_offs(sim), (1, 1), "exactly one on and one off:\n{}", logs());
+    assert_eq!(
+        ons_offs(sim),
+        (1, 1),
+        "exactly one on and one off:\n{}",
+        logs()
+    );
 
     // 0.45 × threshold through each: under the threshold in sum too.
     flood(collectors, [127, 16, 0, 20], 75, 10);
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(ons_offs(sim), (1, 1), "no call for the under-threshold split");
+    assert_eq!(
+        ons_offs(sim),
+        (1, 1),
+        "no call for the under-threshold split"
+    );
     drop(nats.children);
 }

@@ -53,6 +53,9 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.bgp_withdrawals,
         &m.bgp_refusals,
         &m.bgp_errors,
+        &m.cluster.lease_changes,
+        &m.cluster.publish_errors,
+        &m.cluster.bad_frames,
     ] {
         touch(v);
     }

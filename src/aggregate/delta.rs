@@ -144,14 +144,23 @@ mod tests {
         // second shard.
         let whole = HostTable::new(Some(1), 1, 1000, 5, 60, &[false]);
         let merged = HostTable::new(Some(1), 1, 1000, 5, 60, &[false]);
-        let (mut a, mut b) = (DeltaAccumulator::new(5, 60, 1000), DeltaAccumulator::new(5, 60, 1000));
+        let (mut a, mut b) = (
+            DeltaAccumulator::new(5, 60, 1000),
+            DeltaAccumulator::new(5, 60, 1000),
+        );
         let k = key("192.0.2.1");
         for s in 0..10i64 {
             for j in 0..10i64 {
                 let now = t0 + s * 1000 + j * 90;
                 let r = rec("192.0.2.1", 1000 + j as u64, 0);
-                whole.shards[0].lock().apply_hashed(&k, whole.hash_of(&k), 0, &r, now);
-                if j % 2 == 0 { a.add(k, 0, &r, now) } else { b.add(k, 0, &r, now) }
+                whole.shards[0]
+                    .lock()
+                    .apply_hashed(&k, whole.hash_of(&k), 0, &r, now);
+                if j % 2 == 0 {
+                    a.add(k, 0, &r, now)
+                } else {
+                    b.add(k, 0, &r, now)
+                }
             }
             let mut out = Vec::new();
             let next = ((t0 + (s + 1) * 1000) / 1000) as u32;
@@ -159,7 +168,9 @@ mod tests {
             b.drain_before(next, &mut out);
             assert_eq!(out.len(), 2, "one delta per accumulator per second");
             for d in out {
-                merged.shards[0].lock().apply_delta(&d.key, d.group, d.sec, &d.counters);
+                merged.shards[0]
+                    .lock()
+                    .apply_delta(&d.key, d.group, d.sec, &d.counters);
             }
         }
         let now_sec = ((t0 + 10_000) / 1000) as u32;

@@ -573,7 +573,11 @@ impl<C: Cells> Ewma<C> {
             if v == 0 {
                 continue;
             }
-            let v = if age == 0 { v } else { dither.round(v as f64 * a) };
+            let v = if age == 0 {
+                v
+            } else {
+                dither.round(v as f64 * a)
+            };
             self.cells.add(i, v);
         }
     }

@@ -885,6 +885,23 @@ impl Shard {
         }
     }
 
+    /// Lists every host `f` accepts for the next pass, as if written (a cluster detector
+    /// that takes a partition over looks at its hosts at once, traffic or not).
+    pub fn mark_dirty_where(&mut self, f: impl Fn(&HostKey) -> bool) {
+        for (v6, n) in [(false, self.v4.slots.len()), (true, self.v6.slots.len())] {
+            for i in 0..n as u32 {
+                let (key, flags) = {
+                    let (k, m) = self.slot(v6, i);
+                    (k, m.flags)
+                };
+                if flags & LIVE != 0 && flags & DIRTY == 0 && f(&key) {
+                    slot_meta_mut(&mut self.v4, &mut self.v6, v6, i).flags |= DIRTY;
+                    self.dirty.push(if v6 { i | V6_BIT } else { i });
+                }
+            }
+        }
+    }
+
     /// Lifetime totals of every tracked host-direction, if kept.
     pub fn for_each_total(&self, mut f: impl FnMut(&HostKey, &Counters)) {
         for (k, c) in self.totals.iter().flatten() {

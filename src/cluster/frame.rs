@@ -79,7 +79,11 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 fn encode_entry(out: &mut Vec<u8>, d: &HostDelta) {
-    let out_bit = if d.key.dir == Direction::Outgoing { 2 } else { 0 };
+    let out_bit = if d.key.dir == Direction::Outgoing {
+        2
+    } else {
+        0
+    };
     match d.key.ip {
         IpAddr::V4(a) => {
             out.push(out_bit);
@@ -285,7 +289,11 @@ pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
 
 /// Whether a frame's sender may be merged: a known collector with this node's config
 /// hash. `known` returns the config hash of a live collector, None for others.
-pub fn check_sender(h: &Header, known: impl Fn(&str) -> Option<u64>, hash: u64) -> Result<(), FrameError> {
+pub fn check_sender(
+    h: &Header,
+    known: impl Fn(&str) -> Option<u64>,
+    hash: u64,
+) -> Result<(), FrameError> {
     match known(&h.node) {
         None => Err(FrameError::UnknownNode(h.node.clone())),
         Some(x) if x != hash => Err(FrameError::ConfigHash(h.node.clone())),
@@ -356,13 +364,22 @@ mod tests {
         let frames = encode_second("A", 7, 5, &[], part, 1 << 20);
         assert_eq!(frames.len(), 1);
         let fr = decode(&frames[0].1).unwrap();
-        assert_eq!((fr.header.index, fr.header.total, fr.deltas.len()), (0, 1, 0));
+        assert_eq!(
+            (fr.header.index, fr.header.total, fr.deltas.len()),
+            (0, 1, 0)
+        );
     }
 
     #[test]
     fn frames_are_cut_by_size_and_numbered() {
         let d: Vec<HostDelta> = (0..2000)
-            .map(|i| delta(&format!("10.0.{}.{}", i / 256, i % 256), Direction::Incoming, 100 + i))
+            .map(|i| {
+                delta(
+                    &format!("10.0.{}.{}", i / 256, i % 256),
+                    Direction::Incoming,
+                    100 + i,
+                )
+            })
             .collect();
         let frames = encode_second("A", 7, 5, &d, |_| 3, 4096);
         assert!(frames.len() > 5, "{} frames", frames.len());
@@ -379,13 +396,23 @@ mod tests {
     #[test]
     fn a_typical_host_direction_costs_well_under_64_bytes() {
         let d: Vec<HostDelta> = (0..1000)
-            .map(|i| delta(&format!("10.1.{}.{}", i / 256, i % 256), Direction::Incoming, 5000 + i))
+            .map(|i| {
+                delta(
+                    &format!("10.1.{}.{}", i / 256, i % 256),
+                    Direction::Incoming,
+                    5000 + i,
+                )
+            })
             .collect();
         let bytes: usize = encode_second("collector-a", 7, 5, &d, |_| 0, 1 << 20)
             .iter()
             .map(|(_, f)| f.len())
             .sum();
-        assert!(bytes / 1000 <= 64, "{} bytes per host-direction", bytes / 1000);
+        assert!(
+            bytes / 1000 <= 64,
+            "{} bytes per host-direction",
+            bytes / 1000
+        );
     }
 
     #[test]
@@ -421,9 +448,18 @@ mod tests {
         let (_, f) = encode_second("Z", 7, 5, &[], |_| 0, 1 << 20).remove(0);
         let h = decode(&f).unwrap().header;
         let known = |n: &str| (n == "A").then_some(7u64);
-        assert_eq!(check_sender(&h, known, 7), Err(FrameError::UnknownNode("Z".into())));
-        let h = Header { node: "A".into(), ..h };
+        assert_eq!(
+            check_sender(&h, known, 7),
+            Err(FrameError::UnknownNode("Z".into()))
+        );
+        let h = Header {
+            node: "A".into(),
+            ..h
+        };
         assert_eq!(check_sender(&h, known, 7), Ok(()));
-        assert_eq!(check_sender(&h, known, 8).unwrap_err().reason(), "config_hash");
+        assert_eq!(
+            check_sender(&h, known, 8).unwrap_err().reason(),
+            "config_hash"
+        );
     }
 }

@@ -71,7 +71,11 @@ impl Member {
 
 /// Members whose heartbeat is younger than `ttl_ms` (the bucket's TTL removes them a
 /// little later; a stale one must not count meanwhile).
-pub fn live<'a>(members: &'a [Member], now_ms: i64, ttl_ms: i64) -> impl Iterator<Item = &'a Member> {
+pub fn live<'a>(
+    members: &'a [Member],
+    now_ms: i64,
+    ttl_ms: i64,
+) -> impl Iterator<Item = &'a Member> {
     members
         .iter()
         .filter(move |m| now_ms - m.heartbeat_ms < ttl_ms)
@@ -243,7 +247,9 @@ mod tests {
         assert!(moved > 5 && moved < 40, "{moved}");
         assert_eq!(rendezvous(3, &[]), None);
         // Names one letter apart still share the partitions about evenly.
-        let c = (0..64).filter(|p| rendezvous(*p, &two) == Some("C")).count();
+        let c = (0..64)
+            .filter(|p| rendezvous(*p, &two) == Some("C"))
+            .count();
         assert!((20..=44).contains(&c), "C holds {c} of 64");
     }
 
@@ -274,10 +280,14 @@ mod tests {
     #[test]
     fn the_lifecycle_is_per_host_and_ends_once() {
         let mut l = Lifecycle::default();
-        let s = l.apply(1, ev(EventKind::Start, "c-1", "192.0.2.1")).unwrap();
+        let s = l
+            .apply(1, ev(EventKind::Start, "c-1", "192.0.2.1"))
+            .unwrap();
         assert_eq!((s.event, s.id.as_str()), (EventKind::Start, "c-1"));
         // Another detector's start for the same host (it took the partition over).
-        let u = l.apply(2, ev(EventKind::Start, "d-7", "192.0.2.1")).unwrap();
+        let u = l
+            .apply(2, ev(EventKind::Start, "d-7", "192.0.2.1"))
+            .unwrap();
         assert_eq!((u.event, u.id.as_str()), (EventKind::Update, "c-1"));
         // Replayed sequence numbers are ignored.
         assert!(l.apply(2, ev(EventKind::End, "d-7", "192.0.2.1")).is_none());

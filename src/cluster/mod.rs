@@ -99,7 +99,9 @@ impl ClusterConfig {
         }
         for u in &self.nats_urls {
             if !(u.starts_with("nats://") || u.starts_with("tls://")) {
-                p.push(format!("cluster.nats_urls: {u:?} is not a nats:// or tls:// URL"));
+                p.push(format!(
+                    "cluster.nats_urls: {u:?} is not a nats:// or tls:// URL"
+                ));
             }
         }
         if !name_ok(&self.node_id) {
@@ -177,9 +179,15 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let e = Config::from_toml_str(&format!("{BASE}\nlease_ttl = 3\n")).unwrap_err();
-        assert!(e.problems.iter().any(|p| p.contains("cluster.lease_ttl")), "{e:?}");
+        assert!(
+            e.problems.iter().any(|p| p.contains("cluster.lease_ttl")),
+            "{e:?}"
+        );
         let e = Config::from_toml_str(&BASE.replace("\"C\"", "\"a b\"")).unwrap_err();
-        assert!(e.problems.iter().any(|p| p.contains("cluster.node_id")), "{e:?}");
+        assert!(
+            e.problems.iter().any(|p| p.contains("cluster.node_id")),
+            "{e:?}"
+        );
         let e = Config::from_toml_str(&BASE.replace("\"controller\"", "\"boss\"")).unwrap_err();
         assert!(!e.problems.is_empty());
     }

@@ -48,6 +48,10 @@ pub struct ClusterStatus {
     /// The node holding the controller lease, if any.
     pub controller_leader: Option<String>,
     pub fenced: bool,
+    /// This node's config hash, and the live members whose hash differs (their delta
+    /// frames are refused).
+    pub config_hash: u64,
+    pub config_mismatch: Vec<String>,
 }
 
 #[derive(Default)]
@@ -166,6 +170,7 @@ pub async fn start(
         let mut s = view.status.lock();
         s.node_id = c.node_id.clone();
         s.roles = c.roles.iter().map(|r| r.as_str().to_string()).collect();
+        s.config_hash = super::config_hash(cfg);
     }
     let ctx = Arc::new(Ctx {
         node: c.node_id.clone(),
@@ -184,7 +189,11 @@ pub async fn start(
     tasks.spawn(run_heartbeat(ctx.clone(), shutdown.clone()));
     tasks.spawn(run_local_events(ctx.clone(), events, shutdown.clone()));
     if c.has(Role::Collector) {
-        tasks.spawn(run_collector(ctx.clone(), pipeline.clone(), shutdown.clone()));
+        tasks.spawn(run_collector(
+            ctx.clone(),
+            pipeline.clone(),
+            shutdown.clone(),
+        ));
     }
     if c.has(Role::Detector) {
         let owned = Arc::new(Mutex::new(BTreeSet::new()));
@@ -199,7 +208,13 @@ pub async fn start(
             .subscribe(format!("{}.d.>", c.name))
             .await
             .map_err(nats)?;
-        tasks.spawn(run_detector(ctx.clone(), pipeline.clone(), owned, sub, shutdown.clone()));
+        tasks.spawn(run_detector(
+            ctx.clone(),
+            pipeline.clone(),
+            owned,
+            sub,
+            shutdown.clone(),
+        ));
     }
     let setup = crate::mitigate::Setup {
         mitigator: cfg.mitigator.clone(),
@@ -208,7 +223,8 @@ pub async fn start(
     };
     tasks.spawn(run_controller_lease(
         ctx.clone(),
-        c.has(Role::Controller).then_some((setup, cfg.state.dir.clone())),
+        c.has(Role::Controller)
+            .then_some((setup, cfg.state.dir.clone())),
         shutdown,
     ));
     tracing::info!(node = %c.node_id, roles = ?c.roles, "cluster node started");
@@ -292,7 +308,12 @@ async fn heartbeat_once(ctx: &Ctx) {
     let now = system_now_ms();
     let me = Member {
         node_id: ctx.node.clone(),
-        roles: ctx.cfg.roles.iter().map(|r| r.as_str().to_string()).collect(),
+        roles: ctx
+            .cfg
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
         heartbeat_ms: now,
         config_hash: ctx.hash,
     };
@@ -339,7 +360,16 @@ async fn heartbeat_once(ctx: &Ctx) {
     members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let live: Vec<Member> = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
     *ctx.members.lock() = live.clone();
+    let mismatch: Vec<String> = live
+        .iter()
+        .filter(|m| m.config_hash != ctx.hash)
+        .map(|m| m.node_id.clone())
+        .collect();
     let mut s = ctx.view.status.lock();
+    if mismatch != s.config_mismatch && !mismatch.is_empty() {
+        tracing::warn!(nodes = ?mismatch, "cluster members with another config hash: their frames are refused");
+    }
+    s.config_mismatch = mismatch;
     s.members = live;
     s.partition_owners = owners;
     s.controller_leader = leader;
@@ -396,7 +426,11 @@ async fn publish_event(ctx: &Ctx, ev: &AttackEvent) {
     }
 }
 
-async fn run_local_events(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<AttackEvent>, stop: CancellationToken) {
+async fn run_local_events(
+    ctx: Arc<Ctx>,
+    mut rx: mpsc::Receiver<AttackEvent>,
+    stop: CancellationToken,
+) {
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => break,
@@ -589,10 +623,7 @@ async fn run_partition_leases(
                 }
                 (false, Some(rev)) => {
                     // Rendezvous gives it to another live detector: let it go.
-                    let _ = ctx
-                        .leases
-                        .delete_expect_revision(&key, Some(rev))
-                        .await;
+                    let _ = ctx.leases.delete_expect_revision(&key, Some(rev)).await;
                     held.remove(&p);
                     m.lease_changes.with_label_values(&["partition"]).inc();
                 }
@@ -602,10 +633,15 @@ async fn run_partition_leases(
         let set: BTreeSet<u16> = held.keys().copied().collect();
         m.partitions_owned.set(set.len() as i64);
         ctx.view.status.lock().owned_partitions = set.iter().copied().collect();
+        *owned.lock() = set;
         if !gained.is_empty() && !first_round {
             m.cold_takeovers.inc_by(gained.len() as u64);
         }
         if !gained.is_empty() {
+            // Its hosts are looked at on the next pass, traffic or not: a flood that
+            // stopped during the handover still gets its start (or its adopted end).
+            let p = ctx.cfg.partitions;
+            pipeline.revisit_where(|k| gained.contains(&lease::partition_of(k.ip, p)));
             // Attacks the controller knows in the partitions just taken: continued here
             // (with their ids), so they end here, once.
             if let Ok(Some(e)) = live_entry(&ctx.state, "controller").await {
@@ -621,7 +657,6 @@ async fn run_partition_leases(
                 }
             }
         }
-        *owned.lock() = set;
         first_round = false;
     }
 }
@@ -742,7 +777,8 @@ async fn lead_inner(
     // not whatever this node's file held from an earlier term.
     StateStore::new(&dir).save(&st.mitigation)?;
     let (tx, rx) = mpsc::channel::<AttackEvent>(crate::service::EVENT_QUEUE);
-    let (handle, join) = crate::mitigate::spawn_with(setup, dir, ctx.metrics.clone(), rx, stop.clone())?;
+    let (handle, join) =
+        crate::mitigate::spawn_with(setup, dir, ctx.metrics.clone(), rx, stop.clone())?;
     *ctx.view.mitigation.lock() = Some(handle.clone());
     // The lifecycle is the truth: attacks it has renew their restored mitigation (a
     // start that never reached MITIGATOR before the old leader died is made now), and
@@ -754,12 +790,24 @@ async fn lead_inner(
         s.event = EventKind::Start;
         tx.send(s).await.ok();
     }
-    for a in st.mitigation.attacks.iter().filter(|a| !live_ids.contains(&a.id)) {
+    for a in st
+        .mitigation
+        .attacks
+        .iter()
+        .filter(|a| !live_ids.contains(&a.id))
+    {
         tx.send(end_of(&a.id, a.ip)).await.ok();
     }
-    tracing::info!(renewed = live_ids.len(), ended = restored.difference(&live_ids).count(), "controller reconciled");
+    tracing::info!(
+        renewed = live_ids.len(),
+        ended = restored.difference(&live_ids).count(),
+        "controller reconciled"
+    );
 
-    let stream = ctx.js.get_stream(format!("{}_events", ctx.cfg.name)).await?;
+    let stream = ctx
+        .js
+        .get_stream(format!("{}_events", ctx.cfg.name))
+        .await?;
     let deliver = if st.lifecycle.last_seq == 0 {
         jetstream::consumer::DeliverPolicy::All
     } else {
