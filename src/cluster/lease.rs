@@ -71,11 +71,7 @@ impl Member {
 
 /// Members whose heartbeat is younger than `ttl_ms` (the bucket's TTL removes them a
 /// little later; a stale one must not count meanwhile).
-pub fn live<'a>(
-    members: &'a [Member],
-    now_ms: i64,
-    ttl_ms: i64,
-) -> impl Iterator<Item = &'a Member> {
+pub fn live(members: &[Member], now_ms: i64, ttl_ms: i64) -> impl Iterator<Item = &Member> {
     members
         .iter()
         .filter(move |m| now_ms - m.heartbeat_ms < ttl_ms)

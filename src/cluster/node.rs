@@ -305,6 +305,13 @@ async fn live_entry(store: &kv::Store, key: &str) -> Result<Option<kv::Entry>, C
 }
 
 async fn heartbeat_once(ctx: &Ctx) {
+    put_heartbeat(ctx).await;
+    read_leases(ctx).await;
+}
+
+/// Writes this node's membership (on its own timer: a slow read of the bucket must not
+/// delay it past the TTL).
+async fn put_heartbeat(ctx: &Ctx) {
     let now = system_now_ms();
     let me = Member {
         node_id: ctx.node.clone(),
@@ -330,6 +337,11 @@ async fn heartbeat_once(ctx: &Ctx) {
             .inc();
         tracing::warn!(error = %e, "cluster heartbeat failed");
     }
+}
+
+/// Reads everyone's membership (first, judged live as of its read) and then the lease
+/// holders, for this node's roles and the API.
+async fn read_leases(ctx: &Ctx) {
     // Everyone's membership and the lease holders, for this node's roles and the API.
     let Ok(mut keys) = ctx.leases.keys().await else {
         return;
@@ -341,7 +353,16 @@ async fn heartbeat_once(ctx: &Ctx) {
     while let Some(Ok(k)) = keys.next().await {
         names.push(k);
     }
+    // Members first: their liveness is what the other roles act on.
+    names.sort_by_key(|k| !k.starts_with("member."));
+    let mut members_done = false;
     for k in names {
+        if !members_done && !k.starts_with("member.") {
+            members_done = true;
+            let now = system_now_ms();
+            let live: Vec<Member> = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
+            *ctx.members.lock() = live;
+        }
         let Ok(Some(e)) = live_entry(&ctx.leases, &k).await else {
             continue;
         };
@@ -357,9 +378,12 @@ async fn heartbeat_once(ctx: &Ctx) {
             leader = Some(String::from_utf8_lossy(&e.value).into_owned());
         }
     }
-    members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    let live: Vec<Member> = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
-    *ctx.members.lock() = live.clone();
+    if !members_done {
+        let now = system_now_ms();
+        *ctx.members.lock() = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
+    }
+    let mut live = ctx.members.lock().clone();
+    live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let mismatch: Vec<String> = live
         .iter()
         .filter(|m| m.config_hash != ctx.hash)
@@ -376,14 +400,28 @@ async fn heartbeat_once(ctx: &Ctx) {
 }
 
 async fn run_heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let reader = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(ctx.interval());
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = t.tick() => read_leases(&ctx).await,
+                }
+            }
+        })
+    };
     let mut t = tokio::time::interval(ctx.interval());
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = t.tick() => heartbeat_once(&ctx).await,
+            _ = t.tick() => put_heartbeat(&ctx).await,
         }
     }
+    let _ = reader.await;
     let _ = ctx.leases.delete(format!("member.{}", ctx.node)).await;
 }
 
