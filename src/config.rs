@@ -48,6 +48,8 @@ pub struct Config {
     /// `[bgp]`: blackhole and FlowSpec routes through a BGP daemon (mitigate stage).
     pub bgp: crate::mitigate::BgpConfig,
     pub state: StateConfig,
+    /// `[cluster]`: cluster mode on NATS JetStream (none: a single node, as before).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[api]`: the HTTP server. `Debug` redacts the token.
@@ -417,6 +419,12 @@ impl Config {
     /// Semantic checks; every problem names its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(c) = &self.cluster {
+            p.extend(c.validate());
+            if !self.collectors.is_empty() && !c.has(crate::cluster::Role::Collector) {
+                p.push("collector: listeners need \"collector\" in cluster.roles".into());
+            }
+        }
         let mut ports = std::collections::HashMap::new();
         for (i, c) in self.collectors.iter().enumerate() {
             // Port 0 asks the kernel for a free port: never a clash.

@@ -14,6 +14,8 @@
 //! - [`mitigate`]: turns attack events into MITIGATOR calls (client, planner, state file).
 //! - [`hooks`]: FastNetMon notify-script sidecar (report parser, hook CLI, event endpoint,
 //!   config import).
+//! - [`cluster`]: cluster mode on NATS JetStream (collector, detector and controller
+//!   roles); absent without a `[cluster]` section.
 //! - [`api`]: HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
 //! - [`demo`]: `flowguard demo`, the whole mission on loopback.
 //! - [`top`]: `flowguard top`, the operator console's picture in a terminal, read from a
@@ -29,6 +31,7 @@ pub mod aggregate;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod collectors;
 pub mod config;
 pub mod decode;

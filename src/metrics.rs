@@ -70,6 +70,76 @@ pub struct Metrics {
     pub hook_events: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub build_info: IntGaugeVec,
+    // cluster
+    pub cluster: ClusterMetrics,
+}
+
+/// `flowguard_cluster_*`: written by `src/cluster/` (and the delta cap by the pipeline).
+pub struct ClusterMetrics {
+    pub merge_lag_seconds: Histogram,
+    pub late_frames: IntCounter,
+    pub cold_takeovers: IntCounter,
+    pub lease_changes: IntCounterVec,
+    pub publish_errors: IntCounterVec,
+    pub fenced: IntGauge,
+    pub bad_frames: IntCounterVec,
+    pub frames_published: IntCounter,
+    pub frames_merged: IntCounter,
+    pub delta_overflow: IntCounter,
+    pub partitions_owned: IntGauge,
+    pub controller_leader: IntGauge,
+}
+
+/// Label sets of [`ClusterMetrics`] (pretouched).
+pub const CLUSTER_LEASES: [&str; 2] = ["partition", "controller"];
+pub const CLUSTER_PUBLISH: [&str; 4] = ["deltas", "events", "state", "heartbeat"];
+pub const CLUSTER_BAD_FRAMES: [&str; 5] = [
+    "magic",
+    "version",
+    "truncated",
+    "unknown_node",
+    "config_hash",
+];
+
+impl ClusterMetrics {
+    fn new(r: &Registry) -> ClusterMetrics {
+        let merge_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "flowguard_cluster_merge_lag_seconds",
+                "Time from the end of a second to its merge on a detector (every live collector's frames in, or the bounded wait over).",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(merge_lag_seconds.clone()))
+            .expect("metric registered once");
+        ClusterMetrics {
+            merge_lag_seconds,
+            late_frames: counter(r, "flowguard_cluster_late_frames_total", "Delta frames that arrived after their second was merged (applied late, with their decay)."),
+            cold_takeovers: counter(r, "flowguard_cluster_cold_takeovers_total", "Partitions this detector took over from another owner (adopting its active attacks)."),
+            lease_changes: counter_vec(r, "flowguard_cluster_lease_changes_total", "Leases this node gained or lost, by kind.", &["lease"]),
+            publish_errors: counter_vec(r, "flowguard_cluster_publish_errors_total", "Failed NATS publishes and KV writes, by what was written.", &["what"]),
+            fenced: gauge(r, "flowguard_cluster_fenced", "1 while this node is controller leader but its lease is not fresh (no MITIGATOR call is made)."),
+            bad_frames: counter_vec(r, "flowguard_cluster_bad_frames_total", "Delta frames dropped, by reason.", &["reason"]),
+            frames_published: counter(r, "flowguard_cluster_frames_published_total", "Delta frames this collector published."),
+            frames_merged: counter(r, "flowguard_cluster_frames_merged_total", "Delta frames this detector merged."),
+            delta_overflow: counter(r, "flowguard_cluster_delta_overflow_total", "Host-seconds not shipped because the per-second delta cap was reached."),
+            partitions_owned: gauge(r, "flowguard_cluster_partitions_owned", "Partitions whose lease this detector holds."),
+            controller_leader: gauge(r, "flowguard_cluster_controller_leader", "1 while this node holds the controller lease."),
+        }
+    }
+
+    fn pretouch(&self) {
+        for l in CLUSTER_LEASES {
+            self.lease_changes.with_label_values(&[l]);
+        }
+        for w in CLUSTER_PUBLISH {
+            self.publish_errors.with_label_values(&[w]);
+        }
+        for b in CLUSTER_BAD_FRAMES {
+            self.bad_frames.with_label_values(&[b]);
+        }
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -181,6 +251,7 @@ impl Metrics {
                 g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
                 g
             },
+            cluster: ClusterMetrics::new(&r),
             registry: r,
         }
     }
@@ -188,6 +259,7 @@ impl Metrics {
     /// Creates the zero series of every bounded label set, so dashboards and alerts see
     /// each family (and `rate()` has a starting point) before the first event.
     pub fn pretouch(&self, collectors: &[(String, bool)]) {
+        self.cluster.pretouch();
         for (c, is_sflow) in collectors {
             let c = c.as_str();
             let versions: &[&str] = if *is_sflow {

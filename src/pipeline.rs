@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::aggregate::{
-    host_addr, Counters, HostEntry, HostKey, HostTable, Networks, Pending, Rates, Shard,
+    host_addr, Counters, DeltaAccumulator, HostDelta, HostEntry, HostKey, HostTable, Networks,
+    Pending, Rates, Shard,
 };
 use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
@@ -40,6 +41,12 @@ pub struct Pipeline {
     /// (carpet bombing) attack: the group's first prefix.
     group_ip: Vec<IpAddr>,
     last_sweep_ms: AtomicI64,
+    /// Per-second deltas per host-direction, one accumulator per table shard: only when
+    /// something ships them (cluster collector role); None keeps ingest as it was.
+    deltas: Option<Vec<Mutex<DeltaAccumulator>>>,
+    /// Whether ingest applies records to the local host table (off on a cluster node
+    /// that only collects: its detectors apply the deltas instead).
+    local_table: bool,
 }
 
 /// Per-thread buffers for [`Pipeline::ingest`], reused across batches so the hot path
@@ -163,7 +170,97 @@ impl Pipeline {
             top_n: cfg.detection.top_sources,
             group_ip,
             last_sweep_ms: AtomicI64::new(0),
+            deltas: None,
+            local_table: true,
         })
+    }
+
+    /// Makes ingest accumulate per-second deltas per host-direction (at most
+    /// `cap_per_second` host-directions per second in all), drained with
+    /// [`Self::drain_deltas`]; with `local_table` false, records no longer go to the
+    /// local host table.
+    pub fn enable_deltas(&mut self, cfg: &Config, cap_per_second: usize, local_table: bool) {
+        let n = self.table.shards.len();
+        let per = cap_per_second.div_ceil(n).max(1);
+        self.deltas = Some(
+            (0..n)
+                .map(|_| {
+                    Mutex::new(DeltaAccumulator::new(
+                        cfg.aggregate.window_seconds,
+                        cfg.aggregate.max_flow_spread_seconds,
+                        per,
+                    ))
+                })
+                .collect(),
+        );
+        self.local_table = local_table;
+    }
+
+    /// Every accumulated delta of a second before `sec` (empty without
+    /// [`Self::enable_deltas`]); host-seconds lost to the cap are counted.
+    pub fn drain_deltas(&self, sec: u32) -> Vec<HostDelta> {
+        let mut out = Vec::new();
+        let mut lost = 0;
+        for d in self.deltas.iter().flatten() {
+            let mut d = d.lock();
+            d.drain_before(sec, &mut out);
+            lost += std::mem::take(&mut d.overflow);
+        }
+        if lost > 0 {
+            self.metrics.cluster.delta_overflow.inc_by(lost);
+        }
+        out
+    }
+
+    /// Applies deltas shipped from elsewhere to the host table. The hostgroup comes from
+    /// this node's own networks (not the sender's index); a host that is not protected
+    /// here is skipped.
+    pub fn apply_deltas(&self, deltas: &[HostDelta]) {
+        let mut per: Vec<Vec<(HostKey, u16, u32, Counters)>> =
+            (0..self.table.shards.len()).map(|_| Vec::new()).collect();
+        for d in deltas {
+            let Some(group) = self.networks.protected_group(d.key.ip) else {
+                continue;
+            };
+            per[self.table.shard_of(&d.key)].push((d.key, group, d.sec, d.counters));
+        }
+        for (i, v) in per.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let mut s = self.table.shards[i].lock();
+            for (k, g, sec, c) in v {
+                s.apply_delta(k, *g, *sec, c);
+            }
+        }
+    }
+
+    /// Makes the next pass look at every tracked host `f` accepts (see
+    /// [`Shard::mark_dirty_where`]).
+    pub fn revisit_where(&self, f: impl Fn(&HostKey) -> bool) {
+        for s in &self.table.shards {
+            s.lock().mark_dirty_where(&f);
+        }
+    }
+
+    /// Takes over attack `a` (known from elsewhere: another detector started it) as an
+    /// active attack of this detector, unless one is active for its host already.
+    pub fn adopt(&self, ev: &AttackEvent, now_ms: i64) -> bool {
+        let key = HostKey {
+            ip: ev.ip,
+            dir: ev.direction,
+        };
+        let group = self
+            .networks
+            .protected_group(ev.ip)
+            .unwrap_or(self.networks.default_group);
+        let adopted = self.detector.lock().adopt(ev, group, now_ms);
+        if adopted {
+            self.table.shards[self.table.shard_of(&key)]
+                .lock()
+                .watch(key);
+        }
+        adopted
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -234,7 +331,12 @@ impl Pipeline {
             if v.is_empty() {
                 continue;
             }
-            self.table.shards[i].lock().apply_all(v, recs, now_ms);
+            if let Some(d) = &self.deltas {
+                d[i].lock().add_all(v, recs, now_ms);
+            }
+            if self.local_table {
+                self.table.shards[i].lock().apply_all(v, recs, now_ms);
+            }
             v.clear();
         }
         if unprotected > 0 {
@@ -257,9 +359,22 @@ impl Pipeline {
 
     /// The per-second detection pass at `now_ms`; returns the events it produced.
     pub fn tick(&self, now_ms: i64) -> Vec<AttackEvent> {
+        self.tick_owned(now_ms, |_| true)
+    }
+
+    /// The detection pass over the host-directions `owned` accepts only (a cluster
+    /// detector's partitions; group totals count when `owned` accepts the group's key).
+    /// Attacks on hosts no longer owned are dropped without an event: their new owner
+    /// adopts them.
+    pub fn tick_owned(&self, now_ms: i64, owned: impl Fn(&HostKey) -> bool) -> Vec<AttackEvent> {
         let timer = self.metrics.detection_pass_seconds.start_timer();
         let now_sec = (now_ms / 1000).max(0) as u32;
         let mut det = self.detector.lock();
+        for k in det.forget_where(|k| !owned(k)) {
+            self.table.shards[self.table.shard_of(&k)]
+                .lock()
+                .unwatch(&k);
+        }
         // Hosts under attack with their shard, hashed once per pass.
         let active: Vec<(usize, HostKey)> = det
             .active()
@@ -274,6 +389,9 @@ impl Pipeline {
             self.publish_evictions(&mut shard);
             let mut seen = Vec::new();
             shard.drain_dirty(now_sec, |k, e| {
+                if !owned(k) {
+                    return;
+                }
                 top.offer(k.dir, &e.rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
@@ -306,7 +424,11 @@ impl Pipeline {
                 }
             }
         }
-        obs.extend(self.group_observations(&det, now_sec));
+        obs.extend(
+            self.group_observations(&det, now_sec)
+                .into_iter()
+                .filter(|o| owned(&o.key)),
+        );
         // Shards are visited in hash order, which is random per process; attacks that
         // start in the same pass get their ids in address order instead, so a replay is
         // reproducible.
@@ -803,6 +925,88 @@ mod tests {
             ev.extend(p.tick(t0 + (i + 1) * 1000));
         }
         ev
+    }
+
+    /// The cluster seam: two collecting pipelines ship per-second deltas, a third merges
+    /// them; it sees the rates and attacks of one pipeline fed everything, and a victim
+    /// at 0.6 × threshold on each half is detected in the merge only.
+    #[test]
+    fn merged_deltas_of_two_halves_detect_like_one_pipeline() {
+        let toml = r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 10000
+            ban_time_seconds = 3
+            "#;
+        let cfg = Config::from_toml_str(toml).unwrap();
+        let one = pipeline(toml);
+        let merged = pipeline(toml);
+        let halves: Vec<Pipeline> = (0..2)
+            .map(|_| {
+                let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+                p.enable_deltas(&cfg, 10_000, false);
+                p
+            })
+            .collect();
+        let t0 = 1_800_000_000_000i64;
+        let mut s1 = one.scratch();
+        let mut hs: Vec<Scratch> = halves.iter().map(|p| p.scratch()).collect();
+        let (mut ev_one, mut ev_merged) = (Vec::new(), Vec::new());
+        for i in 0..14i64 {
+            let now = t0 + i * 1000 + 500;
+            for j in 0..10 {
+                // 12 000 pps to .10 while i < 8 (6 000 through each half), 1 500 to .20
+                // throughout.
+                let mut recs = vec![udp("198.51.100.9", "192.0.2.20", 150)];
+                if i < 8 {
+                    recs.push(udp("198.51.100.9", "192.0.2.10", 1200));
+                }
+                one.ingest(&recs, now + j, &mut s1);
+                halves[(j % 2) as usize].ingest(&recs, now + j, &mut hs[(j % 2) as usize]);
+            }
+            let end = t0 + (i + 1) * 1000;
+            ev_one.extend(one.tick(end));
+            let sec = (end / 1000) as u32;
+            for h in &halves {
+                let d = h.drain_deltas(sec);
+                assert!(
+                    d.iter().all(|x| x.sec + 1 == sec),
+                    "only the second that ended"
+                );
+                merged.apply_deltas(&d);
+            }
+            assert!(
+                halves.iter().all(|h| h.table.is_empty()),
+                "collectors keep no table"
+            );
+            ev_merged.extend(merged.tick(end));
+            let ip = "192.0.2.10".parse().unwrap();
+            let (a, b) = (one.host(ip, end), merged.host(ip, end));
+            if let (Some(a), Some(b)) = (a, b) {
+                let (ra, rb) = (a.directions[0].rates.pps, b.directions[0].rates.pps);
+                assert!(
+                    ra.abs_diff(rb) <= ra / 100 + 1,
+                    "second {i}: {ra} vs {rb} pps"
+                );
+            }
+        }
+        let kinds = |v: &[AttackEvent]| -> Vec<(EventKind, IpAddr, i64)> {
+            v.iter()
+                .filter(|e| e.event != EventKind::Update)
+                .map(|e| (e.event, e.ip, e.time_ms))
+                .collect()
+        };
+        assert_eq!(kinds(&ev_one), kinds(&ev_merged));
+        assert_eq!(
+            kinds(&ev_merged)
+                .iter()
+                .filter(|e| e.0 == EventKind::Start)
+                .count(),
+            1,
+            "{ev_merged:?}"
+        );
     }
 
     #[test]

@@ -95,7 +95,17 @@ impl Service {
                 })
                 .collect::<Vec<_>>(),
         );
-        let pipeline = Arc::new(Pipeline::new(&cfg, metrics.clone())?);
+        let mut pipeline = Pipeline::new(&cfg, metrics.clone())?;
+        if let Some(c) = cfg
+            .cluster
+            .as_ref()
+            .filter(|c| c.has(crate::cluster::Role::Collector))
+        {
+            // Cluster collector: records leave as per-second deltas; the detectors (this
+            // node too, if it is one) merge them, so a local table would count them twice.
+            pipeline.enable_deltas(&cfg, c.max_hosts_per_second, false);
+        }
+        let pipeline = Arc::new(pipeline);
         let shutdown = CancellationToken::new();
         let stop_collectors = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
@@ -109,8 +119,31 @@ impl Service {
 
         // detect → mitigate
         let (ev_tx, ev_rx) = mpsc::channel::<AttackEvent>(EVENT_QUEUE);
-        let mitigation =
-            start_mitigation(&cfg, metrics.clone(), ev_rx, shutdown.clone(), &mut tasks)?;
+        // In cluster mode the events go to the cluster's event stream and only the
+        // elected controller runs mitigation.
+        let (mitigation, cluster_router) = if cfg.cluster.is_some() {
+            let view = crate::cluster::node::start(
+                &cfg,
+                pipeline.clone(),
+                metrics.clone(),
+                ev_rx,
+                shutdown.clone(),
+                &mut tasks,
+            )
+            .await?;
+            let v = view.clone();
+            let mv: MitigationView = Arc::new(move |id: &str| {
+                let h = v.mitigation.lock().clone();
+                h.and_then(|h| h.status(id))
+                    .and_then(|s| serde_json::to_value(s).ok())
+            });
+            (Some(mv), Some(crate::cluster::node::router(view)))
+        } else {
+            (
+                start_mitigation(&cfg, metrics.clone(), ev_rx, shutdown.clone(), &mut tasks)?,
+                None,
+            )
+        };
 
         let mut threads = Vec::new();
         for b in bound {
@@ -121,8 +154,9 @@ impl Service {
             )?);
         }
 
-        // The ticker: one detection pass per wall-clock second.
-        {
+        // The ticker: one detection pass per wall-clock second (a cluster detector runs
+        // its passes as seconds close instead).
+        if cfg.cluster.is_none() {
             let (p, tx, m, stop) = (
                 pipeline.clone(),
                 ev_tx.clone(),
@@ -168,7 +202,10 @@ impl Service {
             mitigator_dry_run: cfg.mitigator.is_dry_run(),
             started_ms: system_now_ms(),
         });
-        let app = crate::api::router(state).merge(hook_router);
+        let mut app = crate::api::router(state).merge(hook_router);
+        if let Some(r) = cluster_router {
+            app = app.merge(r);
+        }
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let r = axum::serve(listener, app)

@@ -55,6 +55,9 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.bgp_errors,
         &m.exporter_records,
         &m.exporter_decode_errors,
+        &m.cluster.lease_changes,
+        &m.cluster.publish_errors,
+        &m.cluster.bad_frames,
     ] {
         touch(v);
     }

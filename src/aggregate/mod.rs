@@ -6,11 +6,13 @@
 //!
 //! It decides nothing about attacks; the detect stage reads rates from here.
 
+pub mod delta;
 pub mod index;
 pub mod networks;
 pub mod rate;
 pub mod table;
 
+pub use delta::{DeltaAccumulator, HostDelta};
 pub use networks::Networks;
 pub use rate::{Counters, Rates};
 pub use table::{host_addr, HostEntry, HostKey, HostTable, Pending, Shard};

@@ -146,7 +146,7 @@ const SYN_PACKETS: usize = 12;
 const FRAG_PACKETS: usize = 14;
 
 impl Counters {
-    fn to_array(self) -> [u64; FIELDS] {
+    pub fn to_array(self) -> [u64; FIELDS] {
         [
             self.packets,
             self.bytes,
@@ -167,7 +167,7 @@ impl Counters {
         ]
     }
 
-    fn from_array(a: [u64; FIELDS]) -> Counters {
+    pub fn from_array(a: [u64; FIELDS]) -> Counters {
         let [packets, bytes, flows, tcp_packets, tcp_bytes, tcp_flows, udp_packets, udp_bytes, udp_flows, icmp_packets, icmp_bytes, icmp_flows, tcp_syn_packets, tcp_syn_bytes, fragment_packets, fragment_bytes] =
             a;
         Counters {
@@ -551,6 +551,34 @@ impl<C: Cells> Ewma<C> {
         if class.frag {
             c.add(FRAG_PACKETS, p);
             c.add(FRAG_PACKETS + 1, b);
+        }
+    }
+
+    /// Adds one second's counter deltas (another process's [`place`]d and weighted
+    /// records, see `aggregate::delta`) as of second `sec`: the same cells a record adds
+    /// to, so sums merged from several collectors equal those of one process that saw
+    /// every record. An older second adds with its decay applied, as a late record does.
+    pub fn add_counters(&mut self, sec: u32, c: &Counters, decay: &Decay, dither: &mut Dither) {
+        let age = if sec > self.last_sec {
+            if self.last_sec != 0 {
+                self.cells.scale_q32(decay.q32(sec - self.last_sec));
+            }
+            self.last_sec = sec;
+            0
+        } else {
+            self.last_sec - sec
+        };
+        let a = decay.factor(age);
+        for (i, v) in c.to_array().into_iter().enumerate() {
+            if v == 0 {
+                continue;
+            }
+            let v = if age == 0 {
+                v
+            } else {
+                dither.round(v as f64 * a)
+            };
+            self.cells.add(i, v);
         }
     }
 

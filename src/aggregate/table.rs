@@ -725,6 +725,38 @@ impl Shard {
         }
     }
 
+    /// Applies one second's counter deltas of host-direction `key` (merged from
+    /// collectors in cluster mode) as of second `sec`: the slot's rates, the hostgroup
+    /// sum and totals, as [`Shard::apply_hashed`] does for a record. No recent-records
+    /// ring or source tracking: deltas carry no peers.
+    pub fn apply_delta(&mut self, key: &HostKey, group: u16, sec: u32, c: &Counters) {
+        let hash = key_hash(&self.hasher, key);
+        let found = match self.find_hashed(key, hash) {
+            Some(f) => Some(f),
+            None => self.insert_new(key, hash, group),
+        };
+        let Some((v6, i)) = found else {
+            self.refused += 1;
+            self.refused_since_sweep = true;
+            return;
+        };
+        let (decay, dither) = (&self.decay, &mut self.dither);
+        let m = slot_meta_mut(&mut self.v4, &mut self.v6, v6, i);
+        m.rates.add_counters(sec, c, decay, dither);
+        if m.flags & DIRTY == 0 {
+            m.flags |= DIRTY;
+            self.dirty.push(if v6 { i | V6_BIT } else { i });
+        }
+        if key.dir == Direction::Incoming {
+            if let Some(Some(g)) = self.groups.get_mut(usize::from(group)) {
+                g.add_counters(sec, c, decay, dither);
+            }
+        }
+        if let Some(t) = &mut self.totals {
+            t.entry(*key).or_default().add(c);
+        }
+    }
+
     /// Puts record `r` of host-direction `key` into the recent-records ring, its packets
     /// weighing `weight` times (the ring's sampling rate).
     fn ring_add(&mut self, key: &HostKey, r: &FlowRecord, weight: u64) {
@@ -848,6 +880,23 @@ impl Shard {
                 let (key, m) = self.slot(v6, i);
                 if m.flags & LIVE != 0 {
                     f(&key, &self.entry(v6, i, now_sec));
+                }
+            }
+        }
+    }
+
+    /// Lists every host `f` accepts for the next pass, as if written (a cluster detector
+    /// that takes a partition over looks at its hosts at once, traffic or not).
+    pub fn mark_dirty_where(&mut self, f: impl Fn(&HostKey) -> bool) {
+        for (v6, n) in [(false, self.v4.slots.len()), (true, self.v6.slots.len())] {
+            for i in 0..n as u32 {
+                let (key, flags) = {
+                    let (k, m) = self.slot(v6, i);
+                    (k, m.flags)
+                };
+                if flags & LIVE != 0 && flags & DIRTY == 0 && f(&key) {
+                    slot_meta_mut(&mut self.v4, &mut self.v6, v6, i).flags |= DIRTY;
+                    self.dirty.push(if v6 { i | V6_BIT } else { i });
                 }
             }
         }

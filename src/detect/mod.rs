@@ -508,6 +508,44 @@ impl Detector {
         out
     }
 
+    /// Takes over an attack another detector started (a cluster partition changed
+    /// owner), keeping its id, type and start: it goes on as if this detector had
+    /// started it, and ends here after the ban time under every threshold. False if an
+    /// attack on its host is active already.
+    pub fn adopt(&mut self, ev: &AttackEvent, group: u16, now_ms: i64) -> bool {
+        let key = HostKey {
+            ip: ev.ip,
+            dir: ev.direction,
+        };
+        if self.active.contains_key(&key) {
+            return false;
+        }
+        let mut a = self.new_attack(key, group, ev.time_ms);
+        a.id = ev.id.clone();
+        a.attack_type = ev.attack_type;
+        a.protocol = ev.protocol;
+        a.threshold = "adopted".into();
+        a.last_over_ms = now_ms;
+        a.last_update_ms = now_ms;
+        a.initial.pps = ev.pps;
+        a.current.pps = ev.pps;
+        a.peak_pps = ev.peak_pps;
+        a.own_active = true;
+        self.active.insert(key, a);
+        true
+    }
+
+    /// Drops, without ending them, the active attacks whose host `gone` accepts (their
+    /// partition moved to another detector, which adopts them); returns their hosts.
+    pub fn forget_where(&mut self, gone: impl Fn(&HostKey) -> bool) -> Vec<HostKey> {
+        let keys: Vec<HostKey> = self.active.keys().filter(|k| gone(k)).copied().collect();
+        for k in &keys {
+            self.active.remove(k);
+            self.pending.remove(k);
+        }
+        keys
+    }
+
     /// An external detector's ban/unban.
     pub fn claim(&mut self, now_ms: i64, c: &Claim) -> Vec<Transition> {
         let mut out = Vec::new();

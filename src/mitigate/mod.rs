@@ -75,6 +75,12 @@ impl MitigationHandle {
         self.planner.lock().status(attack_id)
     }
 
+    /// What the state file would hold now (cluster mode keeps it in a replicated
+    /// bucket).
+    pub fn snapshot(&self) -> state::PersistedState {
+        self.planner.lock().snapshot()
+    }
+
     /// Every attack the stage knows (live, and the most recent ended ones).
     pub fn all(&self) -> Vec<MitigationStatus> {
         self.planner.lock().all()

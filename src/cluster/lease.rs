@@ -1,0 +1,296 @@
+//! The pure cores of cluster mode: partitioning, rendezvous assignment, lease
+//! freshness, when a second closes, and the controller's attack lifecycle. No I/O; every
+//! function that needs the time takes `now_ms`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AttackEvent, Direction, EventKind};
+
+/// FNV-1a 64: a stable hash (the same in every process and build, unlike the host
+/// table's seeded one), so every node maps a host to the same partition.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// MurmurHash3's finalizer: FNV-1a alone keeps the order of inputs that differ in one
+/// early byte ("C" and "D" rank the same way for nearly every partition), which would make
+/// rendezvous give one node everything.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The partition of a protected host (both directions of a host go together).
+pub fn partition_of(ip: IpAddr, partitions: u16) -> u16 {
+    let h = match ip {
+        IpAddr::V4(a) => fnv(&[&a.octets()]),
+        IpAddr::V6(a) => fnv(&[&a.octets()]),
+    };
+    (mix(h) % u64::from(partitions.max(1))) as u16
+}
+
+/// Rendezvous (highest random weight) owner of `partition` among `nodes`: when a node
+/// joins or leaves, only the partitions it wins or held move.
+pub fn rendezvous<'a>(partition: u16, nodes: &[&'a str]) -> Option<&'a str> {
+    nodes
+        .iter()
+        .copied()
+        .max_by_key(|n| (mix(fnv(&[n.as_bytes(), &partition.to_be_bytes()])), *n))
+}
+
+/// What a node writes to the members bucket every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    pub roles: Vec<String>,
+    pub heartbeat_ms: i64,
+    pub config_hash: u64,
+}
+
+impl Member {
+    pub fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Members whose heartbeat is younger than `ttl_ms` (the bucket's TTL removes them a
+/// little later; a stale one must not count meanwhile).
+pub fn live(members: &[Member], now_ms: i64, ttl_ms: i64) -> impl Iterator<Item = &Member> {
+    members
+        .iter()
+        .filter(move |m| now_ms - m.heartbeat_ms < ttl_ms)
+}
+
+/// A lease is fresh, and its holder may act on it, while its last successful renewal is
+/// younger than half the TTL: the key outlives that by the other half, so no other node
+/// can hold it while this one still acts (clocks on one site differ by far less).
+pub fn lease_fresh(renewed_ms: Option<i64>, now_ms: i64, ttl_ms: i64) -> bool {
+    renewed_ms.is_some_and(|r| now_ms - r < ttl_ms / 2)
+}
+
+/// Which collectors' frames of each second a detector has, to know when it closes.
+#[derive(Debug, Default)]
+pub struct SecondBook {
+    /// second → collector → (frames received, frames announced).
+    seen: BTreeMap<u32, HashMap<String, (u16, u16)>>,
+    /// Seconds merged already: frames for them are late.
+    closed_before: u32,
+}
+
+/// Seconds a book keeps open at most (a bound against frames for far-future seconds).
+const MAX_OPEN_SECONDS: usize = 16;
+
+impl SecondBook {
+    /// Notes a frame; false if its second is closed already (a late frame) or out of
+    /// the open range.
+    pub fn note(&mut self, node: &str, sec: u32, total: u16) -> bool {
+        if sec < self.closed_before {
+            return false;
+        }
+        if !self.seen.contains_key(&sec) && self.seen.len() >= MAX_OPEN_SECONDS {
+            return false;
+        }
+        let e = self
+            .seen
+            .entry(sec)
+            .or_default()
+            .entry(node.to_string())
+            .or_insert((0, total));
+        e.0 = e.0.saturating_add(1);
+        true
+    }
+
+    /// The oldest open second if it may close at `now_ms`: every collector in `live`
+    /// sent all its frames of it, or `wait_ms` passed since it ended.
+    pub fn closable(&self, live: &BTreeSet<String>, now_ms: i64, wait_ms: i64) -> Option<u32> {
+        let (&sec, by) = self.seen.iter().next()?;
+        let end_ms = (i64::from(sec) + 1) * 1000;
+        let complete = live
+            .iter()
+            .all(|c| by.get(c).is_some_and(|(got, total)| got >= total));
+        (now_ms >= end_ms && (complete || now_ms >= end_ms + wait_ms)).then_some(sec)
+    }
+
+    /// Marks `sec` (and every earlier second) merged.
+    pub fn close(&mut self, sec: u32) {
+        self.closed_before = self.closed_before.max(sec + 1);
+        self.seen.retain(|s, _| *s > sec);
+    }
+}
+
+/// The controller's view of attacks, by host: what survives a leader change (in the
+/// state bucket, written with compare-and-set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// "ip/direction" → the attack's start event (type refreshed by updates).
+    pub active: BTreeMap<String, AttackEvent>,
+    /// The last event-stream sequence applied.
+    pub last_seq: u64,
+}
+
+pub fn host_id(ip: IpAddr, dir: Direction) -> String {
+    format!("{ip}/{}", dir.as_str())
+}
+
+impl Lifecycle {
+    /// Applies stream event `seq`; returns the event mitigation must see (carrying the
+    /// attack id this lifecycle knows the host by), or None. Per host, not per detector
+    /// attack id: a second start for a host under attack (a detector that took over, two
+    /// FastNetMon instances reporting one victim) is one attack, and an end for a host
+    /// not under attack (a replay) is nothing.
+    pub fn apply(&mut self, seq: u64, ev: AttackEvent) -> Option<AttackEvent> {
+        if seq != 0 && seq <= self.last_seq {
+            return None;
+        }
+        self.last_seq = self.last_seq.max(seq);
+        let k = host_id(ev.ip, ev.direction);
+        match (ev.event, self.active.get_mut(&k)) {
+            (EventKind::Start, None) => {
+                self.active.insert(k, ev.clone());
+                Some(ev)
+            }
+            (EventKind::Start | EventKind::Update, Some(a)) => {
+                a.attack_type = ev.attack_type;
+                a.protocol = ev.protocol;
+                a.pps = ev.pps;
+                a.bps = ev.bps;
+                a.vectors = ev.vectors.clone();
+                let id = a.id.clone();
+                // A start seen again continues the attack: an update of it.
+                Some(AttackEvent {
+                    event: EventKind::Update,
+                    id,
+                    ..ev
+                })
+            }
+            (EventKind::Update, None) => None,
+            (EventKind::End, Some(_)) => {
+                let a = self.active.remove(&k)?;
+                Some(AttackEvent { id: a.id, ..ev })
+            }
+            (EventKind::End, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AttackType, Protocol};
+
+    fn ev(kind: EventKind, id: &str, ip: &str) -> AttackEvent {
+        AttackEvent {
+            event: kind,
+            id: id.into(),
+            ip: ip.parse().unwrap(),
+            direction: Direction::Incoming,
+            attack_type: AttackType::UdpFlood,
+            protocol: Protocol::Udp,
+            time_ms: 1,
+            pps: 12_000,
+            bps: 0,
+            flows_per_second: 0,
+            peak_pps: 12_000,
+            hostgroup: "default".into(),
+            top_sources: Vec::new(),
+            vectors: Vec::new(),
+            previous_attack_type: None,
+            new_vectors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let ip: IpAddr = "127.16.0.10".parse().unwrap();
+        assert_eq!(partition_of(ip, 64), partition_of(ip, 64));
+        let used: BTreeSet<u16> = (0..=255u8)
+            .map(|i| partition_of(IpAddr::from([10, 0, 0, i]), 64))
+            .collect();
+        assert!(used.len() > 48, "{} of 64 partitions used", used.len());
+        assert!(used.iter().all(|p| *p < 64));
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_partitions_of_the_node_that_left() {
+        let three = ["C", "D", "E"];
+        let two = ["C", "D"];
+        let mut moved = 0;
+        for p in 0..64 {
+            let a = rendezvous(p, &three).unwrap();
+            let b = rendezvous(p, &two).unwrap();
+            if a != "E" {
+                assert_eq!(a, b, "partition {p} moved though its owner stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(moved > 5 && moved < 40, "{moved}");
+        assert_eq!(rendezvous(3, &[]), None);
+        // Names one letter apart still share the partitions about evenly.
+        let c = (0..64)
+            .filter(|p| rendezvous(*p, &two) == Some("C"))
+            .count();
+        assert!((20..=44).contains(&c), "C holds {c} of 64");
+    }
+
+    #[test]
+    fn a_lease_is_fresh_for_half_its_ttl() {
+        assert!(lease_fresh(Some(1000), 2999, 4000));
+        assert!(!lease_fresh(Some(1000), 3000, 4000));
+        assert!(!lease_fresh(None, 0, 4000));
+    }
+
+    #[test]
+    fn a_second_closes_when_every_live_collector_sent_it_or_after_the_wait() {
+        let live: BTreeSet<String> = ["A".to_string(), "B".to_string()].into();
+        let mut b = SecondBook::default();
+        assert!(b.note("A", 100, 2));
+        assert!(b.note("A", 100, 2));
+        assert_eq!(b.closable(&live, 101_050, 1500), None, "B missing");
+        assert!(b.note("B", 100, 1));
+        assert_eq!(b.closable(&live, 100_900, 1500), None, "not over yet");
+        assert_eq!(b.closable(&live, 101_050, 1500), Some(100));
+        b.close(100);
+        assert!(!b.note("B", 100, 1), "late");
+        assert!(b.note("A", 101, 1));
+        assert_eq!(b.closable(&live, 102_400, 1500), None);
+        assert_eq!(b.closable(&live, 103_500, 1500), Some(101), "bounded wait");
+    }
+
+    #[test]
+    fn the_lifecycle_is_per_host_and_ends_once() {
+        let mut l = Lifecycle::default();
+        let s = l
+            .apply(1, ev(EventKind::Start, "c-1", "192.0.2.1"))
+            .unwrap();
+        assert_eq!((s.event, s.id.as_str()), (EventKind::Start, "c-1"));
+        // Another detector's start for the same host (it took the partition over).
+        let u = l
+            .apply(2, ev(EventKind::Start, "d-7", "192.0.2.1"))
+            .unwrap();
+        assert_eq!((u.event, u.id.as_str()), (EventKind::Update, "c-1"));
+        // Replayed sequence numbers are ignored.
+        assert!(l.apply(2, ev(EventKind::End, "d-7", "192.0.2.1")).is_none());
+        let e = l.apply(3, ev(EventKind::End, "d-7", "192.0.2.1")).unwrap();
+        assert_eq!((e.event, e.id.as_str()), (EventKind::End, "c-1"));
+        assert!(l.apply(4, ev(EventKind::End, "c-1", "192.0.2.1")).is_none());
+        assert!(l.active.is_empty());
+        assert_eq!(l.last_seq, 4);
+    }
+}
