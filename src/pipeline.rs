@@ -40,6 +40,21 @@ pub struct Pipeline {
     /// (carpet bombing) attack: the group's first prefix.
     group_ip: Vec<IpAddr>,
     last_sweep_ms: AtomicI64,
+    /// The busiest host-directions as of the last detection pass. Readers clone the `Arc`
+    /// (the lock is held for that only), so no reader touches a shard or the detector.
+    top_hosts: Mutex<Arc<TopHosts>>,
+}
+
+/// Most host-directions `GET /api/v1/hosts?top=N` (and the console) can list: the length
+/// of each top list the detection pass keeps.
+pub const TOP_HOSTS_MAX: usize = 1000;
+
+/// The busiest host-directions by pps, bps and flows/s, kept by the detection pass.
+#[derive(Debug, Default)]
+pub struct TopHosts {
+    /// Indexed by `TopBy as usize`: busiest first, ties by address; at most
+    /// [`TOP_HOSTS_MAX`] each.
+    by: [Vec<(HostKey, Rates)>; 3],
 }
 
 /// Per-thread buffers for [`Pipeline::ingest`], reused across batches so the hot path
@@ -163,6 +178,7 @@ impl Pipeline {
             top_n: cfg.detection.top_sources,
             group_ip,
             last_sweep_ms: AtomicI64::new(0),
+            top_hosts: Mutex::new(Arc::new(TopHosts::default())),
         })
     }
 
@@ -274,7 +290,7 @@ impl Pipeline {
             self.publish_evictions(&mut shard);
             let mut seen = Vec::new();
             shard.drain_dirty(now_sec, |k, e| {
-                top.offer(k.dir, &e.rates);
+                top.offer(k, &e.rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
                 }
@@ -314,7 +330,7 @@ impl Pipeline {
         let transitions = det.observe(now_ms, &obs);
         let events = self.events_of(&mut det, transitions, now_ms);
         self.metrics.tracked_hosts.set(tracked as i64);
-        top.publish(&self.metrics);
+        self.publish_top(top, now_sec);
         self.sweep_if_due(now_ms, &det);
         drop(det);
         timer.observe_duration();
@@ -585,32 +601,33 @@ impl Pipeline {
         v
     }
 
-    /// The `n` busiest host-directions by current rate.
-    pub fn top(&self, n: usize, by: TopBy, now_ms: i64) -> Vec<(HostKey, Rates)> {
-        let now_sec = (now_ms / 1000).max(0) as u32;
-        let metric = |r: &Rates| match by {
-            TopBy::Pps => r.pps,
-            TopBy::Bps => r.bps,
-            TopBy::Flows => r.flows_per_second,
-        };
-        let order = |a: &(HostKey, Rates), b: &(HostKey, Rates)| {
-            metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0))
-        };
-        // Keep at most a few times n while walking the table (the console samples this
-        // every second): memory stays O(n), not O(hosts).
-        let mut v = Vec::new();
-        for s in &self.table.shards {
-            s.lock().for_each(now_sec, |k, e| {
-                v.push((*k, e.rates));
-                if v.len() > 4 * n.max(1) {
-                    v.sort_by(order);
-                    v.truncate(n);
-                }
-            });
+    /// The `n` busiest host-directions (at most [`TOP_HOSTS_MAX`]) as of the last
+    /// detection pass. Takes no shard lock and not the detector: a reader called back to
+    /// back cannot slow the collectors or the pass (issue 15).
+    pub fn top(&self, n: usize, by: TopBy) -> Vec<(HostKey, Rates)> {
+        let snap = self.top_hosts.lock().clone();
+        snap.by[by as usize]
+            .iter()
+            .take(n.min(TOP_HOSTS_MAX))
+            .copied()
+            .collect()
+    }
+
+    /// Ends a pass's top lists: hosts of the previous lists the pass did not visit (no
+    /// traffic this second) are read again, so a host whose average decays stays listed
+    /// as it did when the API walked the table; then the lists replace the old ones.
+    fn publish_top(&self, mut top: TopRanks, now_sec: u32) {
+        let prev = self.top_hosts.lock().clone();
+        let mut again: Vec<HostKey> = prev.by.iter().flatten().map(|(k, _)| *k).collect();
+        again.sort_unstable();
+        again.dedup();
+        for k in again {
+            if let Some(e) = self.table.get(&k, now_sec) {
+                top.offer_keyed(&k, &e.rates, false);
+            }
         }
-        v.sort_by(order);
-        v.truncate(n);
-        v
+        let lists = top.finish(&self.metrics);
+        *self.top_hosts.lock() = Arc::new(lists);
     }
 }
 
@@ -626,16 +643,64 @@ fn observation(k: &HostKey, e: &HostEntry, over: Option<&'static str>) -> Observ
 }
 
 /// The busiest hosts among those with traffic in the last second (the ones a pass
-/// visits), per direction: a bounded, address-free view for dashboards.
+/// visits), per direction: a bounded, address-free view for dashboards; and, with their
+/// addresses, the [`TopHosts`] lists the API reads.
 #[derive(Default)]
 struct TopRanks {
     pps: [Vec<u64>; 2],
     bps: [Vec<u64>; 2],
+    keyed: [Keyed; 3],
+}
+
+/// The best [`TOP_HOSTS_MAX`] host-directions by one metric, collected in O(hosts) time
+/// and O(TOP_HOSTS_MAX) memory: once the list is full, an offer no better than its worst
+/// entry is one comparison.
+#[derive(Default)]
+struct Keyed {
+    v: Vec<(u64, HostKey, Rates)>,
+    /// The worst kept entry once the list was first cut: (metric, key).
+    worst: Option<(u64, HostKey)>,
+}
+
+/// Busiest first, ties by address (the order the table walk used).
+fn rank(a: &(u64, HostKey), b: &(u64, HostKey)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl Keyed {
+    fn offer(&mut self, x: u64, k: &HostKey, r: &Rates, cut: bool) {
+        if let Some(w) = &self.worst {
+            if rank(&(x, *k), w) != std::cmp::Ordering::Less {
+                return;
+            }
+        }
+        self.v.push((x, *k, *r));
+        if cut && self.v.len() >= 2 * TOP_HOSTS_MAX {
+            self.v.select_nth_unstable_by(TOP_HOSTS_MAX - 1, order);
+            self.v.truncate(TOP_HOSTS_MAX);
+            // `select_nth_unstable_by` left the worst kept entry last.
+            self.worst = self.v.last().map(|e| (e.0, e.1));
+        }
+    }
+
+    /// The list, busiest first. A host offered twice (visited by the pass, then read
+    /// again) keeps its first entry; the cuts during the pass never see a host twice.
+    fn finish(&mut self) -> Vec<(HostKey, Rates)> {
+        self.v.sort_unstable_by(order);
+        let mut seen = ahash::AHashSet::with_capacity(self.v.len());
+        self.v.retain(|e| seen.insert(e.1));
+        self.v.truncate(TOP_HOSTS_MAX);
+        self.v.iter().map(|e| (e.1, e.2)).collect()
+    }
+}
+
+fn order(a: &(u64, HostKey, Rates), b: &(u64, HostKey, Rates)) -> std::cmp::Ordering {
+    rank(&(a.0, a.1), &(b.0, b.1))
 }
 
 impl TopRanks {
-    fn offer(&mut self, dir: Direction, r: &Rates) {
-        let d = dir as usize;
+    fn offer(&mut self, k: &HostKey, r: &Rates) {
+        let d = k.dir as usize;
         for (v, x) in [(&mut self.pps[d], r.pps), (&mut self.bps[d], r.bps)] {
             v.push(x);
             if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
@@ -643,9 +708,19 @@ impl TopRanks {
                 v.truncate(crate::metrics::TOP_HOST_RANKS);
             }
         }
+        self.offer_keyed(k, r, true);
     }
 
-    fn publish(mut self, m: &Metrics) {
+    /// Offers `k` to the lists with addresses only; `cut`: whether the lists may be cut
+    /// to size now (not while hosts already offered are offered again).
+    fn offer_keyed(&mut self, k: &HostKey, r: &Rates, cut: bool) {
+        for by in [TopBy::Pps, TopBy::Bps, TopBy::Flows] {
+            self.keyed[by as usize].offer(by.of(r), k, r, cut);
+        }
+    }
+
+    /// Publishes the address-free ranks; returns the lists with addresses.
+    fn finish(mut self, m: &Metrics) -> TopHosts {
         for dir in Direction::ALL {
             let d = dir as usize;
             self.pps[d].sort_unstable_by(|a, b| b.cmp(a));
@@ -660,6 +735,11 @@ impl TopRanks {
                     .set(self.bps[d].get(rank).copied().unwrap_or(0) as i64);
             }
         }
+        let mut out = TopHosts::default();
+        for (i, k) in self.keyed.iter_mut().enumerate() {
+            out.by[i] = k.finish();
+        }
+        out
     }
 }
 
@@ -669,6 +749,16 @@ pub enum TopBy {
     Pps,
     Bps,
     Flows,
+}
+
+impl TopBy {
+    fn of(self, r: &Rates) -> u64 {
+        match self {
+            TopBy::Pps => r.pps,
+            TopBy::Bps => r.bps,
+            TopBy::Flows => r.flows_per_second,
+        }
+    }
 }
 
 /// Counts one decoded datagram in the collect metrics.
@@ -803,6 +893,96 @@ mod tests {
             ev.extend(p.tick(t0 + (i + 1) * 1000));
         }
         ev
+    }
+
+    const PROTECTED_24: &str = r#"
+        [networks]
+        protected = ["192.0.2.0/24"]
+        [[hostgroup]]
+        name = "default"
+        threshold_pps = 100000000
+        "#;
+
+    #[test]
+    fn top_hosts_come_from_the_pass_busiest_first_and_are_capped() {
+        let p = pipeline(PROTECTED_24);
+        // Host h gets h × 10 pps; the flows metric orders the other way round.
+        run(&p, 3, |_| {
+            (1..=200)
+                .map(|h| FlowRecord {
+                    flows: 300 - h,
+                    ..udp("198.51.100.9", &format!("192.0.2.{h}"), h * 10)
+                })
+                .collect()
+        });
+        let top = p.top(5, TopBy::Pps);
+        let ips: Vec<String> = top.iter().map(|(k, _)| k.ip.to_string()).collect();
+        assert_eq!(
+            ips,
+            ["192.0.2.200", "192.0.2.199", "192.0.2.198", "192.0.2.197", "192.0.2.196"]
+        );
+        assert!(top.windows(2).all(|w| w[0].1.pps >= w[1].1.pps));
+        assert_eq!(p.top(1, TopBy::Flows)[0].0.ip.to_string(), "192.0.2.1");
+        assert_eq!(p.top(1, TopBy::Bps)[0].0.ip.to_string(), "192.0.2.200");
+        // Incoming only (the sources are not protected): 200 host-directions.
+        assert_eq!(p.top(TOP_HOSTS_MAX + 5, TopBy::Pps).len(), 200);
+    }
+
+    #[test]
+    fn top_hosts_keep_the_best_thousand_of_many_and_a_decaying_host() {
+        let p = Pipeline::new(
+            &Config::from_toml_str(
+                r#"
+                [networks]
+                protected = ["10.0.0.0/8"]
+                "#,
+            )
+            .unwrap(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let host = |i: u64| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        // 5000 hosts, i pps each, then one second where only a quiet host sends.
+        run(&p, 2, |_| {
+            (1..=5000u64)
+                .map(|i| udp("198.51.100.9", &host(i), i))
+                .collect()
+        });
+        let top = p.top(TOP_HOSTS_MAX, TopBy::Pps);
+        assert_eq!(top.len(), TOP_HOSTS_MAX);
+        assert_eq!(top[0].0.ip.to_string(), host(5000));
+        assert_eq!(top[TOP_HOSTS_MAX - 1].0.ip.to_string(), host(4001));
+        let t0 = 1_800_000_000_000i64;
+        let mut s = p.scratch();
+        p.ingest(&[udp("198.51.100.9", &host(1), 1)], t0 + 2_500, &mut s);
+        p.tick(t0 + 3_000);
+        // The busiest hosts sent nothing this second: still listed, from the table.
+        let top = p.top(3, TopBy::Pps);
+        assert_eq!(top[0].0.ip.to_string(), host(5000));
+        assert!(top[0].1.pps > 0);
+    }
+
+    /// The hosts reader takes neither a shard lock nor the detector: with every one of
+    /// them held (as a collector or the detection pass would), it still answers.
+    #[test]
+    fn the_top_hosts_reader_takes_no_lock_the_collectors_or_the_pass_need() {
+        let p = pipeline(PROTECTED_24);
+        run(&p, 2, |_| vec![udp("198.51.100.9", "192.0.2.7", 500)]);
+        let shards: Vec<_> = p.table.shards.iter().map(|s| s.lock()).collect();
+        let det = p.detector.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let _ = tx.send(p.top(10, TopBy::Pps));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+            // Release before asserting, so a failure is a failure and not a hang.
+            drop(det);
+            drop(shards);
+            let top = got.expect("top() waited for a shard or detector lock");
+            assert_eq!(top.len(), 1);
+            assert_eq!(top[0].0.ip.to_string(), "192.0.2.7");
+        });
     }
 
     #[test]
