@@ -8,7 +8,7 @@
 //! replay` (capture timestamps, one thread).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
 use crate::detect::{Attack, Claim, Detector, Group, Observation, Transition};
-use crate::metrics::Metrics;
+use crate::metrics::{Cap, CapReached, Metrics};
 use crate::model::{AttackEvent, Direction, EventKind};
 
 /// How often idle hosts are swept out of the table.
@@ -43,6 +43,12 @@ pub struct Pipeline {
     /// The busiest host-directions as of the last detection pass. Readers clone the `Arc`
     /// (the lock is held for that only), so no reader touches a shard or the detector.
     top_hosts: Mutex<Arc<TopHosts>>,
+    /// `[detection] max_watched_hosts`, and the hosts whose sources are tracked now.
+    max_watched: usize,
+    watched: AtomicUsize,
+    /// `[detection] max_attack_host_series`, and the hosts that have those series now.
+    max_host_series: usize,
+    host_series: Mutex<ahash::AHashSet<(IpAddr, Direction)>>,
 }
 
 /// Most host-directions `GET /api/v1/hosts?top=N` (and the console) can list: the length
@@ -170,7 +176,8 @@ impl Pipeline {
                     cfg.detection.recent_attacks,
                 )
                 .with_switches(cfg.detection.incoming, cfg.detection.ipv6)
-                .with_vector_min_share(cfg.detection.vector_min_share_percent / 100.0),
+                .with_vector_min_share(cfg.detection.vector_min_share_percent / 100.0)
+                .with_max_active(cfg.detection.max_active_attacks),
             ),
             metrics,
             window_seconds: cfg.aggregate.window_seconds,
@@ -179,6 +186,10 @@ impl Pipeline {
             group_ip,
             last_sweep_ms: AtomicI64::new(0),
             top_hosts: Mutex::new(Arc::new(TopHosts::default())),
+            max_watched: cfg.detection.max_watched_hosts,
+            watched: AtomicUsize::new(0),
+            max_host_series: cfg.detection.max_attack_host_series,
+            host_series: Mutex::new(Default::default()),
         })
     }
 
@@ -366,13 +377,29 @@ impl Pipeline {
     }
 
     fn count_events(&self, events: &[AttackEvent]) {
+        let mut series = self.host_series.lock();
+        let mut over_cap = 0;
         for e in events {
             let labels = [e.direction.as_str(), e.attack_type.as_str()];
             let ip = e.ip.to_string();
+            // Per-host series only for the first `max_host_series` attacks in progress.
+            let host = (e.ip, e.direction);
+            let has_series = match e.event {
+                EventKind::Start if series.len() < self.max_host_series => series.insert(host),
+                EventKind::Start => {
+                    over_cap += 1;
+                    false
+                }
+                EventKind::Update => series.contains(&host),
+                EventKind::End => series.remove(&host),
+            };
             match e.event {
                 EventKind::Start => {
                     self.metrics.attacks_total.with_label_values(&labels).inc();
                     self.metrics.attacks_active.with_label_values(&labels).inc();
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     self.metrics
                         .attack_host_pps
@@ -402,6 +429,9 @@ impl Pipeline {
                             ])
                             .inc();
                     }
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     self.metrics
                         .attack_host_pps
@@ -414,6 +444,9 @@ impl Pipeline {
                 }
                 EventKind::End => {
                     self.metrics.attacks_active.with_label_values(&labels).dec();
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     // Per-host series exist only while the host is under attack.
                     let _ = self.metrics.attack_host_pps.remove_label_values(&hl);
@@ -421,6 +454,11 @@ impl Pipeline {
                 }
             }
         }
+        CapReached {
+            cap: Cap::AttackHostSeries,
+            n: over_cap,
+        }
+        .emit(&self.metrics);
     }
 
     fn sweep_if_due(&self, now_ms: i64, det: &Detector) {
@@ -483,11 +521,18 @@ impl Pipeline {
         now_ms: i64,
     ) -> Vec<AttackEvent> {
         let mut events = Vec::new();
+        let mut not_watched = 0;
         for t in transitions {
             match t {
                 Transition::Start(k) => {
                     let mut shard = self.table.shards[self.table.shard_of(&k)].lock();
-                    shard.watch(k);
+                    // Only `events_of` watches and unwatches, under the detector lock.
+                    if self.watched.load(Ordering::Relaxed) < self.max_watched {
+                        shard.watch(k);
+                        self.watched.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        not_watched += 1;
+                    }
                     let top = shard.top_sources(&k, self.top_n);
                     drop(shard);
                     if let Some(a) = det.get_active_mut(&k) {
@@ -512,9 +557,12 @@ impl Pipeline {
                     }
                 }
                 Transition::End(k) => {
-                    self.table.shards[self.table.shard_of(&k)]
+                    if self.table.shards[self.table.shard_of(&k)]
                         .lock()
-                        .unwatch(&k);
+                        .unwatch(&k)
+                    {
+                        self.watched.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if let Some(a) = det.ended(&k) {
                         events.push(a.event(EventKind::End, now_ms));
                     }
@@ -522,6 +570,16 @@ impl Pipeline {
             }
         }
         self.count_events(&events);
+        CapReached {
+            cap: Cap::ActiveAttacks,
+            n: det.take_refused(),
+        }
+        .emit(&self.metrics);
+        CapReached {
+            cap: Cap::WatchedHosts,
+            n: not_watched,
+        }
+        .emit(&self.metrics);
         events
     }
 
@@ -908,9 +966,9 @@ mod tests {
         let p = pipeline(PROTECTED_24);
         // Host h gets h × 10 pps; the flows metric orders the other way round.
         run(&p, 3, |_| {
-            (1..=200)
+            (1..=200u64)
                 .map(|h| FlowRecord {
-                    flows: 300 - h,
+                    flows: (300 - h) as _,
                     ..udp("198.51.100.9", &format!("192.0.2.{h}"), h * 10)
                 })
                 .collect()
@@ -919,7 +977,13 @@ mod tests {
         let ips: Vec<String> = top.iter().map(|(k, _)| k.ip.to_string()).collect();
         assert_eq!(
             ips,
-            ["192.0.2.200", "192.0.2.199", "192.0.2.198", "192.0.2.197", "192.0.2.196"]
+            [
+                "192.0.2.200",
+                "192.0.2.199",
+                "192.0.2.198",
+                "192.0.2.197",
+                "192.0.2.196"
+            ]
         );
         assert!(top.windows(2).all(|w| w[0].1.pps >= w[1].1.pps));
         assert_eq!(p.top(1, TopBy::Flows)[0].0.ip.to_string(), "192.0.2.1");
@@ -942,10 +1006,11 @@ mod tests {
         )
         .unwrap();
         let host = |i: u64| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-        // 5000 hosts, i pps each, then one second where only a quiet host sends.
+        // 5000 hosts, 10·i pps each (apart by more than the integer rates round away),
+        // then one second where only a quiet host sends.
         run(&p, 2, |_| {
             (1..=5000u64)
-                .map(|i| udp("198.51.100.9", &host(i), i))
+                .map(|i| udp("198.51.100.9", &host(i), 10 * i))
                 .collect()
         });
         let top = p.top(TOP_HOSTS_MAX, TopBy::Pps);
@@ -983,6 +1048,114 @@ mod tests {
             assert_eq!(top.len(), 1);
             assert_eq!(top[0].0.ip.to_string(), "192.0.2.7");
         });
+    }
+
+    fn capped(caps: &str) -> Pipeline {
+        pipeline(&format!(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [detection]
+            {caps}
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 1000
+            ban_time_seconds = 2
+            "#
+        ))
+    }
+
+    /// Three hosts flooded for 3 s, then 17 quiet seconds (the averages decay, the ban
+    /// time passes, their attacks end).
+    fn three_floods(p: &Pipeline) -> Vec<AttackEvent> {
+        run(p, 20, |i| {
+            if i < 3 {
+                (1..=3)
+                    .map(|h| udp(&format!("198.51.100.{h}"), &format!("192.0.2.{h}"), 30_000))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        })
+    }
+
+    fn overflow(p: &Pipeline, cap: Cap) -> u64 {
+        p.metrics
+            .cap_overflow
+            .with_label_values(&[cap.as_str()])
+            .get()
+    }
+
+    #[test]
+    fn the_active_attack_cap_refuses_new_attacks_and_counts_them() {
+        let p = capped("max_active_attacks = 2");
+        let ev = three_floods(&p);
+        let starts = ev.iter().filter(|e| e.event == EventKind::Start).count();
+        assert_eq!(starts, 2, "{ev:?}");
+        // The third host is refused on each pass it is over the threshold: at least the
+        // 3 flooded seconds (more while its average decays).
+        let refused = overflow(&p, Cap::ActiveAttacks);
+        assert!(refused >= 3, "{refused}");
+        assert_eq!(p.active_attacks(), 0);
+        // A hook claim at the cap is refused too.
+        let claim = |ip: &str| Claim {
+            key: HostKey {
+                ip: ip.parse().unwrap(),
+                dir: Direction::Incoming,
+            },
+            ban: true,
+            attack_type: AttackType::UdpFlood,
+            protocol: crate::model::Protocol::Udp,
+            pps: 1,
+            group: 0,
+        };
+        let t = 1_800_000_100_000;
+        assert_eq!(p.claim(t, claim("192.0.2.50")).len(), 1);
+        assert_eq!(p.claim(t, claim("192.0.2.51")).len(), 1);
+        assert!(p.claim(t, claim("192.0.2.52")).is_empty());
+        assert_eq!(overflow(&p, Cap::ActiveAttacks), refused + 1);
+    }
+
+    #[test]
+    fn over_the_watched_host_cap_an_attack_starts_without_top_sources() {
+        let p = capped("max_watched_hosts = 1");
+        let ev = three_floods(&p);
+        let starts: Vec<_> = ev.iter().filter(|e| e.event == EventKind::Start).collect();
+        assert_eq!(starts.len(), 3);
+        let with_sources = starts.iter().filter(|e| !e.top_sources.is_empty()).count();
+        assert_eq!(with_sources, 1, "{starts:?}");
+        assert_eq!(overflow(&p, Cap::WatchedHosts), 2);
+        // All ended: the cap is free again.
+        assert_eq!(p.watched.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn over_the_series_cap_an_attack_gets_no_per_host_series() {
+        let p = capped("max_attack_host_series = 1");
+        let series = |p: &Pipeline| {
+            p.metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("flowguard_attack_host_pps{"))
+                .count()
+        };
+        run(&p, 2, |_| {
+            (1..=3)
+                .map(|h| udp("198.51.100.9", &format!("192.0.2.{h}"), 30_000))
+                .collect()
+        });
+        assert_eq!(p.active_attacks(), 3);
+        assert_eq!(series(&p), 1);
+        assert_eq!(overflow(&p, Cap::AttackHostSeries), 2);
+        let p = capped("max_attack_host_series = 1");
+        three_floods(&p);
+        assert_eq!(p.active_attacks(), 0);
+        assert_eq!(
+            series(&p),
+            0,
+            "the one series is removed at its attack's end"
+        );
+        assert_eq!(p.host_series.lock().len(), 0);
     }
 
     #[test]

@@ -71,8 +71,14 @@ async fn forward(events: Vec<AttackEvent>, tx: &mpsc::Sender<AttackEvent>, m: &M
                 }
             }
             EventKind::Update => {
-                if tx.try_send(e).is_err() {
+                if let Err(err) = tx.try_send(e) {
                     m.events_dropped.with_label_values(&["update"]).inc();
+                    if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                        crate::metrics::QueueFull {
+                            queue: crate::metrics::Queue::AttackEvents,
+                        }
+                        .emit(m);
+                    }
                 }
             }
         }
@@ -337,5 +343,49 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::HostKey;
+    use crate::detect::Claim;
+    use crate::model::{AttackType, Direction, Protocol};
+
+    #[tokio::test]
+    async fn a_periodic_update_that_finds_the_queue_full_counts_a_queue_full_drop() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            "#,
+        )
+        .unwrap();
+        let m = Arc::new(Metrics::new());
+        let p = Pipeline::new(&cfg, m.clone()).unwrap();
+        let start = p.claim(
+            1_800_000_000_000,
+            Claim {
+                key: HostKey {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    dir: Direction::Incoming,
+                },
+                ban: true,
+                attack_type: AttackType::UdpFlood,
+                protocol: Protocol::Udp,
+                pps: 1,
+                group: 0,
+            },
+        );
+        let mut update = start[0].clone();
+        update.event = EventKind::Update;
+        let (tx, _rx) = mpsc::channel(1);
+        forward(start, &tx, &m).await;
+        let drops = |q: &str| m.queue_full_drops.with_label_values(&[q]).get();
+        assert_eq!(drops("attack_events"), 0);
+        forward(vec![update], &tx, &m).await;
+        assert_eq!(drops("attack_events"), 1);
+        assert_eq!(m.events_dropped.with_label_values(&["update"]).get(), 1);
     }
 }

@@ -189,7 +189,8 @@ pub fn spawn_with(
         (Some(store), steps)
     };
     let planner = Arc::new(Mutex::new(planner));
-    let lanes: [Arc<Lane>; 2] = Default::default();
+    let lanes: [Arc<Lane>; 2] =
+        std::array::from_fn(|_| Arc::new(Lane::with_cap(cfg.max_queued_operations)));
     let shared = Arc::new(Shared::new(
         planner.clone(),
         store,
@@ -375,7 +376,11 @@ impl Worker {
             by[s.op.backend().index()].push(s);
         }
         for (lane, steps) in self.lanes.iter().zip(by) {
-            lane.push(steps);
+            crate::metrics::CapReached {
+                cap: crate::metrics::Cap::MitigationQueue,
+                n: lane.push(steps),
+            }
+            .emit(&self.metrics);
         }
         self.gauges();
     }
