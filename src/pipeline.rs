@@ -1281,7 +1281,7 @@ mod tests {
         run(&p, 3, |_| vec![udp("198.51.100.9", "192.0.2.7", 30_000)]);
         let a = p.attacks().into_iter().next().expect("an attack");
         let text = crate::detect::report::text(&a, &Rates::default());
-        let r = crate::hooks::fastnetmon::parse_report(&text);
+        let r = crate::fnm_report::parse_report(&text);
         assert_eq!(r.ip, Some(a.ip));
         assert_eq!(r.attack_type, Some(AttackType::UdpFlood));
         assert_eq!(r.protocol, Some(crate::model::Protocol::Udp));

@@ -154,3 +154,89 @@ fn writes(text: &str, f: &str) -> bool {
     }
     false
 }
+
+/// Every label value an alert rule matches on (`label="v"`, `label=~"a|b"`, `label!="v"`)
+/// is one flowguard writes for that metric (`Metrics::pretouch` gives every fixed label
+/// value its series): a rule matching a value nothing writes can never fire, as
+/// `FlowguardHostTableFull` on `reason="cap"` could not.
+#[test]
+fn alert_rules_match_label_values_flowguard_writes() {
+    let m = flowguard::metrics::Metrics::new();
+    m.pretouch(&[("nf".to_string(), false), ("sf".to_string(), true)]);
+    let text = m.render();
+    // metric → label → values seen.
+    let mut seen: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, Vec<String>>,
+    > = Default::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, _)) = rest.split_once('}') else {
+            continue;
+        };
+        for kv in labels.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                seen.entry(name.to_string())
+                    .or_default()
+                    .entry(k.to_string())
+                    .or_default()
+                    .push(v.trim_matches('"').to_string());
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("dashboards/prometheus/alerts.yml")).unwrap();
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for line in rules.lines() {
+        let Some(expr) = line.trim().strip_prefix("expr:") else {
+            continue;
+        };
+        // Each `name{matchers}` in the expression.
+        let mut rest = expr;
+        while let Some(open) = rest.find('{') {
+            let name: String = rest[..open]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let close = open + rest[open..].find('}').unwrap();
+            let matchers = &rest[open + 1..close];
+            rest = &rest[close + 1..];
+            if !name.starts_with("flowguard_") {
+                continue;
+            }
+            let base = name.trim_end_matches("_total");
+            for mt in matchers.split(',') {
+                let (label, values) = match mt
+                    .split_once("=~")
+                    .or_else(|| mt.split_once("!="))
+                    .or_else(|| mt.split_once('='))
+                {
+                    Some((l, v)) => (l.trim(), v.trim().trim_matches('"')),
+                    None => continue,
+                };
+                let known = seen
+                    .get(&name)
+                    .or_else(|| seen.get(&format!("{base}_total")))
+                    .and_then(|l| l.get(label));
+                for v in values.split('|') {
+                    checked += 1;
+                    if !known.is_some_and(|k| k.iter().any(|x| x == v)) {
+                        bad.push(format!("{name}{{{label}=\"{v}\"}} (written: {known:?})"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 3, "parsed {checked} matchers");
+    assert!(
+        bad.is_empty(),
+        "alert rules match label values flowguard never writes: {bad:?}"
+    );
+}

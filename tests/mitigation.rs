@@ -640,3 +640,33 @@ async fn over_the_queue_cap_steps_are_coalesced_and_no_end_is_lost() {
     assert_eq!(st.metrics.mitigation_pending_ops.get(), 0);
     st.stop().await;
 }
+
+/// SIGTERM during a MITIGATOR outage (issue 15, item 6): an end sent just before the stop
+/// goes into the planner and the state file, so the next start releases what the attack
+/// had switched on instead of restoring the attack as live (for the grace period).
+#[tokio::test]
+async fn an_end_queued_when_the_stage_stops_during_an_outage_is_not_lost() {
+    let sim = Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let st = start(cfg(&sim), dir.path());
+    st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
+    st.wait_state("a", "active").await;
+    sim.fault(json!({"status": 503, "count": 1_000_000})).await;
+    // The stop right behind the end: the end is still in the queue.
+    st.send(syn(EventKind::End, "a", "127.0.0.10")).await;
+    st.stop().await;
+    sim.fault(json!({"clear": true})).await;
+
+    let st = start(cfg(&sim), dir.path());
+    assert!(
+        st.h.status("a").is_none(),
+        "the ended attack came back from the state file: {:?}",
+        st.h.status("a")
+    );
+    let s = &sim;
+    wait_for(5, "the attack's switches released", || async move {
+        s.switch(1, "tcp").await == 0 && s.switch(1, "toggle").await == 0
+    })
+    .await;
+    st.stop().await;
+}

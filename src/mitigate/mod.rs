@@ -255,7 +255,14 @@ impl Worker {
             self.gauges();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    // Events already queued (an end sent just before the stop, say) go
+                    // into the planner and the state file: none is lost.
+                    while let Ok(ev) = rx.try_recv() {
+                        self.on_event(ev);
+                    }
+                    break;
+                }
                 ev = rx.recv(), if rx_open => match ev {
                     Some(ev) => self.on_event(ev),
                     None => rx_open = false,
