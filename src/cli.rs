@@ -143,10 +143,13 @@ pub fn init_tracing(g: &GlobalArgs) {
     };
 }
 
-pub fn main() -> ExitCode {
+/// `flowguard demo`'s body, which lives in the binary (it drives the whole service).
+pub type Demo = fn(f64) -> anyhow::Result<()>;
+
+pub fn main_with(demo: Demo) -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.global);
-    match dispatch(cli) {
+    match dispatch(cli, demo) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flowguard: {e:#}");
@@ -155,7 +158,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(cli: Cli, demo: Demo) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let cfg = cli.global.load()?;
@@ -196,7 +199,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ))
         }
         Command::Demo(a) => {
-            crate::demo::run(a.speed)?;
+            demo(a.speed)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(a) => {

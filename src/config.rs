@@ -231,6 +231,18 @@ pub struct DetectionConfig {
     /// least this share of the attack's packets, in percent (or breaks a threshold of its
     /// own).
     pub vector_min_share_percent: f64,
+    /// Attacks in progress at most (own detection and hook claims together); a host
+    /// over a threshold while the cap is reached starts no attack and is counted in
+    /// `flowguard_cap_overflow_total{cap="active_attacks"}`, once per detection pass.
+    pub max_active_attacks: usize,
+    /// Attacks whose sources are tracked (the top sources of reports and the temporary
+    /// blacklist) at most; an attack over the cap has no top sources and is counted in
+    /// `flowguard_cap_overflow_total{cap="watched_hosts"}`.
+    pub max_watched_hosts: usize,
+    /// Attacks with their own `flowguard_attack_host_pps`/`_bps` series at most; an
+    /// attack over the cap gets no series and is counted in
+    /// `flowguard_cap_overflow_total{cap="attack_host_series"}`.
+    pub max_attack_host_series: usize,
 }
 
 impl Default for DetectionConfig {
@@ -243,6 +255,9 @@ impl Default for DetectionConfig {
             incoming: true,
             ipv6: true,
             vector_min_share_percent: 20.0,
+            max_active_attacks: 10_000,
+            max_watched_hosts: 1_000,
+            max_attack_host_series: 1_000,
         }
     }
 }

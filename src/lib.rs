@@ -6,18 +6,21 @@
 //!
 //! - [`collectors`]: UDP sockets (batched receive), exporter allow-list; I/O only.
 //! - [`decode`]: NetFlow v5/v9/IPFIX and sFlow v5 datagrams → [`decode::FlowRecord`]s, with
-//!   per-exporter template and sampling state. Pure: bytes and `now` in, records out.
+//!   per-exporter template and sampling state. No I/O: bytes and `now` in, records out
+//!   (the only clock read is the idle-scope bookkeeping of the NetFlow decoder).
 //! - [`aggregate`]: protected networks, per-host per-direction moving-average rates, the sharded
 //!   host table with its cap and eviction.
 //! - [`detect`]: hostgroups and thresholds, classification, attack lifecycle and reports;
 //!   emits [`model::AttackEvent`]s.
 //! - [`mitigate`]: turns attack events into MITIGATOR calls (client, planner, state file).
-//! - [`hooks`]: FastNetMon notify-script sidecar (report parser, hook CLI, event endpoint,
-//!   config import).
+//! - [`hooks`]: FastNetMon notify-script sidecar (hook CLI, event endpoint, config
+//!   import).
+//! - [`fnm_report`]: FastNetMon's attack report format (parser and writer), beside the
+//!   stages: detect writes reports with it and hooks read them, neither imports the
+//!   other.
 //! - [`cluster`]: cluster mode on NATS JetStream (collector, detector and controller
 //!   roles); absent without a `[cluster]` section.
 //! - [`api`]: HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
-//! - [`demo`]: `flowguard demo`, the whole mission on loopback.
 //! - [`top`]: `flowguard top`, the operator console's picture in a terminal, read from a
 //!   running service's API (`/api/v1/summary`, the JSON the web console at `/` reads).
 //!
@@ -35,8 +38,8 @@ pub mod cluster;
 pub mod collectors;
 pub mod config;
 pub mod decode;
-pub mod demo;
 pub mod detect;
+pub mod fnm_report;
 pub mod hooks;
 pub mod metrics;
 pub mod mitigate;

@@ -1,4 +1,7 @@
-//! flowguard binary: everything lives in the library; see `flowguard::cli`.
+//! flowguard binary: the library does the work (see `flowguard::cli`); `flowguard demo`
+//! lives here, above the library, since it drives the whole service and a simulator.
+mod demo;
+
 fn main() -> std::process::ExitCode {
-    flowguard::cli::main()
+    flowguard::cli::main_with(demo::run)
 }

@@ -21,6 +21,102 @@ pub const MAX_EXPORTER_SERIES: usize = 256;
 /// hosts pass through the top list.
 pub const TOP_HOST_RANKS: usize = 10;
 
+/// The bounded queues between stages: the `queue` label of
+/// `flowguard_queue_full_drops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// detect → mitigate (periodic updates are dropped when it is full).
+    AttackEvents,
+    /// hook endpoint → detect (the hook is answered 503 and spools the event).
+    HookEvents,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::AttackEvents, Queue::HookEvents];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::AttackEvents => "attack_events",
+            Queue::HookEvents => "hook_events",
+        }
+    }
+}
+
+/// Event: an item did not fit in the bounded queue `queue`. The log line and the counter
+/// in one place, so neither is forgotten where the event happens.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFull {
+    pub queue: Queue,
+}
+
+impl QueueFull {
+    pub fn emit(self, m: &Metrics) {
+        // Debug, not warn: under a flood this happens per item; the counter (and its
+        // alert, FlowguardQueueFull) is what an operator watches.
+        tracing::debug!(queue = self.queue.as_str(), "queue full: item dropped");
+        m.queue_full_drops
+            .with_label_values(&[self.queue.as_str()])
+            .inc();
+    }
+}
+
+/// The caps on state that input can grow: the `cap` label of
+/// `flowguard_cap_overflow_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// `[detection] max_active_attacks`: an attack over the cap is not started.
+    ActiveAttacks,
+    /// `[detection] max_watched_hosts`: an attack over the cap gets no top sources.
+    WatchedHosts,
+    /// `[detection] max_attack_host_series`: an attack over the cap gets no
+    /// `flowguard_attack_host_pps`/`_bps` series.
+    AttackHostSeries,
+    /// `[mitigator] max_queued_operations`: a step over the cap is coalesced into a
+    /// queued one.
+    MitigationQueue,
+}
+
+impl Cap {
+    pub const ALL: [Cap; 4] = [
+        Cap::ActiveAttacks,
+        Cap::WatchedHosts,
+        Cap::AttackHostSeries,
+        Cap::MitigationQueue,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cap::ActiveAttacks => "active_attacks",
+            Cap::WatchedHosts => "watched_hosts",
+            Cap::AttackHostSeries => "attack_host_series",
+            Cap::MitigationQueue => "mitigation_queue",
+        }
+    }
+}
+
+/// Event: `n` items were refused because `cap` was reached.
+#[derive(Debug, Clone, Copy)]
+pub struct CapReached {
+    pub cap: Cap,
+    pub n: u64,
+}
+
+impl CapReached {
+    pub fn emit(self, m: &Metrics) {
+        if self.n == 0 {
+            return;
+        }
+        tracing::warn!(
+            cap = self.cap.as_str(),
+            refused = self.n,
+            "cap reached: refused"
+        );
+        m.cap_overflow
+            .with_label_values(&[self.cap.as_str()])
+            .inc_by(self.n);
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     // collect
@@ -44,6 +140,7 @@ pub struct Metrics {
     pub host_evictions: IntCounterVec,
     pub records_unprotected: IntCounter,
     pub queue_full_drops: IntCounterVec,
+    pub cap_overflow: IntCounterVec,
     pub traffic_packets: IntCounterVec,
     pub traffic_bytes: IntCounterVec,
     // detect
@@ -224,6 +321,7 @@ impl Metrics {
             host_evictions: counter_vec(&r, "flowguard_host_evictions_total", "Host-directions removed from the host table, by reason (idle, cap).", &["reason"]),
             records_unprotected: counter(&r, "flowguard_records_unprotected_total", "Flow records that touched no protected host."),
             queue_full_drops: counter_vec(&r, "flowguard_queue_full_drops_total", "Items dropped because a bounded queue between stages was full, by queue.", &["queue"]),
+            cap_overflow: counter_vec(&r, "flowguard_cap_overflow_total", "Items refused because a cap on state was reached, by cap (active_attacks, watched_hosts, attack_host_series, mitigation_queue).", &["cap"]),
             traffic_packets: counter_vec(&r, "flowguard_traffic_packets_total", "Packets to (incoming) or from (outgoing) protected hosts, sampling applied, by direction and protocol (tcp, udp, icmp, other).", &["direction", "protocol"]),
             traffic_bytes: counter_vec(&r, "flowguard_traffic_bytes_total", "Bytes to (incoming) or from (outgoing) protected hosts, sampling applied, by direction and protocol (tcp, udp, icmp, other).", &["direction", "protocol"]),
             attacks_active: gauge_vec(&r, "flowguard_attacks_active", "Attacks in progress, by direction and attack type.", &["direction", "attack_type"]),
@@ -294,8 +392,11 @@ impl Metrics {
         for r in ["idle", "pressure", "cap_refused"] {
             self.host_evictions.with_label_values(&[r]);
         }
-        for q in ["attack_events", "hook_events"] {
-            self.queue_full_drops.with_label_values(&[q]);
+        for q in Queue::ALL {
+            self.queue_full_drops.with_label_values(&[q.as_str()]);
+        }
+        for c in Cap::ALL {
+            self.cap_overflow.with_label_values(&[c.as_str()]);
         }
         for e in ["update", "closed"] {
             self.events_dropped.with_label_values(&[e]);

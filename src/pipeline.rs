@@ -8,7 +8,7 @@
 //! replay` (capture timestamps, one thread).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::decode::{DecodeErrorKind, DecodeOutcome, FlowRecord, Version};
 use crate::detect::classify::exceeded;
 use crate::detect::{Attack, Claim, Detector, Group, Observation, Transition};
-use crate::metrics::Metrics;
+use crate::metrics::{Cap, CapReached, Metrics};
 use crate::model::{AttackEvent, Direction, EventKind};
 
 /// How often idle hosts are swept out of the table.
@@ -47,6 +47,27 @@ pub struct Pipeline {
     /// Whether ingest applies records to the local host table (off on a cluster node
     /// that only collects: its detectors apply the deltas instead).
     local_table: bool,
+    /// The busiest host-directions as of the last detection pass. Readers clone the `Arc`
+    /// (the lock is held for that only), so no reader touches a shard or the detector.
+    top_hosts: Mutex<Arc<TopHosts>>,
+    /// `[detection] max_watched_hosts`, and the hosts whose sources are tracked now.
+    max_watched: usize,
+    watched: AtomicUsize,
+    /// `[detection] max_attack_host_series`, and the hosts that have those series now.
+    max_host_series: usize,
+    host_series: Mutex<ahash::AHashSet<(IpAddr, Direction)>>,
+}
+
+/// Most host-directions `GET /api/v1/hosts?top=N` (and the console) can list: the length
+/// of each top list the detection pass keeps.
+pub const TOP_HOSTS_MAX: usize = 1000;
+
+/// The busiest host-directions by pps, bps and flows/s, kept by the detection pass.
+#[derive(Debug, Default)]
+pub struct TopHosts {
+    /// Indexed by `TopBy as usize`: busiest first, ties by address; at most
+    /// [`TOP_HOSTS_MAX`] each.
+    by: [Vec<(HostKey, Rates)>; 3],
 }
 
 /// Per-thread buffers for [`Pipeline::ingest`], reused across batches so the hot path
@@ -162,7 +183,8 @@ impl Pipeline {
                     cfg.detection.recent_attacks,
                 )
                 .with_switches(cfg.detection.incoming, cfg.detection.ipv6)
-                .with_vector_min_share(cfg.detection.vector_min_share_percent / 100.0),
+                .with_vector_min_share(cfg.detection.vector_min_share_percent / 100.0)
+                .with_max_active(cfg.detection.max_active_attacks),
             ),
             metrics,
             window_seconds: cfg.aggregate.window_seconds,
@@ -172,6 +194,11 @@ impl Pipeline {
             last_sweep_ms: AtomicI64::new(0),
             deltas: None,
             local_table: true,
+            top_hosts: Mutex::new(Arc::new(TopHosts::default())),
+            max_watched: cfg.detection.max_watched_hosts,
+            watched: AtomicUsize::new(0),
+            max_host_series: cfg.detection.max_attack_host_series,
+            host_series: Mutex::new(Default::default()),
         })
     }
 
@@ -392,7 +419,7 @@ impl Pipeline {
                 if !owned(k) {
                     return;
                 }
-                top.offer(k.dir, &e.rates);
+                top.offer(k, &e.rates);
                 if self.networks.is_whitelisted(k.ip) {
                     return;
                 }
@@ -436,7 +463,7 @@ impl Pipeline {
         let transitions = det.observe(now_ms, &obs);
         let events = self.events_of(&mut det, transitions, now_ms);
         self.metrics.tracked_hosts.set(tracked as i64);
-        top.publish(&self.metrics);
+        self.publish_top(top, now_sec);
         self.sweep_if_due(now_ms, &det);
         drop(det);
         timer.observe_duration();
@@ -472,13 +499,29 @@ impl Pipeline {
     }
 
     fn count_events(&self, events: &[AttackEvent]) {
+        let mut series = self.host_series.lock();
+        let mut over_cap = 0;
         for e in events {
             let labels = [e.direction.as_str(), e.attack_type.as_str()];
             let ip = e.ip.to_string();
+            // Per-host series only for the first `max_host_series` attacks in progress.
+            let host = (e.ip, e.direction);
+            let has_series = match e.event {
+                EventKind::Start if series.len() < self.max_host_series => series.insert(host),
+                EventKind::Start => {
+                    over_cap += 1;
+                    false
+                }
+                EventKind::Update => series.contains(&host),
+                EventKind::End => series.remove(&host),
+            };
             match e.event {
                 EventKind::Start => {
                     self.metrics.attacks_total.with_label_values(&labels).inc();
                     self.metrics.attacks_active.with_label_values(&labels).inc();
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     self.metrics
                         .attack_host_pps
@@ -508,6 +551,9 @@ impl Pipeline {
                             ])
                             .inc();
                     }
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     self.metrics
                         .attack_host_pps
@@ -520,6 +566,9 @@ impl Pipeline {
                 }
                 EventKind::End => {
                     self.metrics.attacks_active.with_label_values(&labels).dec();
+                    if !has_series {
+                        continue;
+                    }
                     let hl = [ip.as_str(), e.direction.as_str()];
                     // Per-host series exist only while the host is under attack.
                     let _ = self.metrics.attack_host_pps.remove_label_values(&hl);
@@ -527,6 +576,11 @@ impl Pipeline {
                 }
             }
         }
+        CapReached {
+            cap: Cap::AttackHostSeries,
+            n: over_cap,
+        }
+        .emit(&self.metrics);
     }
 
     fn sweep_if_due(&self, now_ms: i64, det: &Detector) {
@@ -589,11 +643,18 @@ impl Pipeline {
         now_ms: i64,
     ) -> Vec<AttackEvent> {
         let mut events = Vec::new();
+        let mut not_watched = 0;
         for t in transitions {
             match t {
                 Transition::Start(k) => {
                     let mut shard = self.table.shards[self.table.shard_of(&k)].lock();
-                    shard.watch(k);
+                    // Only `events_of` watches and unwatches, under the detector lock.
+                    if self.watched.load(Ordering::Relaxed) < self.max_watched {
+                        shard.watch(k);
+                        self.watched.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        not_watched += 1;
+                    }
                     let top = shard.top_sources(&k, self.top_n);
                     drop(shard);
                     if let Some(a) = det.get_active_mut(&k) {
@@ -618,9 +679,12 @@ impl Pipeline {
                     }
                 }
                 Transition::End(k) => {
-                    self.table.shards[self.table.shard_of(&k)]
+                    if self.table.shards[self.table.shard_of(&k)]
                         .lock()
-                        .unwatch(&k);
+                        .unwatch(&k)
+                    {
+                        self.watched.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if let Some(a) = det.ended(&k) {
                         events.push(a.event(EventKind::End, now_ms));
                     }
@@ -628,6 +692,16 @@ impl Pipeline {
             }
         }
         self.count_events(&events);
+        CapReached {
+            cap: Cap::ActiveAttacks,
+            n: det.take_refused(),
+        }
+        .emit(&self.metrics);
+        CapReached {
+            cap: Cap::WatchedHosts,
+            n: not_watched,
+        }
+        .emit(&self.metrics);
         events
     }
 
@@ -707,32 +781,33 @@ impl Pipeline {
         v
     }
 
-    /// The `n` busiest host-directions by current rate.
-    pub fn top(&self, n: usize, by: TopBy, now_ms: i64) -> Vec<(HostKey, Rates)> {
-        let now_sec = (now_ms / 1000).max(0) as u32;
-        let metric = |r: &Rates| match by {
-            TopBy::Pps => r.pps,
-            TopBy::Bps => r.bps,
-            TopBy::Flows => r.flows_per_second,
-        };
-        let order = |a: &(HostKey, Rates), b: &(HostKey, Rates)| {
-            metric(&b.1).cmp(&metric(&a.1)).then(a.0.cmp(&b.0))
-        };
-        // Keep at most a few times n while walking the table (the console samples this
-        // every second): memory stays O(n), not O(hosts).
-        let mut v = Vec::new();
-        for s in &self.table.shards {
-            s.lock().for_each(now_sec, |k, e| {
-                v.push((*k, e.rates));
-                if v.len() > 4 * n.max(1) {
-                    v.sort_by(order);
-                    v.truncate(n);
-                }
-            });
+    /// The `n` busiest host-directions (at most [`TOP_HOSTS_MAX`]) as of the last
+    /// detection pass. Takes no shard lock and not the detector: a reader called back to
+    /// back cannot slow the collectors or the pass (issue 15).
+    pub fn top(&self, n: usize, by: TopBy) -> Vec<(HostKey, Rates)> {
+        let snap = self.top_hosts.lock().clone();
+        snap.by[by as usize]
+            .iter()
+            .take(n.min(TOP_HOSTS_MAX))
+            .copied()
+            .collect()
+    }
+
+    /// Ends a pass's top lists: hosts of the previous lists the pass did not visit (no
+    /// traffic this second) are read again, so a host whose average decays stays listed
+    /// as it did when the API walked the table; then the lists replace the old ones.
+    fn publish_top(&self, mut top: TopRanks, now_sec: u32) {
+        let prev = self.top_hosts.lock().clone();
+        let mut again: Vec<HostKey> = prev.by.iter().flatten().map(|(k, _)| *k).collect();
+        again.sort_unstable();
+        again.dedup();
+        for k in again {
+            if let Some(e) = self.table.get(&k, now_sec) {
+                top.offer_keyed(&k, &e.rates, false);
+            }
         }
-        v.sort_by(order);
-        v.truncate(n);
-        v
+        let lists = top.finish(&self.metrics);
+        *self.top_hosts.lock() = Arc::new(lists);
     }
 }
 
@@ -748,16 +823,64 @@ fn observation(k: &HostKey, e: &HostEntry, over: Option<&'static str>) -> Observ
 }
 
 /// The busiest hosts among those with traffic in the last second (the ones a pass
-/// visits), per direction: a bounded, address-free view for dashboards.
+/// visits), per direction: a bounded, address-free view for dashboards; and, with their
+/// addresses, the [`TopHosts`] lists the API reads.
 #[derive(Default)]
 struct TopRanks {
     pps: [Vec<u64>; 2],
     bps: [Vec<u64>; 2],
+    keyed: [Keyed; 3],
+}
+
+/// The best [`TOP_HOSTS_MAX`] host-directions by one metric, collected in O(hosts) time
+/// and O(TOP_HOSTS_MAX) memory: once the list is full, an offer no better than its worst
+/// entry is one comparison.
+#[derive(Default)]
+struct Keyed {
+    v: Vec<(u64, HostKey, Rates)>,
+    /// The worst kept entry once the list was first cut: (metric, key).
+    worst: Option<(u64, HostKey)>,
+}
+
+/// Busiest first, ties by address (the order the table walk used).
+fn rank(a: &(u64, HostKey), b: &(u64, HostKey)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl Keyed {
+    fn offer(&mut self, x: u64, k: &HostKey, r: &Rates, cut: bool) {
+        if let Some(w) = &self.worst {
+            if rank(&(x, *k), w) != std::cmp::Ordering::Less {
+                return;
+            }
+        }
+        self.v.push((x, *k, *r));
+        if cut && self.v.len() >= 2 * TOP_HOSTS_MAX {
+            self.v.select_nth_unstable_by(TOP_HOSTS_MAX - 1, order);
+            self.v.truncate(TOP_HOSTS_MAX);
+            // `select_nth_unstable_by` left the worst kept entry last.
+            self.worst = self.v.last().map(|e| (e.0, e.1));
+        }
+    }
+
+    /// The list, busiest first. A host offered twice (visited by the pass, then read
+    /// again) keeps its first entry; the cuts during the pass never see a host twice.
+    fn finish(&mut self) -> Vec<(HostKey, Rates)> {
+        self.v.sort_unstable_by(order);
+        let mut seen = ahash::AHashSet::with_capacity(self.v.len());
+        self.v.retain(|e| seen.insert(e.1));
+        self.v.truncate(TOP_HOSTS_MAX);
+        self.v.iter().map(|e| (e.1, e.2)).collect()
+    }
+}
+
+fn order(a: &(u64, HostKey, Rates), b: &(u64, HostKey, Rates)) -> std::cmp::Ordering {
+    rank(&(a.0, a.1), &(b.0, b.1))
 }
 
 impl TopRanks {
-    fn offer(&mut self, dir: Direction, r: &Rates) {
-        let d = dir as usize;
+    fn offer(&mut self, k: &HostKey, r: &Rates) {
+        let d = k.dir as usize;
         for (v, x) in [(&mut self.pps[d], r.pps), (&mut self.bps[d], r.bps)] {
             v.push(x);
             if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
@@ -765,9 +888,19 @@ impl TopRanks {
                 v.truncate(crate::metrics::TOP_HOST_RANKS);
             }
         }
+        self.offer_keyed(k, r, true);
     }
 
-    fn publish(mut self, m: &Metrics) {
+    /// Offers `k` to the lists with addresses only; `cut`: whether the lists may be cut
+    /// to size now (not while hosts already offered are offered again).
+    fn offer_keyed(&mut self, k: &HostKey, r: &Rates, cut: bool) {
+        for by in [TopBy::Pps, TopBy::Bps, TopBy::Flows] {
+            self.keyed[by as usize].offer(by.of(r), k, r, cut);
+        }
+    }
+
+    /// Publishes the address-free ranks; returns the lists with addresses.
+    fn finish(mut self, m: &Metrics) -> TopHosts {
         for dir in Direction::ALL {
             let d = dir as usize;
             self.pps[d].sort_unstable_by(|a, b| b.cmp(a));
@@ -782,6 +915,11 @@ impl TopRanks {
                     .set(self.bps[d].get(rank).copied().unwrap_or(0) as i64);
             }
         }
+        let mut out = TopHosts::default();
+        for (i, k) in self.keyed.iter_mut().enumerate() {
+            out.by[i] = k.finish();
+        }
+        out
     }
 }
 
@@ -791,6 +929,16 @@ pub enum TopBy {
     Pps,
     Bps,
     Flows,
+}
+
+impl TopBy {
+    fn of(self, r: &Rates) -> u64 {
+        match self {
+            TopBy::Pps => r.pps,
+            TopBy::Bps => r.bps,
+            TopBy::Flows => r.flows_per_second,
+        }
+    }
 }
 
 /// Counts one decoded datagram in the collect metrics.
@@ -927,86 +1075,209 @@ mod tests {
         ev
     }
 
-    /// The cluster seam: two collecting pipelines ship per-second deltas, a third merges
-    /// them; it sees the rates and attacks of one pipeline fed everything, and a victim
-    /// at 0.6 × threshold on each half is detected in the merge only.
+    const PROTECTED_24: &str = r#"
+        [networks]
+        protected = ["192.0.2.0/24"]
+        [[hostgroup]]
+        name = "default"
+        threshold_pps = 100000000
+        "#;
+
     #[test]
-    fn merged_deltas_of_two_halves_detect_like_one_pipeline() {
-        let toml = r#"
+    fn top_hosts_come_from_the_pass_busiest_first_and_are_capped() {
+        let p = pipeline(PROTECTED_24);
+        // Host h gets h × 10 pps; the flows metric orders the other way round.
+        run(&p, 3, |_| {
+            (1..=200u64)
+                .map(|h| FlowRecord {
+                    flows: (300 - h) as _,
+                    ..udp("198.51.100.9", &format!("192.0.2.{h}"), h * 10)
+                })
+                .collect()
+        });
+        let top = p.top(5, TopBy::Pps);
+        let ips: Vec<String> = top.iter().map(|(k, _)| k.ip.to_string()).collect();
+        assert_eq!(
+            ips,
+            [
+                "192.0.2.200",
+                "192.0.2.199",
+                "192.0.2.198",
+                "192.0.2.197",
+                "192.0.2.196"
+            ]
+        );
+        assert!(top.windows(2).all(|w| w[0].1.pps >= w[1].1.pps));
+        assert_eq!(p.top(1, TopBy::Flows)[0].0.ip.to_string(), "192.0.2.1");
+        assert_eq!(p.top(1, TopBy::Bps)[0].0.ip.to_string(), "192.0.2.200");
+        // Incoming only (the sources are not protected): 200 host-directions.
+        assert_eq!(p.top(TOP_HOSTS_MAX + 5, TopBy::Pps).len(), 200);
+    }
+
+    #[test]
+    fn top_hosts_keep_the_best_thousand_of_many_and_a_decaying_host() {
+        let p = Pipeline::new(
+            &Config::from_toml_str(
+                r#"
+                [networks]
+                protected = ["10.0.0.0/8"]
+                "#,
+            )
+            .unwrap(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let host = |i: u64| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        // 5000 hosts, 10·i pps each (apart by more than the integer rates round away),
+        // then one second where only a quiet host sends.
+        run(&p, 2, |_| {
+            (1..=5000u64)
+                .map(|i| udp("198.51.100.9", &host(i), 10 * i))
+                .collect()
+        });
+        let top = p.top(TOP_HOSTS_MAX, TopBy::Pps);
+        assert_eq!(top.len(), TOP_HOSTS_MAX);
+        assert_eq!(top[0].0.ip.to_string(), host(5000));
+        assert_eq!(top[TOP_HOSTS_MAX - 1].0.ip.to_string(), host(4001));
+        let t0 = 1_800_000_000_000i64;
+        let mut s = p.scratch();
+        p.ingest(&[udp("198.51.100.9", &host(1), 1)], t0 + 2_500, &mut s);
+        p.tick(t0 + 3_000);
+        // The busiest hosts sent nothing this second: still listed, from the table.
+        let top = p.top(3, TopBy::Pps);
+        assert_eq!(top[0].0.ip.to_string(), host(5000));
+        assert!(top[0].1.pps > 0);
+    }
+
+    /// The hosts reader takes neither a shard lock nor the detector: with every one of
+    /// them held (as a collector or the detection pass would), it still answers.
+    #[test]
+    fn the_top_hosts_reader_takes_no_lock_the_collectors_or_the_pass_need() {
+        let p = pipeline(PROTECTED_24);
+        run(&p, 2, |_| vec![udp("198.51.100.9", "192.0.2.7", 500)]);
+        let shards: Vec<_> = p.table.shards.iter().map(|s| s.lock()).collect();
+        let det = p.detector.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let _ = tx.send(p.top(10, TopBy::Pps));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+            // Release before asserting, so a failure is a failure and not a hang.
+            drop(det);
+            drop(shards);
+            let top = got.expect("top() waited for a shard or detector lock");
+            assert_eq!(top.len(), 1);
+            assert_eq!(top[0].0.ip.to_string(), "192.0.2.7");
+        });
+    }
+
+    fn capped(caps: &str) -> Pipeline {
+        pipeline(&format!(
+            r#"
             [networks]
             protected = ["192.0.2.0/24"]
+            [detection]
+            {caps}
             [[hostgroup]]
             name = "default"
-            threshold_pps = 10000
-            ban_time_seconds = 3
-            "#;
-        let cfg = Config::from_toml_str(toml).unwrap();
-        let one = pipeline(toml);
-        let merged = pipeline(toml);
-        let halves: Vec<Pipeline> = (0..2)
-            .map(|_| {
-                let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
-                p.enable_deltas(&cfg, 10_000, false);
-                p
-            })
-            .collect();
-        let t0 = 1_800_000_000_000i64;
-        let mut s1 = one.scratch();
-        let mut hs: Vec<Scratch> = halves.iter().map(|p| p.scratch()).collect();
-        let (mut ev_one, mut ev_merged) = (Vec::new(), Vec::new());
-        for i in 0..14i64 {
-            let now = t0 + i * 1000 + 500;
-            for j in 0..10 {
-                // 12 000 pps to .10 while i < 8 (6 000 through each half), 1 500 to .20
-                // throughout.
-                let mut recs = vec![udp("198.51.100.9", "192.0.2.20", 150)];
-                if i < 8 {
-                    recs.push(udp("198.51.100.9", "192.0.2.10", 1200));
-                }
-                one.ingest(&recs, now + j, &mut s1);
-                halves[(j % 2) as usize].ingest(&recs, now + j, &mut hs[(j % 2) as usize]);
+            threshold_pps = 1000
+            ban_time_seconds = 2
+            "#
+        ))
+    }
+
+    /// Three hosts flooded for 3 s, then 17 quiet seconds (the averages decay, the ban
+    /// time passes, their attacks end).
+    fn three_floods(p: &Pipeline) -> Vec<AttackEvent> {
+        run(p, 20, |i| {
+            if i < 3 {
+                (1..=3)
+                    .map(|h| udp(&format!("198.51.100.{h}"), &format!("192.0.2.{h}"), 30_000))
+                    .collect()
+            } else {
+                Vec::new()
             }
-            let end = t0 + (i + 1) * 1000;
-            ev_one.extend(one.tick(end));
-            let sec = (end / 1000) as u32;
-            for h in &halves {
-                let d = h.drain_deltas(sec);
-                assert!(
-                    d.iter().all(|x| x.sec + 1 == sec),
-                    "only the second that ended"
-                );
-                merged.apply_deltas(&d);
-            }
-            assert!(
-                halves.iter().all(|h| h.table.is_empty()),
-                "collectors keep no table"
-            );
-            ev_merged.extend(merged.tick(end));
-            let ip = "192.0.2.10".parse().unwrap();
-            let (a, b) = (one.host(ip, end), merged.host(ip, end));
-            if let (Some(a), Some(b)) = (a, b) {
-                let (ra, rb) = (a.directions[0].rates.pps, b.directions[0].rates.pps);
-                assert!(
-                    ra.abs_diff(rb) <= ra / 100 + 1,
-                    "second {i}: {ra} vs {rb} pps"
-                );
-            }
-        }
-        let kinds = |v: &[AttackEvent]| -> Vec<(EventKind, IpAddr, i64)> {
-            v.iter()
-                .filter(|e| e.event != EventKind::Update)
-                .map(|e| (e.event, e.ip, e.time_ms))
-                .collect()
+        })
+    }
+
+    fn overflow(p: &Pipeline, cap: Cap) -> u64 {
+        p.metrics
+            .cap_overflow
+            .with_label_values(&[cap.as_str()])
+            .get()
+    }
+
+    #[test]
+    fn the_active_attack_cap_refuses_new_attacks_and_counts_them() {
+        let p = capped("max_active_attacks = 2");
+        let ev = three_floods(&p);
+        let starts = ev.iter().filter(|e| e.event == EventKind::Start).count();
+        assert_eq!(starts, 2, "{ev:?}");
+        // The third host is refused on each pass it is over the threshold: at least the
+        // 3 flooded seconds (more while its average decays).
+        let refused = overflow(&p, Cap::ActiveAttacks);
+        assert!(refused >= 3, "{refused}");
+        assert_eq!(p.active_attacks(), 0);
+        // A hook claim at the cap is refused too.
+        let claim = |ip: &str| Claim {
+            key: HostKey {
+                ip: ip.parse().unwrap(),
+                dir: Direction::Incoming,
+            },
+            ban: true,
+            attack_type: AttackType::UdpFlood,
+            protocol: crate::model::Protocol::Udp,
+            pps: 1,
+            group: 0,
         };
-        assert_eq!(kinds(&ev_one), kinds(&ev_merged));
+        let t = 1_800_000_100_000;
+        assert_eq!(p.claim(t, claim("192.0.2.50")).len(), 1);
+        assert_eq!(p.claim(t, claim("192.0.2.51")).len(), 1);
+        assert!(p.claim(t, claim("192.0.2.52")).is_empty());
+        assert_eq!(overflow(&p, Cap::ActiveAttacks), refused + 1);
+    }
+
+    #[test]
+    fn over_the_watched_host_cap_an_attack_starts_without_top_sources() {
+        let p = capped("max_watched_hosts = 1");
+        let ev = three_floods(&p);
+        let starts: Vec<_> = ev.iter().filter(|e| e.event == EventKind::Start).collect();
+        assert_eq!(starts.len(), 3);
+        let with_sources = starts.iter().filter(|e| !e.top_sources.is_empty()).count();
+        assert_eq!(with_sources, 1, "{starts:?}");
+        assert_eq!(overflow(&p, Cap::WatchedHosts), 2);
+        // All ended: the cap is free again.
+        assert_eq!(p.watched.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn over_the_series_cap_an_attack_gets_no_per_host_series() {
+        let p = capped("max_attack_host_series = 1");
+        let series = |p: &Pipeline| {
+            p.metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("flowguard_attack_host_pps{"))
+                .count()
+        };
+        run(&p, 2, |_| {
+            (1..=3)
+                .map(|h| udp("198.51.100.9", &format!("192.0.2.{h}"), 30_000))
+                .collect()
+        });
+        assert_eq!(p.active_attacks(), 3);
+        assert_eq!(series(&p), 1);
+        assert_eq!(overflow(&p, Cap::AttackHostSeries), 2);
+        let p = capped("max_attack_host_series = 1");
+        three_floods(&p);
+        assert_eq!(p.active_attacks(), 0);
         assert_eq!(
-            kinds(&ev_merged)
-                .iter()
-                .filter(|e| e.0 == EventKind::Start)
-                .count(),
-            1,
-            "{ev_merged:?}"
+            series(&p),
+            0,
+            "the one series is removed at its attack's end"
         );
+        assert_eq!(p.host_series.lock().len(), 0);
     }
 
     #[test]
@@ -1132,7 +1403,7 @@ mod tests {
         run(&p, 3, |_| vec![udp("198.51.100.9", "192.0.2.7", 30_000)]);
         let a = p.attacks().into_iter().next().expect("an attack");
         let text = crate::detect::report::text(&a, &Rates::default());
-        let r = crate::hooks::fastnetmon::parse_report(&text);
+        let r = crate::fnm_report::parse_report(&text);
         assert_eq!(r.ip, Some(a.ip));
         assert_eq!(r.attack_type, Some(AttackType::UdpFlood));
         assert_eq!(r.protocol, Some(crate::model::Protocol::Udp));
@@ -1146,5 +1417,87 @@ mod tests {
         );
         assert!(text.contains("Top sources"), "{text}");
         assert!(text.contains("198.51.100.9"), "{text}");
+    }
+
+    /// The cluster seam: two collecting pipelines ship per-second deltas, a third merges
+    /// them; it sees the rates and attacks of one pipeline fed everything, and a victim
+    /// at 0.6 × threshold on each half is detected in the merge only.
+    #[test]
+    fn merged_deltas_of_two_halves_detect_like_one_pipeline() {
+        let toml = r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 10000
+            ban_time_seconds = 3
+            "#;
+        let cfg = Config::from_toml_str(toml).unwrap();
+        let one = pipeline(toml);
+        let merged = pipeline(toml);
+        let halves: Vec<Pipeline> = (0..2)
+            .map(|_| {
+                let mut p = Pipeline::new(&cfg, Arc::new(Metrics::new())).unwrap();
+                p.enable_deltas(&cfg, 10_000, false);
+                p
+            })
+            .collect();
+        let t0 = 1_800_000_000_000i64;
+        let mut s1 = one.scratch();
+        let mut hs: Vec<Scratch> = halves.iter().map(|p| p.scratch()).collect();
+        let (mut ev_one, mut ev_merged) = (Vec::new(), Vec::new());
+        for i in 0..14i64 {
+            let now = t0 + i * 1000 + 500;
+            for j in 0..10 {
+                // 12 000 pps to .10 while i < 8 (6 000 through each half), 1 500 to .20
+                // throughout.
+                let mut recs = vec![udp("198.51.100.9", "192.0.2.20", 150)];
+                if i < 8 {
+                    recs.push(udp("198.51.100.9", "192.0.2.10", 1200));
+                }
+                one.ingest(&recs, now + j, &mut s1);
+                halves[(j % 2) as usize].ingest(&recs, now + j, &mut hs[(j % 2) as usize]);
+            }
+            let end = t0 + (i + 1) * 1000;
+            ev_one.extend(one.tick(end));
+            let sec = (end / 1000) as u32;
+            for h in &halves {
+                let d = h.drain_deltas(sec);
+                assert!(
+                    d.iter().all(|x| x.sec + 1 == sec),
+                    "only the second that ended"
+                );
+                merged.apply_deltas(&d);
+            }
+            assert!(
+                halves.iter().all(|h| h.table.is_empty()),
+                "collectors keep no table"
+            );
+            ev_merged.extend(merged.tick(end));
+            let ip = "192.0.2.10".parse().unwrap();
+            let (a, b) = (one.host(ip, end), merged.host(ip, end));
+            if let (Some(a), Some(b)) = (a, b) {
+                let (ra, rb) = (a.directions[0].rates.pps, b.directions[0].rates.pps);
+                assert!(
+                    ra.abs_diff(rb) <= ra / 100 + 1,
+                    "second {i}: {ra} vs {rb} pps"
+                );
+            }
+        }
+        let kinds = |v: &[AttackEvent]| -> Vec<(EventKind, IpAddr, i64)> {
+            v.iter()
+                .filter(|e| e.event != EventKind::Update)
+                .map(|e| (e.event, e.ip, e.time_ms))
+                .collect()
+        };
+        assert_eq!(kinds(&ev_one), kinds(&ev_merged));
+        assert_eq!(
+            kinds(&ev_merged)
+                .iter()
+                .filter(|e| e.0 == EventKind::Start)
+                .count(),
+            1,
+            "{ev_merged:?}"
+        );
     }
 }

@@ -8,9 +8,17 @@
 //! - the mitigation task (MITIGATOR client), the external-event task (FastNetMon hook),
 //!   and the HTTP API, on a small tokio runtime.
 //!
-//! Shutdown (SIGINT/SIGTERM or [`Service::shutdown`]): collectors stop within their
-//! 200 ms receive timeout, the ticker stops, the mitigation task finishes the operation
-//! in hand and persists its state, the API drains.
+//! Shutdown (SIGINT/SIGTERM or [`Service::shutdown`]) is staged, each stage with its own
+//! cancellation token and task tracker, all within [`SHUTDOWN_DEADLINE`]:
+//! 1. collectors stop (within their 200 ms receive timeout) and are joined;
+//! 2. the ticker and the hook consumer stop, then one last detection pass runs and its
+//!    events are queued to mitigation;
+//! 3. mitigation takes every event still queued into its planner, persists the state
+//!    file (what is in flight and queued is in it, and is reconciled at the next start)
+//!    and stops its backends' lanes; a step in flight is abandoned, not finished;
+//! 4. the API closes.
+//!
+//! Cancelling [`Service::shutdown_token`] instead stops every stage at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +27,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::system_now_ms;
 use crate::config::Config;
@@ -32,6 +40,33 @@ use crate::pipeline::Pipeline;
 pub const EVENT_QUEUE: usize = 4096;
 /// Capacity of the hook endpoint → detect queue (full → 503, the hook spools).
 pub const HOOK_QUEUE: usize = 1024;
+/// How long a staged shutdown may take in all; a stage still running when it is over is
+/// cancelled with the rest.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One shutdown stage: the token that stops its tasks and the tracker that waits for them.
+struct Stage {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Stage {
+    fn under(parent: &CancellationToken) -> Stage {
+        Stage {
+            stop: parent.child_token(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Cancels the stage and waits for its tasks until `deadline`; true if they ended.
+    async fn stop(&self, deadline: tokio::time::Instant) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
 
 pub struct Service {
     pub api_addr: SocketAddr,
@@ -41,7 +76,16 @@ pub struct Service {
     shutdown: CancellationToken,
     stop_collectors: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    tasks: JoinSet<()>,
+    /// The ticker, the hook consumer and the spool drainer.
+    detect: Stage,
+    mitigate: Stage,
+    api: Stage,
+    /// For the last detection pass's events.
+    ev_tx: mpsc::Sender<AttackEvent>,
+    /// Whether shutdown runs a last detection pass: not in cluster mode, where passes
+    /// run per closed second and per owned partition (a pass over everything here
+    /// would report partitions other detectors own).
+    last_pass: bool,
 }
 
 /// Forwards detection events to mitigation. Start, end and updates that change an
@@ -71,8 +115,14 @@ async fn forward(events: Vec<AttackEvent>, tx: &mpsc::Sender<AttackEvent>, m: &M
                 }
             }
             EventKind::Update => {
-                if tx.try_send(e).is_err() {
+                if let Err(err) = tx.try_send(e) {
                     m.events_dropped.with_label_values(&["update"]).inc();
+                    if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                        crate::metrics::QueueFull {
+                            queue: crate::metrics::Queue::AttackEvents,
+                        }
+                        .emit(m);
+                    }
                 }
             }
         }
@@ -108,7 +158,11 @@ impl Service {
         let pipeline = Arc::new(pipeline);
         let shutdown = CancellationToken::new();
         let stop_collectors = Arc::new(AtomicBool::new(false));
-        let mut tasks = JoinSet::new();
+        let (detect, mitigate, api) = (
+            Stage::under(&shutdown),
+            Stage::under(&shutdown),
+            Stage::under(&shutdown),
+        );
 
         let bound = crate::collectors::bind_all(&cfg.collectors)?;
         let collector_addrs = bound.iter().map(|b| b.local).collect();
@@ -127,8 +181,8 @@ impl Service {
                 pipeline.clone(),
                 metrics.clone(),
                 ev_rx,
-                shutdown.clone(),
-                &mut tasks,
+                mitigate.stop.clone(),
+                &mitigate.tasks,
             )
             .await?;
             let v = view.clone();
@@ -140,7 +194,7 @@ impl Service {
             (Some(mv), Some(crate::cluster::node::router(view)))
         } else {
             (
-                start_mitigation(&cfg, metrics.clone(), ev_rx, shutdown.clone(), &mut tasks)?,
+                start_mitigation(&cfg, metrics.clone(), ev_rx, &mitigate)?,
                 None,
             )
         };
@@ -161,9 +215,9 @@ impl Service {
                 pipeline.clone(),
                 ev_tx.clone(),
                 metrics.clone(),
-                shutdown.clone(),
+                detect.stop.clone(),
             );
-            tasks.spawn(async move {
+            detect.tasks.spawn(async move {
                 loop {
                     let now = system_now_ms();
                     let next = (now / 1000 + 1) * 1000;
@@ -190,8 +244,7 @@ impl Service {
             pipeline.clone(),
             metrics.clone(),
             ev_tx.clone(),
-            shutdown.clone(),
-            &mut tasks,
+            &detect,
         )
         .await?;
 
@@ -206,8 +259,8 @@ impl Service {
         if let Some(r) = cluster_router {
             app = app.merge(r);
         }
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
+        let stop = api.stop.clone();
+        api.tasks.spawn(async move {
             let r = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
@@ -224,7 +277,11 @@ impl Service {
             shutdown,
             stop_collectors,
             threads,
-            tasks,
+            detect,
+            mitigate,
+            api,
+            ev_tx,
+            last_pass: cfg.cluster.is_none(),
         })
     }
 
@@ -232,14 +289,47 @@ impl Service {
         self.shutdown.clone()
     }
 
-    /// Stops everything and waits for it.
-    pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
+    /// Stops the stages in order (see the module doc) within [`SHUTDOWN_DEADLINE`].
+    pub async fn shutdown(self) {
+        self.shutdown_within(SHUTDOWN_DEADLINE).await
+    }
+
+    pub async fn shutdown_within(mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        // 1. No new records.
         self.stop_collectors.store(true, Ordering::Relaxed);
-        while self.tasks.join_next().await.is_some() {}
         for t in self.threads.drain(..) {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                tracing::warn!("shutdown: a collector did not stop in time");
+            }
         }
+        // 2. The ticker and the hook consumer stop; one last pass over what arrived.
+        if !self.detect.stop(deadline).await {
+            tracing::warn!("shutdown: detection did not stop in time");
+        }
+        let (p, now) = (self.pipeline.clone(), system_now_ms());
+        let last = self
+            .last_pass
+            .then(|| tokio::task::spawn_blocking(move || p.tick((now / 1000 + 1) * 1000)));
+        if let Some(Ok(Ok(events))) = match last {
+            Some(l) => Some(tokio::time::timeout_at(deadline, l).await),
+            None => None,
+        } {
+            let fwd = forward(events, &self.ev_tx, &self.metrics);
+            if tokio::time::timeout_at(deadline, fwd).await.is_err() {
+                tracing::warn!("shutdown: the last pass's events did not fit in time");
+            }
+        }
+        // 3. Mitigation takes what is queued, persists it, stops.
+        if !self.mitigate.stop(deadline).await {
+            tracing::warn!("shutdown: mitigation did not stop in time");
+        }
+        // 4. The API last, so it answers while the rest stops.
+        if !self.api.stop(deadline).await {
+            tracing::warn!("shutdown: the API did not close in time");
+        }
+        self.shutdown.cancel();
     }
 }
 
@@ -250,17 +340,21 @@ fn start_mitigation(
     cfg: &Config,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<AttackEvent>,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
+    stage: &Stage,
 ) -> anyhow::Result<Option<MitigationView>> {
     let setup = crate::mitigate::Setup {
         mitigator: cfg.mitigator.clone(),
         bgp: cfg.bgp.clone(),
         protected: cfg.protected_prefixes()?,
     };
-    let (handle, join) =
-        crate::mitigate::spawn_with(setup, cfg.state.dir.clone(), metrics, rx, shutdown)?;
-    tasks.spawn(async move {
+    let (handle, join) = crate::mitigate::spawn_with(
+        setup,
+        cfg.state.dir.clone(),
+        metrics,
+        rx,
+        stage.stop.clone(),
+    )?;
+    stage.tasks.spawn(async move {
         if let Err(e) = join.await {
             tracing::error!(error = %e, "mitigation task failed");
         }
@@ -278,14 +372,13 @@ async fn start_hooks(
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     ev_tx: mpsc::Sender<AttackEvent>,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
+    stage: &Stage,
 ) -> anyhow::Result<axum::Router> {
     use crate::hooks::{spool, ExternalEvent, HookAction};
     let (tx, mut rx) = mpsc::channel::<ExternalEvent>(HOOK_QUEUE);
     {
-        let (m, stop) = (metrics.clone(), shutdown.clone());
-        tasks.spawn(async move {
+        let (m, stop) = (metrics.clone(), stage.stop.clone());
+        stage.tasks.spawn(async move {
             // Several detector instances reporting one victim: one claim, ended by the last.
             let mut book = crate::hooks::claims::ClaimBook::default();
             loop {
@@ -320,11 +413,11 @@ async fn start_hooks(
     if n > 0 {
         tracing::info!(events = n, "delivered spooled hook events");
     }
-    tasks.spawn(spool::run_spool_drainer(
+    stage.tasks.spawn(spool::run_spool_drainer(
         dir,
         tx.clone(),
         metrics.clone(),
-        shutdown,
+        stage.stop.clone(),
     ));
     Ok(crate::hooks::endpoint::router(
         crate::hooks::endpoint::HookEndpoint {
@@ -374,5 +467,49 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::HostKey;
+    use crate::detect::Claim;
+    use crate::model::{AttackType, Direction, Protocol};
+
+    #[tokio::test]
+    async fn a_periodic_update_that_finds_the_queue_full_counts_a_queue_full_drop() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            "#,
+        )
+        .unwrap();
+        let m = Arc::new(Metrics::new());
+        let p = Pipeline::new(&cfg, m.clone()).unwrap();
+        let start = p.claim(
+            1_800_000_000_000,
+            Claim {
+                key: HostKey {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    dir: Direction::Incoming,
+                },
+                ban: true,
+                attack_type: AttackType::UdpFlood,
+                protocol: Protocol::Udp,
+                pps: 1,
+                group: 0,
+            },
+        );
+        let mut update = start[0].clone();
+        update.event = EventKind::Update;
+        let (tx, _rx) = mpsc::channel(1);
+        forward(start, &tx, &m).await;
+        let drops = |q: &str| m.queue_full_drops.with_label_values(&[q]).get();
+        assert_eq!(drops("attack_events"), 0);
+        forward(vec![update], &tx, &m).await;
+        assert_eq!(drops("attack_events"), 1);
+        assert_eq!(m.events_dropped.with_label_values(&["update"]).get(), 1);
     }
 }

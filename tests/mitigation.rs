@@ -592,3 +592,81 @@ async fn timeouts_and_5xx_are_retried_but_4xx_is_not() {
         .contains("404"));
     st.stop().await;
 }
+
+/// MITIGATOR down while attacks on one policy start and end: with the queue capped at one
+/// step, the steps for the same switch are coalesced (counted), the queue stays at one
+/// step per switch whatever the number of attacks, and when MITIGATOR is back every
+/// attack ends and every switch is off.
+#[tokio::test]
+async fn over_the_queue_cap_steps_are_coalesced_and_no_end_is_lost() {
+    let sim = Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    sim.fault(json!({"status": 503, "count": 1_000_000})).await;
+    let st = start(
+        MitigatorConfig {
+            max_queued_operations: 1,
+            ..cfg(&sim)
+        },
+        dir.path(),
+    );
+    let ids = ["a", "b", "c", "d", "e"];
+    for (i, id) in ids.iter().enumerate() {
+        let ip = format!("127.0.0.{}", 10 + i);
+        st.send(syn(EventKind::Start, id, &ip)).await;
+        st.send(syn(EventKind::End, id, &ip)).await;
+    }
+    let m = st.metrics.clone();
+    wait_for(5, "steps coalesced", || {
+        let n = m
+            .cap_overflow
+            .with_label_values(&["mitigation_queue"])
+            .get();
+        async move { n > 0 }
+    })
+    .await;
+    // 20 steps asked for (toggle and tcp, on and off, five times): the one in flight
+    // and one per switch remain.
+    assert!(
+        st.metrics.mitigation_pending_ops.get() <= 3,
+        "pending {}",
+        st.metrics.mitigation_pending_ops.get()
+    );
+    sim.fault(json!({"clear": true})).await;
+    for id in ids {
+        st.wait_state(id, "ended").await;
+    }
+    assert_eq!(sim.switch(1, "tcp").await, 0);
+    assert_eq!(sim.switch(1, "toggle").await, 0);
+    assert_eq!(st.metrics.mitigation_pending_ops.get(), 0);
+    st.stop().await;
+}
+
+/// SIGTERM during a MITIGATOR outage (issue 15, item 6): an end sent just before the stop
+/// goes into the planner and the state file, so the next start releases what the attack
+/// had switched on instead of restoring the attack as live (for the grace period).
+#[tokio::test]
+async fn an_end_queued_when_the_stage_stops_during_an_outage_is_not_lost() {
+    let sim = Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let st = start(cfg(&sim), dir.path());
+    st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
+    st.wait_state("a", "active").await;
+    sim.fault(json!({"status": 503, "count": 1_000_000})).await;
+    // The stop right behind the end: the end is still in the queue.
+    st.send(syn(EventKind::End, "a", "127.0.0.10")).await;
+    st.stop().await;
+    sim.fault(json!({"clear": true})).await;
+
+    let st = start(cfg(&sim), dir.path());
+    assert!(
+        st.h.status("a").is_none(),
+        "the ended attack came back from the state file: {:?}",
+        st.h.status("a")
+    );
+    let s = &sim;
+    wait_for(5, "the attack's switches released", || async move {
+        s.switch(1, "tcp").await == 0 && s.switch(1, "toggle").await == 0
+    })
+    .await;
+    st.stop().await;
+}

@@ -41,6 +41,7 @@ fn registered() -> BTreeMap<String, BTreeSet<String>> {
         &m.counter_samples,
         &m.host_evictions,
         &m.queue_full_drops,
+        &m.cap_overflow,
         &m.traffic_packets,
         &m.traffic_bytes,
         &m.attacks_total,

@@ -865,8 +865,9 @@ impl Shard {
         self.watched.insert(key, t);
     }
 
-    pub fn unwatch(&mut self, key: &HostKey) {
-        self.watched.remove(key);
+    /// Stops tracking `key`'s sources; returns whether they were tracked.
+    pub fn unwatch(&mut self, key: &HostKey) -> bool {
+        self.watched.remove(key).is_some()
     }
 
     pub fn top_sources(&self, key: &HostKey, n: usize) -> Vec<TopSource> {

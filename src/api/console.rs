@@ -294,9 +294,9 @@ impl History {
     fn sample(&self, s: &ApiState) {
         let now = system_now_ms();
         let watched = self.watched(now);
-        // Read outside the history lock: the top list visits every shard.
+        // The detection pass's top list: a copy of a few entries, no shard lock.
         let top = if watched {
-            s.pipeline.top(4 * TOP_HOSTS, TopBy::Pps, now)
+            s.pipeline.top(4 * TOP_HOSTS, TopBy::Pps)
         } else {
             Vec::new()
         };

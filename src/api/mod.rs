@@ -9,7 +9,7 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | `{"status":"ok", ...}` |
 //! | `GET /api/v1/hosts/{ip}` | totals and rates per direction; 404 if untracked |
-//! | `GET /api/v1/hosts?top=N&by=pps\|bps\|flows` | the busiest host-directions |
+//! | `GET /api/v1/hosts?top=N&by=pps\|bps\|flows` | the busiest host-directions as of the last detection pass (N ≤ 1000) |
 //! | `GET /api/v1/attacks` | `{"active":[...],"recent":[...]}` with mitigation state |
 //! | `GET /api/v1/attacks/{id}` | one attack; 404 if unknown |
 //! | `GET /api/v1/attacks/{id}/report.txt` | FastNetMon's text report form, then the BGP routes |
@@ -78,12 +78,18 @@ pub(crate) fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     count(&s, "metrics", StatusCode::OK);
+    // Encoding every series is CPU work that grows with the series: off the two runtime
+    // threads the API, the ticker and mitigation share.
+    let m = s.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || m.render())
+        .await
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render(),
+        text,
     )
         .into_response()
 }
@@ -135,11 +141,12 @@ struct TopQuery {
 
 async fn top_hosts(State(s): State<Arc<ApiState>>, Query(q): Query<TopQuery>) -> Json<Value> {
     count(&s, "hosts", StatusCode::OK);
-    let n = q.top.unwrap_or(10).min(1000);
+    // Read from the lists the detection pass keeps: no shard lock, no table walk.
+    let n = q.top.unwrap_or(10).min(crate::pipeline::TOP_HOSTS_MAX);
     let by = q.by.unwrap_or(TopBy::Pps);
     let v: Vec<Value> = s
         .pipeline
-        .top(n, by, system_now_ms())
+        .top(n, by)
         .into_iter()
         .map(|(k, r)| json!({"ip": k.ip, "direction": k.dir, "rates": r}))
         .collect();

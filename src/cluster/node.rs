@@ -20,7 +20,6 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
@@ -133,7 +132,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     events: mpsc::Receiver<AttackEvent>,
     shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> anyhow::Result<Arc<ClusterView>> {
     let Some(c) = cfg.cluster.clone() else {
         anyhow::bail!("no [cluster] section");

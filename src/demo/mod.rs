@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::service::Service;
+use flowguard::config::Config;
+use flowguard::service::Service;
 
 /// Real softflowd NetFlow v9 export datagrams, 8.7 s of them.
 const CAPTURE: &[u8] = include_bytes!("floods-nf9.pcap");

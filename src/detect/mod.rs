@@ -237,6 +237,11 @@ pub struct Detector {
     pending: HashMap<HostKey, u32>,
     seq: u64,
     vector_min_share: f64,
+    /// `[detection] max_active_attacks`.
+    max_active: usize,
+    /// Starts refused because `max_active` was reached, since the last
+    /// [`Detector::take_refused`].
+    refused: u64,
 }
 
 impl Detector {
@@ -258,7 +263,20 @@ impl Detector {
             pending: HashMap::new(),
             seq: 0,
             vector_min_share: vectors::DEFAULT_MIN_SHARE,
+            max_active: usize::MAX,
+            refused: 0,
         }
+    }
+
+    /// `[detection] max_active_attacks`: beyond it, no attack starts (counted).
+    pub fn with_max_active(mut self, n: usize) -> Detector {
+        self.max_active = n;
+        self
+    }
+
+    /// Starts refused at the active-attack cap since the last call.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     /// `[detection] incoming` and `ipv6`: which hosts flowguard's own detection may start
@@ -456,6 +474,10 @@ impl Detector {
                 pending.insert(o.key, n);
                 continue;
             }
+            if self.active.len() >= self.max_active {
+                self.refused += 1;
+                continue;
+            }
             let mut a = self.new_attack(o.key, o.group, now_ms);
             a.threshold = which.to_string();
             let vt = self.vector_thresholds(&a);
@@ -564,6 +586,10 @@ impl Detector {
                         new_vectors: VectorSet::default(),
                     });
                 }
+                return out;
+            }
+            if self.active.len() >= self.max_active {
+                self.refused += 1;
                 return out;
             }
             let mut a = self.new_attack(c.key, c.group, now_ms);

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use super::Attack;
 use crate::aggregate::Rates;
-use crate::hooks::fastnetmon::FnmReport;
+use crate::fnm_report::FnmReport;
 use crate::model::Direction;
 
 /// FastNetMon's `ban` report for `a`. Rates are those the attack started with;
@@ -138,7 +138,7 @@ mod tests {
     use crate::aggregate::{Counters, HostKey};
     use crate::detect::config::Thresholds;
     use crate::detect::{classify, Detector, Group, Observation};
-    use crate::hooks::fastnetmon::parse_report;
+    use crate::fnm_report::parse_report;
     use crate::model::{AttackType, Protocol};
 
     #[test]

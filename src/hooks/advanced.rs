@@ -34,9 +34,9 @@ use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use super::event::{truncate_utf8, ExternalEvent, HookAction, MAX_REPORT_BYTES};
-use super::fastnetmon::FnmReport;
 use super::HookError;
 use crate::config::Config;
+use crate::fnm_report::FnmReport;
 use crate::model::{AttackType, Direction, Protocol};
 
 /// Source name for Advanced events that name none.

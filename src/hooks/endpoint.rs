@@ -162,7 +162,13 @@ fn enqueue(ep: &HookEndpoint, ev: ExternalEvent) -> Response {
         }
         Err(e) => {
             let why = match e {
-                mpsc::error::TrySendError::Full(_) => "event queue full",
+                mpsc::error::TrySendError::Full(_) => {
+                    crate::metrics::QueueFull {
+                        queue: crate::metrics::Queue::HookEvents,
+                    }
+                    .emit(&ep.metrics);
+                    "event queue full"
+                }
                 mpsc::error::TrySendError::Closed(_) => "service is shutting down",
             };
             count(ep, action, "queue_full");
@@ -381,6 +387,10 @@ mod tests {
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(b["accepted"], false);
         assert_eq!(count(&m, "ban", "queue_full"), 1);
+        assert_eq!(
+            m.queue_full_drops.with_label_values(&["hook_events"]).get(),
+            1
+        );
         rx.try_recv().unwrap();
         assert_eq!(
             call(&r, post_req(Some("Bearer t"), EV)).await.0,

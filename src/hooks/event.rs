@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::fastnetmon::{parse_report, report_section};
 use super::HookError;
+use crate::fnm_report::{parse_report, report_section};
 use crate::model::{AttackType, Direction, Protocol};
 
 /// Largest report kept in an event. FastNetMon's report is about 2 KiB; what follows it

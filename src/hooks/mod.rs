@@ -2,7 +2,8 @@
 //! endpoint other detectors use.
 //!
 //! What this module owns:
-//! - [`fastnetmon`]: the attack report FastNetMon writes on the notify script's stdin
+//! - [`fastnetmon`] (re-exported from [`crate::fnm_report`], which detect writes reports
+//!   with): the attack report FastNetMon writes on the notify script's stdin
 //!   (parser tolerant of 1.1.x to 1.2.6+ forms, and the 1.2.4 text form for our own reports);
 //! - [`advanced`]: FastNetMon Advanced's JSON (notify script on stdin, and web callbacks);
 //! - [`claims`]: which detector instances claim which host, so that one victim reported by
@@ -23,7 +24,9 @@ pub mod claims;
 pub mod cli;
 pub mod endpoint;
 pub mod event;
-pub mod fastnetmon;
+/// The report format lives beside the stages ([`crate::fnm_report`]): detect writes it
+/// too. The old path stays for the hook's own modules and tests.
+pub use crate::fnm_report as fastnetmon;
 pub mod import;
 pub mod spool;
 

@@ -125,20 +125,54 @@ impl Shared {
 }
 
 /// The queue of one backend's steps.
-#[derive(Default)]
 pub struct Lane {
     queue: Mutex<VecDeque<Step>>,
     wake: Notify,
+    /// `[mitigator] max_queued_operations`: past this length a new step is coalesced
+    /// into a queued one where it can be.
+    cap: usize,
+}
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane::with_cap(usize::MAX)
+    }
 }
 
 impl Lane {
-    pub fn push(&self, steps: impl IntoIterator<Item = Step>) {
+    pub fn with_cap(cap: usize) -> Lane {
+        Lane {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            cap,
+        }
+    }
+
+    /// Queues `steps`; returns how many were coalesced into queued steps (the queue was
+    /// at its cap).
+    ///
+    /// Coalescing loses nothing: an engage or release is decided when it runs, from the
+    /// planner's desired state (which the state file holds), so the newest step for a
+    /// resource stands for every earlier one still queued; temporary-blacklist additions
+    /// of one attack and policy merge their prefixes. The head is never replaced (it may
+    /// be in flight). A step with nothing to merge into is queued past the cap: the queue
+    /// is then bounded by the distinct resources and attacks, which the active-attack cap
+    /// bounds.
+    pub fn push(&self, steps: impl IntoIterator<Item = Step>) -> u64 {
         let mut q = self.queue.lock();
         let n = q.len();
-        q.extend(steps);
-        if q.len() > n {
+        let mut coalesced = 0;
+        for s in steps {
+            if q.len() >= self.cap && coalesce(&mut q, &s) {
+                coalesced += 1;
+            } else {
+                q.push_back(s);
+            }
+        }
+        if q.len() > n || coalesced > 0 {
             self.wake.notify_one();
         }
+        coalesced
     }
 
     pub fn len(&self) -> usize {
@@ -148,6 +182,52 @@ impl Lane {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Merges `s` into a queued step after the head, if one is for the same resource (or the
+/// same attack's blacklist of the same policy).
+fn coalesce(q: &mut VecDeque<Step>, s: &Step) -> bool {
+    for queued in q.iter_mut().skip(1) {
+        match (&mut queued.op, &s.op) {
+            (Op::Engage(a) | Op::Release(a), Op::Engage(b) | Op::Release(b)) if a == b => {
+                // The newest op stands for the earlier ones; each attack is accounted
+                // once per step it was owed (`also` keeps repeats).
+                let mut also = std::mem::take(&mut queued.also);
+                also.extend(queued.attack.take());
+                also.extend(s.also.iter().cloned());
+                *queued = Step {
+                    attack: s.attack.clone(),
+                    op: s.op.clone(),
+                    also,
+                };
+                return true;
+            }
+            (
+                Op::TblAdd {
+                    policy: p,
+                    prefixes,
+                    ttl,
+                },
+                Op::TblAdd {
+                    policy: p2,
+                    prefixes: more,
+                    ttl: t2,
+                },
+            ) if p == p2 && queued.attack == s.attack => {
+                for x in more {
+                    if !prefixes.contains(x) {
+                        prefixes.push(x.clone());
+                    }
+                }
+                *ttl = (*ttl).max(*t2);
+                queued.also.extend(s.attack.iter().cloned());
+                queued.also.extend(s.also.iter().cloned());
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 enum Outcome {
@@ -365,5 +445,61 @@ impl Backend for Mitigator {
             ),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mitigate::plan::Resource;
+    use crate::mitigate::state::SwitchKey;
+
+    fn sw(name: &str) -> Resource {
+        Resource::Switch(SwitchKey {
+            policy: 1,
+            name: name.into(),
+        })
+    }
+
+    fn step(attack: &str, op: Op) -> Step {
+        Step {
+            attack: Some(attack.into()),
+            op,
+            also: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn at_the_cap_the_newest_step_for_a_resource_replaces_the_queued_one() {
+        let lane = Lane::with_cap(1);
+        let n = lane.push([
+            step("a", Op::Engage(sw("toggle"))),
+            step("a", Op::Engage(sw("tcp"))),
+            step("a", Op::Release(sw("tcp"))),
+            step("b", Op::Engage(sw("tcp"))),
+        ]);
+        assert_eq!(n, 2);
+        let q: Vec<Step> = lane.queue.lock().iter().cloned().collect();
+        assert_eq!(q.len(), 2);
+        // The head (maybe in flight) is left alone.
+        assert_eq!(q[0], step("a", Op::Engage(sw("toggle"))));
+        assert_eq!(q[1].op, Op::Engage(sw("tcp")));
+        assert_eq!(q[1].attack.as_deref(), Some("b"));
+        // a was owed two steps for tcp: both are accounted by the one left.
+        assert_eq!(q[1].also, vec!["a".to_string(), "a".to_string()]);
+        // A release of the head's resource has nothing after the head to merge into.
+        assert_eq!(lane.push([step("a", Op::Release(sw("toggle")))]), 0);
+        assert_eq!(lane.len(), 3);
+    }
+
+    #[test]
+    fn under_the_cap_nothing_is_coalesced() {
+        let lane = Lane::with_cap(10);
+        let n = lane.push([
+            step("a", Op::Engage(sw("tcp"))),
+            step("a", Op::Release(sw("tcp"))),
+            step("b", Op::Engage(sw("tcp"))),
+        ]);
+        assert_eq!((n, lane.len()), (0, 3));
     }
 }

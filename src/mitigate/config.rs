@@ -106,6 +106,11 @@ pub struct MitigatorConfig {
     /// each carry a tiny share and are someone else's addresses.
     pub tbl_min_source_share_percent: f64,
     pub tbl_ttl_seconds: u32,
+    /// Steps a backend's queue holds (while MITIGATOR or the BGP daemon is down) before
+    /// new ones are coalesced into queued ones for the same resource; counted in
+    /// `flowguard_cap_overflow_total{cap="mitigation_queue"}`. Nothing is dropped: the
+    /// desired state is in the state file and each step is decided from it when it runs.
+    pub max_queued_operations: usize,
 }
 
 impl Default for MitigatorConfig {
@@ -132,6 +137,7 @@ impl Default for MitigatorConfig {
             tbl_top_sources: 0,
             tbl_min_source_share_percent: 5.0,
             tbl_ttl_seconds: 600,
+            max_queued_operations: 1000,
         }
     }
 }

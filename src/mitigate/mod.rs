@@ -195,7 +195,8 @@ pub fn spawn_with(
         (Some(store), steps)
     };
     let planner = Arc::new(Mutex::new(planner));
-    let lanes: [Arc<Lane>; 2] = Default::default();
+    let lanes: [Arc<Lane>; 2] =
+        std::array::from_fn(|_| Arc::new(Lane::with_cap(cfg.max_queued_operations)));
     let shared = Arc::new(Shared::new(
         planner.clone(),
         store,
@@ -260,7 +261,14 @@ impl Worker {
             self.gauges();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    // Events already queued (an end sent just before the stop, say) go
+                    // into the planner and the state file: none is lost.
+                    while let Ok(ev) = rx.try_recv() {
+                        self.on_event(ev);
+                    }
+                    break;
+                }
                 ev = rx.recv(), if rx_open => match ev {
                     Some(ev) => self.on_event(ev),
                     None => rx_open = false,
@@ -381,7 +389,11 @@ impl Worker {
             by[s.op.backend().index()].push(s);
         }
         for (lane, steps) in self.lanes.iter().zip(by) {
-            lane.push(steps);
+            crate::metrics::CapReached {
+                cap: crate::metrics::Cap::MitigationQueue,
+                n: lane.push(steps),
+            }
+            .emit(&self.metrics);
         }
         self.gauges();
     }

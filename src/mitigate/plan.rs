@@ -128,6 +128,9 @@ pub struct Step {
     /// The attack the step is for (None: reconciliation of an orphan resource).
     pub attack: Option<String>,
     pub op: Op,
+    /// Attacks whose steps for the same resource were coalesced into this one (the lane
+    /// was at its cap): the step counts as done, failed or rejected for them too.
+    pub also: Vec<String>,
 }
 
 /// A resource as observed in its backend.
@@ -485,6 +488,7 @@ impl Planner {
                 if !before.contains(&k) && after.contains(&k) && seen.insert(k.clone()) {
                     steps.push(Step {
                         attack: Some(r.spec.id.clone()),
+                        also: Vec::new(),
                         op: Op::Engage(k),
                     });
                 }
@@ -492,6 +496,7 @@ impl Planner {
         }
         steps.extend(Self::releases(before, &after).into_iter().map(|k| Step {
             attack: release_owner.map(str::to_string),
+            also: Vec::new(),
             op: Op::Release(k),
         }));
         let mut per: BTreeMap<String, u32> = BTreeMap::new();
@@ -603,6 +608,7 @@ impl Planner {
                 prefixes: spec.tbl.clone(),
                 ttl: spec.tbl_ttl,
             },
+            also: Vec::new(),
         }]
     }
 
@@ -674,6 +680,7 @@ impl Planner {
             .filter(|k| matches!(k, Resource::Route(_)) && self.owned.contains(k))
             .map(|k| Step {
                 attack: None,
+                also: Vec::new(),
                 op: Op::Engage(k),
             })
             .collect()
@@ -765,6 +772,7 @@ impl Planner {
                 if seen.insert(k.clone()) {
                     steps.push(Step {
                         attack: Some(id.clone()),
+                        also: Vec::new(),
                         op: Op::Engage(k),
                     });
                     n += 1;
@@ -779,6 +787,7 @@ impl Planner {
                 .into_iter()
                 .map(|k| Step {
                     attack: None,
+                    also: Vec::new(),
                     op: Op::Release(k),
                 }),
         );
@@ -950,21 +959,22 @@ impl Planner {
                 }
             }
         }
-        let Some(id) = &step.attack else { return };
-        let Some(r) = self.records.get_mut(id) else {
-            return;
-        };
-        r.outstanding = r.outstanding.saturating_sub(1);
-        r.retrying = None;
-        r.updated_ms = now;
-        if rejected.is_some() {
-            r.rejected = rejected;
-        }
-        if r.outstanding == 0 {
-            Self::settle_phase(r);
-            if r.phase == Phase::Ended {
-                let id = id.clone();
-                self.mark_ended(&id);
+        for id in step.attack.iter().chain(&step.also) {
+            let Some(r) = self.records.get_mut(id) else {
+                continue;
+            };
+            r.outstanding = r.outstanding.saturating_sub(1);
+            r.retrying = None;
+            r.updated_ms = now;
+            if rejected.is_some() {
+                r.rejected = rejected.clone();
+            }
+            if r.outstanding == 0 {
+                Self::settle_phase(r);
+                if r.phase == Phase::Ended {
+                    let id = id.clone();
+                    self.mark_ended(&id);
+                }
             }
         }
     }
@@ -975,9 +985,11 @@ impl Planner {
             self.errors.insert(k.clone(), err.clone());
             self.rejected.remove(k);
         }
-        if let Some(r) = step.attack.as_ref().and_then(|id| self.records.get_mut(id)) {
-            r.retrying = Some(err);
-            r.updated_ms = now;
+        for id in step.attack.iter().chain(&step.also) {
+            if let Some(r) = self.records.get_mut(id) {
+                r.retrying = Some(err.clone());
+                r.updated_ms = now;
+            }
         }
     }
 

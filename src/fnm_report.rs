@@ -337,9 +337,8 @@ impl FnmReport {
 mod tests {
     use super::*;
 
-    const SAMPLES: &str =
-        include_str!("../../tests/data/hooks/fastnetmon-1.2.4-notify-samples.txt");
-    const FLOODS: &str = include_str!("../../tests/data/hooks/fastnetmon-1.2.4-notify-floods.txt");
+    const SAMPLES: &str = include_str!("../tests/data/hooks/fastnetmon-1.2.4-notify-samples.txt");
+    const FLOODS: &str = include_str!("../tests/data/hooks/fastnetmon-1.2.4-notify-floods.txt");
 
     /// (argv, stdin) of every call in the `=== ... ARGS:` recording.
     fn sample_calls() -> Vec<(Vec<String>, String)> {
