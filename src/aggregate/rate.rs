@@ -512,15 +512,7 @@ impl<C: Cells> Ewma<C> {
         decay: &Decay,
         dither: &mut Dither,
     ) {
-        let age = if sec > self.last_sec {
-            if self.last_sec != 0 {
-                self.cells.scale_q32(decay.q32(sec - self.last_sec));
-            }
-            self.last_sec = sec;
-            0
-        } else {
-            self.last_sec - sec
-        };
+        let age = self.age_of(sec, decay);
         let (p, b, f) = if age == 0 && weight >= 1.0 {
             (packets, bytes, flows)
         } else {
@@ -554,12 +546,12 @@ impl<C: Cells> Ewma<C> {
         }
     }
 
-    /// Adds one second's counter deltas (another process's [`place`]d and weighted
-    /// records, see `aggregate::delta`) as of second `sec`: the same cells a record adds
-    /// to, so sums merged from several collectors equal those of one process that saw
-    /// every record. An older second adds with its decay applied, as a late record does.
-    pub fn add_counters(&mut self, sec: u32, c: &Counters, decay: &Decay, dither: &mut Dither) {
-        let age = if sec > self.last_sec {
+    /// How many seconds `sec` lies before the newest second seen (0 for the newest); a
+    /// newer `sec` first decays every cell by the seconds that passed and becomes the
+    /// newest.
+    #[inline(always)]
+    fn age_of(&mut self, sec: u32, decay: &Decay) -> u32 {
+        if sec > self.last_sec {
             if self.last_sec != 0 {
                 self.cells.scale_q32(decay.q32(sec - self.last_sec));
             }
@@ -567,7 +559,15 @@ impl<C: Cells> Ewma<C> {
             0
         } else {
             self.last_sec - sec
-        };
+        }
+    }
+
+    /// Adds one second's counter deltas (another process's [`place`]d and weighted
+    /// records, see `aggregate::delta`) as of second `sec`: the same cells a record adds
+    /// to, so sums merged from several collectors equal those of one process that saw
+    /// every record. An older second adds with its decay applied, as a late record does.
+    pub fn add_counters(&mut self, sec: u32, c: &Counters, decay: &Decay, dither: &mut Dither) {
+        let age = self.age_of(sec, decay);
         let a = decay.factor(age);
         for (i, v) in c.to_array().into_iter().enumerate() {
             if v == 0 {

@@ -686,13 +686,7 @@ impl Shard {
         r: &FlowRecord,
         now_ms: i64,
     ) {
-        let found = match self.find_hashed(key, hash) {
-            Some(f) => Some(f),
-            None => self.insert_new(key, hash, group),
-        };
-        let Some((v6, i)) = found else {
-            self.refused += 1;
-            self.refused_since_sweep = true;
+        let Some((v6, i)) = self.slot_for(key, hash, group) else {
             return;
         };
         let (sec, weight) = place(r, now_ms, self.max_spread_ms, &self.decay);
@@ -725,19 +719,28 @@ impl Shard {
         }
     }
 
+    /// The slot of `key`, inserted if new; None (counted as refused) when the table is
+    /// full and nothing could be evicted for it.
+    #[inline(always)]
+    fn slot_for(&mut self, key: &HostKey, hash: u64, group: u16) -> Option<(bool, u32)> {
+        if let Some(f) = self.find_hashed(key, hash) {
+            return Some(f);
+        }
+        let new = self.insert_new(key, hash, group);
+        if new.is_none() {
+            self.refused += 1;
+            self.refused_since_sweep = true;
+        }
+        new
+    }
+
     /// Applies one second's counter deltas of host-direction `key` (merged from
     /// collectors in cluster mode) as of second `sec`: the slot's rates, the hostgroup
     /// sum and totals, as [`Shard::apply_hashed`] does for a record. No recent-records
     /// ring or source tracking: deltas carry no peers.
     pub fn apply_delta(&mut self, key: &HostKey, group: u16, sec: u32, c: &Counters) {
         let hash = key_hash(&self.hasher, key);
-        let found = match self.find_hashed(key, hash) {
-            Some(f) => Some(f),
-            None => self.insert_new(key, hash, group),
-        };
-        let Some((v6, i)) = found else {
-            self.refused += 1;
-            self.refused_since_sweep = true;
+        let Some((v6, i)) = self.slot_for(key, hash, group) else {
             return;
         };
         let (decay, dither) = (&self.decay, &mut self.dither);
