@@ -7,8 +7,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 vectors=${1:-$root/../shared/vectors}
 ref=${2:-$root/../shared/reference}
-[ -d "$vectors" ] || vectors=/work/shared/vectors
-[ -d "$ref" ] || ref=/work/shared/reference
+# `../shared` sits next to the repository; no machine's absolute path is assumed.
+for d in "$vectors" "$ref"; do
+    [ -d "$d" ] || { echo "seed-corpus: $d not found (pass VECTORS_DIR REF_DIR)" >&2; exit 2; }
+done
 corpus=$here/corpus
 rm -rf "$corpus"
 mkdir -p "$corpus"/{netflow,sflow,fastnetmon_report,config}
