@@ -132,6 +132,7 @@ impl Pipeline {
     }
 
     /// Shorthand for the aggregate stage's [`RecordSink::ingest`].
+    #[inline]
     pub fn ingest(
         &self,
         recs: &[crate::decode::FlowRecord],

@@ -449,8 +449,11 @@ impl RecordSink for Aggregate {
         }
     }
 
-    // Not `#[inline]`: inlined into a caller's loop (the ingest profile's), it cost 7
-    // more instructions per record than as a call per batch (cachegrind).
+    // `#[inline]`: without it (measured once, cachegrind), LLVM also stopped inlining
+    // `Ewma::add` into `Shard::apply_hashed` and the ingest profile took 523.5
+    // instructions per record instead of 476.9 (469.1 before the split); see
+    // benches/README.md.
+    #[inline]
     fn ingest(&self, recs: &[FlowRecord], now_ms: i64, s: &mut Scratch) {
         let mut unprotected = 0u64;
         // [direction][tcp, udp, icmp, other] packets and bytes, summed per batch so the
