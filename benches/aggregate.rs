@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         p.ingest(chunk, NOW, &mut s);
     }
     p.tick(NOW + 1000);
-    assert_eq!(p.table.len(), 1_000_000);
+    assert_eq!(p.aggregate.table.len(), 1_000_000);
     let dirty: Vec<FlowRecord> = (0..100u32)
         .map(|i| rec(0x0A00_0000 + i * 9973, i))
         .collect();

@@ -96,13 +96,13 @@ fn measure(v6: bool) {
         if i % PER_SECOND < CHUNK as u32 {
             p.tick(now);
         }
-        if at_cap.is_none() && p.table.len() >= CAP {
+        if at_cap.is_none() && p.aggregate.table.len() >= CAP {
             at_cap = Some(rss_bytes());
         }
     }
     p.tick(t0 + i64::from(OFFERED / PER_SECOND + 1) * 1000);
     let end = rss_bytes();
-    let tracked = p.table.len() as u64;
+    let tracked = p.aggregate.table.len() as u64;
     let at_cap = at_cap.unwrap_or(end);
     println!(
         "{name}: offered {OFFERED} distinct hosts, cap {CAP}, tracked {tracked}; RSS +{:.1} MB \

@@ -75,6 +75,6 @@ fn main() {
     println!(
         "{} records, {} host-directions tracked",
         done,
-        p.table.len()
+        p.aggregate.table.len()
     );
 }

@@ -171,7 +171,7 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
 }
 
-/// `flowguard_cluster_*`: written by `src/cluster/` (and the delta cap by the pipeline).
+/// `flowguard_cluster_*`: written by `src/cluster/` (and the delta cap by the aggregate stage).
 pub struct ClusterMetrics {
     pub merge_lag_seconds: Histogram,
     pub late_frames: IntCounter,

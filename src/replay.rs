@@ -25,12 +25,14 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::DataLink;
 use serde::Serialize;
 
+use crate::aggregate::RecordSink;
 use crate::clock::rfc3339;
+use crate::collectors::tally::count_decode;
 use crate::config::Config;
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
 use crate::metrics::Metrics;
 use crate::model::{AttackEvent, AttackType, EventKind, TopSource, Vector, VectorSummary};
-use crate::pipeline::{count_decode, Pipeline};
+use crate::pipeline::Pipeline;
 
 /// Host-table hash seed of every replay (see `Pipeline::with_seed`).
 const REPLAY_SEED: u64 = 0x666c_6f77_6775_6172;
@@ -171,9 +173,11 @@ pub fn run(
     // Fixed seed: the same capture gives the same events and reports on every run.
     let pipeline = Pipeline::with_seed(cfg, metrics.clone(), Some(REPLAY_SEED))?;
     if opts.totals {
-        pipeline.keep_totals();
+        pipeline.aggregate.keep_totals();
     }
-    let mut scratch = pipeline.scratch();
+    // Records go to the aggregate stage as the collectors hand them over.
+    let sink: &dyn RecordSink = &*pipeline.aggregate;
+    let mut scratch = sink.scratch();
     let mut decoders: HashMap<Option<usize>, Decoders> = HashMap::new();
     let mut records: Vec<FlowRecord> = Vec::with_capacity(1024);
     let mut summary = Summary::default();
@@ -238,7 +242,7 @@ pub fn run(
             }
             summary.skips.merge(&oc.skips);
             summary.records += records.len() as u64;
-            pipeline.ingest(&records, d.ts_ms, &mut scratch);
+            sink.ingest(&records, d.ts_ms, &mut scratch);
             Ok(())
         };
         let mut counts = CaptureCounts::default();
@@ -254,19 +258,22 @@ pub fn run(
         let limit = if opts.no_drain {
             last_ts + 1000
         } else {
-            last_ts + i64::from(pipeline.window_seconds()) * 1000 + pipeline.max_ban_ms() + 2000
+            last_ts
+                + i64::from(pipeline.aggregate.window_seconds()) * 1000
+                + pipeline.detection.max_ban_ms()
+                + 2000
         };
         while nt <= limit {
             let ev = pipeline.tick(nt);
             emit(ev, out, &mut summary)?;
             nt += 1000;
-            if nt > last_ts + 1000 && pipeline.active_attacks() == 0 {
+            if nt > last_ts + 1000 && pipeline.detection.active_attacks() == 0 {
                 break;
             }
         }
     }
     if opts.totals {
-        for t in pipeline.totals() {
+        for t in pipeline.aggregate.totals() {
             writeln!(out, "{}", serde_json::to_string(&t)?)?;
         }
     }

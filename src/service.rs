@@ -203,7 +203,7 @@ impl Service {
         for b in bound {
             threads.push(crate::collectors::spawn(
                 b,
-                pipeline.clone(),
+                pipeline.aggregate.clone(),
                 stop_collectors.clone(),
             )?);
         }

@@ -161,6 +161,7 @@ async fn only_allowed_exporters_reach_the_parser() {
     );
     let host = svc
         .pipeline
+        .aggregate
         .host(IpAddr::from(TARGET), flowguard::clock::system_now_ms())
         .expect("target host tracked");
     let totals = || host.directions.iter().filter_map(|d| d.totals);

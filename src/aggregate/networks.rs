@@ -162,7 +162,7 @@ impl<K: Ord + Copy, V: Copy + PartialEq> Ranges<K, V> {
         // whenever the map is non-empty. A few ranges (a handful of protected prefixes,
         // the usual case) are counted straight through, with no branch on the address;
         // the binary search's loop cost several times the instructions, twice per record
-        // (cachegrind: see `Pipeline::ingest`).
+        // (cachegrind: see `Aggregate::ingest` in `stage.rs`).
         let i = if self.starts.len() <= LINEAR_MAX {
             self.starts.iter().map(|s| usize::from(*s <= a)).sum()
         } else {

@@ -16,7 +16,7 @@ use crate::decode::{FlowRecord, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// Traffic counters; in a bucket they are one second's worth, in totals all since the
 /// host was first seen. Packets and bytes are sampling-scaled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
@@ -89,7 +89,7 @@ impl Counters {
 
 /// Per-second rates over a window: counters divided by the window length; bytes become
 /// bits per second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rates {
     pub pps: u64,
     pub bps: u64,

@@ -28,10 +28,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::ApiState;
+use crate::aggregate::TopBy;
 use crate::clock::system_now_ms;
 use crate::metrics::Metrics;
 use crate::model::Direction;
-use crate::pipeline::TopBy;
 
 const INDEX_HTML: &str = include_str!("console/index.html");
 const APP_JS: &str = include_str!("console/app.js");
@@ -296,7 +296,7 @@ impl History {
         let watched = self.watched(now);
         // The detection pass's top list: a copy of a few entries, no shard lock.
         let top = if watched {
-            s.pipeline.top(4 * TOP_HOSTS, TopBy::Pps)
+            s.pipeline.aggregate.top(4 * TOP_HOSTS, TopBy::Pps)
         } else {
             Vec::new()
         };
@@ -654,7 +654,7 @@ async fn summary(State(c): State<Console>) -> Json<Value> {
         let _ = tokio::task::spawn_blocking(move || hist.sample(&api)).await;
     }
     let s = &c.api;
-    let all = s.pipeline.attacks();
+    let all = s.pipeline.detection.attacks();
     let (active, recent): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.end_ms.is_none());
     let (top, span) = c.history.top();
     Json(json!({

@@ -32,10 +32,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::aggregate::TopBy;
 use crate::clock::{rfc3339, system_now_ms};
 use crate::detect::Attack;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, TopBy};
+use crate::pipeline::Pipeline;
 
 /// Mitigation state of an attack by id, as JSON (None when unknown).
 pub type MitigationView = Arc<dyn Fn(&str) -> Option<Value> + Send + Sync>;
@@ -100,7 +101,7 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
         "status": "ok",
         "uptime_seconds": (system_now_ms() - s.started_ms) / 1000,
         "tracked_hosts": s.metrics.tracked_hosts.get(),
-        "attacks_active": s.pipeline.active_attacks(),
+        "attacks_active": s.pipeline.detection.active_attacks(),
     }))
 }
 
@@ -121,7 +122,7 @@ async fn host(State(s): State<Arc<ApiState>>, Path(ip): Path<String>) -> Respons
         )
             .into_response();
     };
-    match s.pipeline.host(ip, system_now_ms()) {
+    match s.pipeline.aggregate.host(ip, system_now_ms()) {
         Some(v) => {
             count(&s, "host", StatusCode::OK);
             Json(v).into_response()
@@ -141,11 +142,12 @@ struct TopQuery {
 
 async fn top_hosts(State(s): State<Arc<ApiState>>, Query(q): Query<TopQuery>) -> Json<Value> {
     count(&s, "hosts", StatusCode::OK);
-    // Read from the lists the detection pass keeps: no shard lock, no table walk.
-    let n = q.top.unwrap_or(10).min(crate::pipeline::TOP_HOSTS_MAX);
+    // Read from the lists the per-second pass keeps: no shard lock, no table walk.
+    let n = q.top.unwrap_or(10).min(crate::aggregate::TOP_HOSTS_MAX);
     let by = q.by.unwrap_or(TopBy::Pps);
     let v: Vec<Value> = s
         .pipeline
+        .aggregate
         .top(n, by)
         .into_iter()
         .map(|(k, r)| json!({"ip": k.ip, "direction": k.dir, "rates": r}))
@@ -167,7 +169,7 @@ pub(crate) fn attack_json(s: &ApiState, a: &Attack) -> Value {
 
 async fn attacks(State(s): State<Arc<ApiState>>) -> Json<Value> {
     count(&s, "attacks", StatusCode::OK);
-    let all = s.pipeline.attacks();
+    let all = s.pipeline.detection.attacks();
     let (active, recent): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.end_ms.is_none());
     Json(json!({
         "active": active.iter().map(|a| attack_json(&s, a)).collect::<Vec<_>>(),
@@ -176,7 +178,7 @@ async fn attacks(State(s): State<Arc<ApiState>>) -> Json<Value> {
 }
 
 async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
-    match s.pipeline.attack(&id) {
+    match s.pipeline.detection.attack(&id) {
         Some(a) => {
             count(&s, "attack", StatusCode::OK);
             Json(attack_json(&s, &a)).into_response()
@@ -191,6 +193,7 @@ async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
 /// The attacked host's rates in the direction opposite to the attack, for the report.
 fn other_direction(s: &ApiState, a: &Attack) -> crate::aggregate::Rates {
     s.pipeline
+        .aggregate
         .host(a.ip, system_now_ms())
         .and_then(|h| {
             h.directions
@@ -222,7 +225,7 @@ fn routes_of(s: &ApiState, id: &str) -> Vec<(String, String, Option<String>)> {
 }
 
 async fn report(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
-    match s.pipeline.attack(&id) {
+    match s.pipeline.detection.attack(&id) {
         Some(a) => {
             count(&s, "report", StatusCode::OK);
             let mut text = crate::detect::report::text(&a, &other_direction(&s, &a));

@@ -4,8 +4,8 @@
 //! [`BATCH`] datagrams per system call) into a large `SO_RCVBUF`; the kernel's count of
 //! datagrams it dropped because the socket queue was full is read with `SO_MEMINFO`.
 //! Each thread owns its decoders (template state never crosses threads), decodes the
-//! batch and applies the records to the shared pipeline with one lock per shard per
-//! batch: no channel send and no heap allocation per record on this path.
+//! batch and hands the records to the aggregate stage (a [`RecordSink`]), one lock per
+//! shard per batch: no channel send and no heap allocation per record on this path.
 //!
 //! The exporter allow-list is checked before any parsing, so spoofed datagrams cannot
 //! touch real exporters' template state; refused datagrams are counted by reason.
@@ -22,11 +22,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::aggregate::{Aggregate, RecordSink};
 use crate::clock::system_now_ms;
 use crate::config::{CollectorConfig, CollectorProtocol};
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
 use crate::metrics::MAX_EXPORTER_SERIES;
-use crate::pipeline::{DecodeTally, Pipeline};
+
+pub mod tally;
+use tally::DecodeTally;
 
 /// Datagrams per `recvmmsg` call.
 pub const BATCH: usize = 64;
@@ -130,7 +133,7 @@ fn socket_drops(_sock: &UdpSocket) -> Option<u32> {
 /// Starts the receive thread of a bound collector.
 pub fn spawn(
     b: Bound,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<Aggregate>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -169,7 +172,7 @@ enum Decoder {
     Sflow(SflowDecoder),
 }
 
-fn receive_loop(b: Bound, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) {
+fn receive_loop(b: Bound, pipeline: Arc<Aggregate>, stop: Arc<AtomicBool>) {
     let metrics = pipeline.metrics().clone();
     let ov = b.cfg.sampling();
     let mut dec = match b.cfg.protocol {

@@ -168,7 +168,7 @@ async fn run_async(speed: f64) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let stamp = format!("[{:>5.1}s]", started.elapsed().as_secs_f64());
-        for a in svc.pipeline.attacks().iter().rev() {
+        for a in svc.pipeline.detection.attacks().iter().rev() {
             let ended = a.end_ms.is_some();
             if printed.insert((a.id.clone(), false)) {
                 println!(
@@ -221,7 +221,7 @@ async fn run_async(speed: f64) -> anyhow::Result<()> {
         let replay_done = sender.is_finished();
         if replay_done
             && done_at.is_none()
-            && svc.pipeline.active_attacks() == 0
+            && svc.pipeline.detection.active_attacks() == 0
             && !printed.is_empty()
         {
             done_at = Some(Instant::now());

@@ -1,9 +1,11 @@
 //! Detect stage: hostgroup thresholds → attacks with a lifecycle.
 //!
-//! [`Detector`] is a pure state machine: the pipeline hands it, once per second, an
-//! [`Observation`] for every host written during that second and every host under
-//! attack, and it answers with [`Transition`]s. It takes `now` as an argument and never
-//! touches a clock, a socket or the host table.
+//! [`Detector`] is a pure state machine: the pass ([`pass`]) hands it, once per second,
+//! an [`Observation`] for every host written during that second that is over a
+//! threshold or under attack, and every host under attack, and it answers with
+//! [`Transition`]s. It takes `now` as an argument and never touches a clock, a socket or
+//! the host table; [`pass`] turns transitions into the [`crate::aggregate::Command`]s the
+//! wiring applies to the table, and into attack events.
 //!
 //! Lifecycle, per host and direction (one attack at a time):
 //! - start: a threshold of the host's group is exceeded on `trigger_seconds`
@@ -14,7 +16,7 @@
 //!   [`vectors`]): a change of type or a new vector is a [`Transition::Changed`];
 //! - end: once every rate has stayed under the thresholds for `ban_time_seconds` (never
 //!   while still over: FastNetMon's `unban_only_if_attack_finished`);
-//! - whitelisted hosts never start one (the pipeline filters them).
+//! - whitelisted hosts never start one (the aggregate stage does not show them).
 //!
 //! Attacks may also be claimed by an external detector (the FastNetMon hook): a claim on
 //! a host that already has an attack joins it instead of starting a second one, and the
@@ -23,8 +25,12 @@
 
 pub mod classify;
 pub mod config;
+pub mod pass;
 pub mod report;
+pub mod telemetry;
 pub mod vectors;
+
+pub use pass::{Detection, Hostgroups, Locked, Pass};
 
 use std::collections::{HashMap, VecDeque};
 

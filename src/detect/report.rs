@@ -1,8 +1,9 @@
-//! Attack reports in FastNetMon's text form, built on the hooks' [`FnmReport`] so the
-//! labels are exactly the ones FastNetMon 1.2.4 hands its notify script, followed by what
-//! FastNetMon cannot give: the attack's vectors and the top sources of the attack traffic
-//! with their share. "Attack type" and "Attack protocol" name the dominant vector (the
-//! largest share of the attack's packets so far); the other vectors are listed after it.
+//! Attack reports in FastNetMon's text form, built on [`FnmReport`] (beside the stages,
+//! shared with the hooks, which parse what this writes) so the labels are exactly the
+//! ones FastNetMon 1.2.4 hands its notify script, followed by what FastNetMon cannot give:
+//! the attack's vectors and the top sources of the attack traffic with their share.
+//! "Attack type" and "Attack protocol" name the dominant vector (the largest share of the
+//! attack's packets so far); the other vectors are listed after it.
 //!
 //! Pure: an attack (and the other direction's rates) in, text out.
 

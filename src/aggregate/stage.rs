@@ -1,0 +1,602 @@
+//! The aggregate stage as one value: records in ([`RecordSink`]), routed to the
+//! protected hosts they touch and applied shard by shard (one lock per shard per batch);
+//! once a second, what changed out ([`Aggregate::second`]); the detect stage's
+//! [`Command`]s in ([`Aggregate::apply`], [`Aggregate::sweep`]); plain views for
+//! the API and `replay --totals`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use parking_lot::Mutex;
+
+use super::delta::{DeltaAccumulator, HostDelta};
+use super::networks::Networks;
+use super::rate::{proto_index, Counters, Rates};
+use super::seam::{Command, HostChange, RecordSink, Scratch, SecondSink};
+use super::table::{host_addr, HostKey, HostTable, Pending, Shard};
+use super::top::{TopBoard, TopBy, TopRanks};
+use super::view::{DirectionView, HostTotals, HostView};
+use crate::config::Config;
+use crate::decode::FlowRecord;
+use crate::metrics::{Cap, CapReached, Metrics};
+use crate::model::{Direction, TopSource};
+
+/// How often idle hosts are swept out of the table.
+const SWEEP_INTERVAL_MS: i64 = 10_000;
+
+/// The hostgroups as the aggregate stage needs them (translated from the config by the
+/// wiring, which also hands the detect stage its thresholds): index = group number.
+pub struct GroupLayout {
+    /// Each group's prefixes (empty for the default group unless it names its own).
+    pub prefixes: Vec<Vec<IpNet>>,
+    /// The group of protected addresses no group's prefix covers.
+    pub default_group: u16,
+    /// Whether the group's sum is kept (a total threshold reads it): a rate update per
+    /// record, so only where needed.
+    pub summed: Vec<bool>,
+    /// Names, for the host view.
+    pub names: Vec<String>,
+}
+
+pub struct Aggregate {
+    networks: Networks,
+    pub table: HostTable,
+    metrics: Arc<Metrics>,
+    window_seconds: u32,
+    idle_seconds: u32,
+    /// `[detection] top_sources`: how many sources a watched host's answer carries.
+    top_n: usize,
+    group_names: Vec<String>,
+    summed: Vec<bool>,
+    last_sweep_ms: AtomicI64,
+    /// Per-second deltas per host-direction, one accumulator per table shard: only when
+    /// something ships them (cluster collector role); None keeps ingest as it was.
+    deltas: Option<Vec<Mutex<DeltaAccumulator>>>,
+    /// Whether ingest applies records to the local host table (off on a cluster node
+    /// that only collects: its detectors apply the deltas instead).
+    local_table: bool,
+    /// The busiest host-directions as of the last pass.
+    top_hosts: TopBoard,
+    /// `[detection] max_watched_hosts`, and the hosts whose sources are tracked now.
+    max_watched: usize,
+    watched: AtomicUsize,
+}
+
+impl Aggregate {
+    /// The table's hash is seeded with `seed`, or at random without one (see
+    /// `Pipeline::with_seed`).
+    pub fn new(
+        cfg: &Config,
+        protected: &[IpNet],
+        whitelist: &[IpNet],
+        groups: GroupLayout,
+        metrics: Arc<Metrics>,
+        seed: Option<u64>,
+    ) -> Aggregate {
+        let networks = Networks::new(protected, &groups.prefixes, groups.default_group, whitelist);
+        let shards = if cfg.aggregate.shards == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.aggregate.shards
+        };
+        let table = HostTable::new(
+            seed,
+            shards,
+            cfg.aggregate.max_tracked_hosts,
+            cfg.aggregate.window_seconds,
+            cfg.aggregate.max_flow_spread_seconds,
+            &groups.summed,
+        );
+        if cfg.aggregate.host_totals {
+            table.keep_totals(false);
+        }
+        Aggregate {
+            networks,
+            table,
+            metrics,
+            window_seconds: cfg.aggregate.window_seconds,
+            idle_seconds: cfg.aggregate.idle_timeout_seconds,
+            top_n: cfg.detection.top_sources,
+            group_names: groups.names,
+            summed: groups.summed,
+            last_sweep_ms: AtomicI64::new(0),
+            deltas: None,
+            local_table: true,
+            top_hosts: TopBoard::default(),
+            max_watched: cfg.detection.max_watched_hosts,
+            watched: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes ingest accumulate per-second deltas per host-direction (at most
+    /// `cap_per_second` host-directions per second in all), drained with
+    /// [`Self::drain_deltas`]; with `local_table` false, records no longer go to the
+    /// local host table.
+    pub fn enable_deltas(&mut self, cfg: &Config, cap_per_second: usize, local_table: bool) {
+        let n = self.table.shards.len();
+        let per = cap_per_second.div_ceil(n).max(1);
+        self.deltas = Some(
+            (0..n)
+                .map(|_| {
+                    Mutex::new(DeltaAccumulator::new(
+                        cfg.aggregate.window_seconds,
+                        cfg.aggregate.max_flow_spread_seconds,
+                        per,
+                    ))
+                })
+                .collect(),
+        );
+        self.local_table = local_table;
+    }
+
+    /// Every accumulated delta of a second before `sec` (empty without
+    /// [`Self::enable_deltas`]); host-seconds lost to the cap are counted.
+    pub fn drain_deltas(&self, sec: u32) -> Vec<HostDelta> {
+        let mut out = Vec::new();
+        let mut lost = 0;
+        for d in self.deltas.iter().flatten() {
+            let mut d = d.lock();
+            d.drain_before(sec, &mut out);
+            lost += std::mem::take(&mut d.overflow);
+        }
+        if lost > 0 {
+            self.metrics.cluster.delta_overflow.inc_by(lost);
+        }
+        out
+    }
+
+    /// Applies deltas shipped from elsewhere to the host table. The hostgroup comes from
+    /// this node's own networks (not the sender's index); a host that is not protected
+    /// here is skipped.
+    pub fn apply_deltas(&self, deltas: &[HostDelta]) {
+        let mut per: Vec<Vec<(HostKey, u16, u32, Counters)>> =
+            (0..self.table.shards.len()).map(|_| Vec::new()).collect();
+        for d in deltas {
+            let Some(group) = self.networks.protected_group(d.key.ip) else {
+                continue;
+            };
+            per[self.table.shard_of(&d.key)].push((d.key, group, d.sec, d.counters));
+        }
+        for (i, v) in per.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let mut s = self.table.shards[i].lock();
+            for (k, g, sec, c) in v {
+                s.apply_delta(k, *g, *sec, c);
+            }
+        }
+    }
+
+    /// Makes the next pass look at every tracked host `f` accepts (see
+    /// [`Shard::mark_dirty_where`]).
+    pub fn revisit_where(&self, f: impl Fn(&HostKey) -> bool) {
+        for s in &self.table.shards {
+            s.lock().mark_dirty_where(&f);
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn networks(&self) -> &Networks {
+        &self.networks
+    }
+
+    pub fn window_seconds(&self) -> u32 {
+        self.window_seconds
+    }
+
+    /// The hostgroup of `ip`: its protected group, else the default one.
+    pub fn group_of(&self, ip: IpAddr) -> u16 {
+        self.networks
+            .protected_group(ip)
+            .unwrap_or(self.networks.default_group)
+    }
+
+    /// Queues record `ri` for its shard if its host in direction `d` is protected;
+    /// returns whether it was.
+    #[inline(always)]
+    fn route(
+        &self,
+        r: &FlowRecord,
+        ri: usize,
+        d: Direction,
+        proto: usize,
+        traffic: &mut [[(u64, u64); 4]; 2],
+        s: &mut Scratch,
+    ) -> bool {
+        // `d` is a constant at each (inlined) call, so this is a plain field read.
+        let ip = host_addr(r, d);
+        let Some(group) = self.networks.protected_group(ip) else {
+            return false;
+        };
+        let t = &mut traffic[d as usize][proto];
+        t.0 += r.packets;
+        t.1 += r.bytes;
+        let hash = self.table.hash_of(&HostKey { ip, dir: d });
+        s.per_shard[self.table.shard_of_hash(hash)].push(Pending {
+            hash,
+            rec: ri as u32,
+            group,
+            dir: d,
+            v6: ip.is_ipv6(),
+        });
+        true
+    }
+
+    /// The per-second pass's aggregate half at `now_sec`: every host-direction written
+    /// since the last pass that `owned` accepts is ranked for the top lists and, unless
+    /// whitelisted, shown to `sink`; then, per shard, the hosts `sink` asks for are
+    /// answered; then the summed hostgroups' totals. Publishes the tracked-host count,
+    /// evictions and the top lists.
+    pub fn second<S: SecondSink>(
+        &self,
+        now_sec: u32,
+        owned: &impl Fn(&HostKey) -> bool,
+        sink: &mut S,
+    ) {
+        let mut tracked = 0usize;
+        let mut top = TopRanks::default();
+        for (i, shard) in self.table.shards.iter().enumerate() {
+            let mut shard = shard.lock();
+            tracked += shard.len();
+            self.publish_evictions(&mut shard);
+            shard.drain_dirty(now_sec, |k, e| {
+                if !owned(k) {
+                    return;
+                }
+                top.offer(k, &e.rates);
+                if self.networks.is_whitelisted(k.ip) {
+                    return;
+                }
+                sink.changed(&HostChange::of(k, e));
+            });
+            // Hosts under attack: those that saw no traffic this second still need a look,
+            // so their attack can end; all get their top sources refreshed.
+            let n = sink.asked().len();
+            for j in 0..n {
+                let (si, k) = sink.asked()[j];
+                if si != i {
+                    continue;
+                }
+                let c = shard.get(&k, now_sec).map(|e| HostChange::of(&k, &e));
+                let sources = shard.top_sources(&k, self.top_n);
+                sink.answer(&k, c, sources);
+            }
+        }
+        for (gi, _) in self.summed.iter().enumerate().filter(|(_, s)| **s) {
+            let mut sums = Counters::default();
+            for s in &self.table.shards {
+                sums.add(&s.lock().group_sum(gi, now_sec));
+            }
+            sink.group_total(gi as u16, sums);
+        }
+        self.metrics.tracked_hosts.set(tracked as i64);
+        self.publish_top(top, now_sec);
+    }
+
+    /// The shard of each of `keys`, for [`SecondSink::asked`]: hashed once per pass.
+    pub fn with_shards(&self, keys: impl Iterator<Item = HostKey>) -> Vec<(usize, HostKey)> {
+        keys.map(|k| (self.table.shard_of(&k), k)).collect()
+    }
+
+    /// Applies the detect stage's watch and unwatch commands in order; returns, for each
+    /// watch, the host's top sources seen so far (its recent records). Keep commands are
+    /// for [`Self::sweep`] and are ignored here.
+    pub fn apply(&self, cmds: &[Command]) -> Vec<(HostKey, Vec<TopSource>)> {
+        let mut sources = Vec::new();
+        let mut not_watched = 0;
+        for c in cmds {
+            match c {
+                Command::Watch(k) => {
+                    let mut shard = self.table.shards[self.table.shard_of(k)].lock();
+                    // Only `apply` watches and unwatches, and the wiring calls it under
+                    // the detector lock: the count and the cap check do not race.
+                    if self.watched.load(Ordering::Relaxed) < self.max_watched {
+                        shard.watch(*k);
+                        self.watched.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        not_watched += 1;
+                    }
+                    sources.push((*k, shard.top_sources(k, self.top_n)));
+                }
+                Command::Unwatch(k) => {
+                    if self.table.shards[self.table.shard_of(k)].lock().unwatch(k) {
+                        self.watched.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Command::Keep(_) => {}
+            }
+        }
+        CapReached {
+            cap: Cap::WatchedHosts,
+            n: not_watched,
+        }
+        .emit(&self.metrics);
+        sources
+    }
+
+    /// Hosts whose sources are tracked now.
+    pub fn watched(&self) -> usize {
+        self.watched.load(Ordering::Relaxed)
+    }
+
+    /// Whether a sweep is due at `now_ms`: every [`SWEEP_INTERVAL_MS`], or sooner when
+    /// the cap refused hosts.
+    pub fn sweep_due(&self, now_ms: i64) -> bool {
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let pressure = self
+            .table
+            .shards
+            .iter()
+            .any(|s| s.lock().refused_since_sweep);
+        now_ms - last >= SWEEP_INTERVAL_MS || pressure
+    }
+
+    /// Evicts idle hosts (see [`Shard::sweep`]), keeping those of `keep`'s
+    /// [`Command::Keep`]s.
+    pub fn sweep(&self, now_ms: i64, keep: &[Command]) {
+        self.last_sweep_ms.store(now_ms, Ordering::Relaxed);
+        let keep: ahash::AHashSet<HostKey> = keep
+            .iter()
+            .filter_map(|c| match c {
+                Command::Keep(k) => Some(*k),
+                _ => None,
+            })
+            .collect();
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let keep = |k: &HostKey| keep.contains(k);
+        let mut tracked = 0;
+        for s in &self.table.shards {
+            let mut s = s.lock();
+            s.sweep(now_sec, self.idle_seconds, &keep);
+            self.publish_evictions(&mut s);
+            tracked += s.len();
+        }
+        self.metrics.tracked_hosts.set(tracked as i64);
+    }
+
+    /// Moves a shard's eviction counts into the metrics.
+    fn publish_evictions(&self, s: &mut Shard) {
+        for (reason, n) in [
+            ("idle", &mut s.evicted_idle),
+            ("pressure", &mut s.evicted_pressure),
+            ("cap_refused", &mut s.refused),
+        ] {
+            let n = std::mem::take(n);
+            if n > 0 {
+                self.metrics
+                    .host_evictions
+                    .with_label_values(&[reason])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    pub fn host(&self, ip: IpAddr, now_ms: i64) -> Option<HostView> {
+        let now_sec = (now_ms / 1000).max(0) as u32;
+        let mut directions = Vec::new();
+        for dir in Direction::ALL {
+            let key = HostKey { ip, dir };
+            if let Some(e) = self.table.get(&key, now_sec) {
+                directions.push(DirectionView {
+                    direction: dir,
+                    hostgroup: self
+                        .group_names
+                        .get(usize::from(e.group))
+                        .cloned()
+                        .unwrap_or_default(),
+                    totals: self.table.totals_of(&key),
+                    last_seen: e.last_seen_sec,
+                    rates: e.rates,
+                });
+            }
+        }
+        (!directions.is_empty()).then_some(HostView { ip, directions })
+    }
+
+    /// Keeps lifetime totals per host-direction from now on, including those of hosts
+    /// evicted later (replay: totals of the whole capture).
+    pub fn keep_totals(&self) {
+        self.table.keep_totals(true);
+    }
+
+    /// Every tracked host-direction's totals (kept only after [`Self::keep_totals`] or
+    /// with `[aggregate] host_totals`), sorted by address then direction.
+    pub fn totals(&self) -> Vec<HostTotals> {
+        let mut v = Vec::new();
+        for s in &self.table.shards {
+            s.lock().for_each_total(|k, c| {
+                v.push(HostTotals {
+                    ip: k.ip,
+                    direction: k.dir,
+                    totals: *c,
+                })
+            });
+        }
+        v.sort_by_key(|a| (a.ip, a.direction));
+        v
+    }
+
+    /// The `n` busiest host-directions (at most [`super::TOP_HOSTS_MAX`]) as of the last
+    /// pass. Takes no shard lock and not the detector: a reader called back to back
+    /// cannot slow the collectors or the pass (issue 15).
+    pub fn top(&self, n: usize, by: TopBy) -> Vec<(HostKey, Rates)> {
+        self.top_hosts.top(n, by)
+    }
+
+    /// Ends a pass's top lists: hosts of the previous lists the pass did not visit (no
+    /// traffic this second) are read again, so a host whose average decays stays listed
+    /// as it did when the API walked the table; then the lists replace the old ones.
+    fn publish_top(&self, mut top: TopRanks, now_sec: u32) {
+        for k in self.top_hosts.listed() {
+            if let Some(e) = self.table.get(&k, now_sec) {
+                top.offer_keyed(&k, &e.rates, false);
+            }
+        }
+        self.top_hosts.publish(top.finish(&self.metrics));
+    }
+}
+
+impl RecordSink for Aggregate {
+    fn scratch(&self) -> Scratch {
+        Scratch {
+            per_shard: (0..self.table.shards.len()).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    // `#[inline]`: without it (measured once, cachegrind), LLVM also stopped inlining
+    // `Ewma::add` into `Shard::apply_hashed` and the ingest profile took 523.5
+    // instructions per record instead of 476.9 (469.1 before the split); see
+    // benches/README.md.
+    #[inline]
+    fn ingest(&self, recs: &[FlowRecord], now_ms: i64, s: &mut Scratch) {
+        let mut unprotected = 0u64;
+        // [direction][tcp, udp, icmp, other] packets and bytes, summed per batch so the
+        // shared counters are touched once per batch, not per record.
+        let mut traffic = [[(0u64, 0u64); 4]; 2];
+        for (ri, r) in recs.iter().enumerate() {
+            let proto = proto_index(r.protocol);
+            // Both directions written out rather than looped over `Direction::ALL`: the
+            // loop kept its state on the stack, and an array of (direction, address)
+            // pairs before it stalled on store forwarding. With the ranges counted
+            // instead of searched (`Networks`), 84 fewer instructions per record of ~630
+            // (cachegrind over 2 M records to 10 000 hosts).
+            let incoming = self.route(r, ri, Direction::Incoming, proto, &mut traffic, s);
+            let outgoing = self.route(r, ri, Direction::Outgoing, proto, &mut traffic, s);
+            if !(incoming || outgoing) {
+                unprotected += 1;
+            }
+        }
+        for (i, v) in s.per_shard.iter_mut().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            if let Some(d) = &self.deltas {
+                d[i].lock().add_all(v, recs, now_ms);
+            }
+            if self.local_table {
+                self.table.shards[i].lock().apply_all(v, recs, now_ms);
+            }
+            v.clear();
+        }
+        if unprotected > 0 {
+            self.metrics.records_unprotected.inc_by(unprotected);
+        }
+        for (d, dir) in Direction::ALL.iter().enumerate() {
+            for (p, name) in ["tcp", "udp", "icmp", "other"].iter().enumerate() {
+                let (pk, by) = traffic[d][p];
+                if pk > 0 || by > 0 {
+                    let l = [dir.as_str(), name];
+                    self.metrics
+                        .traffic_packets
+                        .with_label_values(&l)
+                        .inc_by(pk);
+                    self.metrics.traffic_bytes.with_label_values(&l).inc_by(by);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Record {
+        asked: Vec<(usize, HostKey)>,
+        changed: Vec<HostChange>,
+        answered: Vec<(HostKey, Option<HostChange>)>,
+        groups: Vec<u16>,
+    }
+
+    impl SecondSink for Record {
+        fn asked(&self) -> &[(usize, HostKey)] {
+            &self.asked
+        }
+        fn changed(&mut self, c: &HostChange) {
+            self.changed.push(*c);
+        }
+        fn answer(&mut self, key: &HostKey, c: Option<HostChange>, _: Vec<TopSource>) {
+            self.answered.push((*key, c));
+        }
+        fn group_total(&mut self, group: u16, _: Counters) {
+            self.groups.push(group);
+        }
+    }
+
+    fn udp(src: &str, dst: &str) -> FlowRecord {
+        FlowRecord {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: crate::decode::PROTO_UDP,
+            packets: 100,
+            bytes: 10_000,
+            flows: 1,
+            ..FlowRecord::default()
+        }
+    }
+
+    /// Once a second the stage shows what was written (not whitelisted hosts, not
+    /// unprotected ones), answers the hosts asked for even without traffic, and sums
+    /// only the groups that are summed.
+    #[test]
+    fn the_second_shows_written_hosts_and_answers_asked_ones() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [networks]
+            protected = ["192.0.2.0/24"]
+            whitelist = ["192.0.2.9/32"]
+            "#,
+        )
+        .unwrap();
+        let protected = cfg.protected_prefixes().unwrap();
+        let whitelist = cfg.whitelist_prefixes().unwrap();
+        let layout = GroupLayout {
+            prefixes: vec![Vec::new()],
+            default_group: 0,
+            summed: vec![true],
+            names: vec!["default".into()],
+        };
+        let a = Aggregate::new(
+            &cfg,
+            &protected,
+            &whitelist,
+            layout,
+            Arc::new(Metrics::new()),
+            None,
+        );
+        let sink: &dyn RecordSink = &a;
+        let mut s = sink.scratch();
+        let t0 = 1_800_000_000_000i64;
+        let recs = [
+            udp("198.51.100.1", "192.0.2.7"),
+            udp("198.51.100.1", "192.0.2.9"),
+            udp("198.51.100.1", "203.0.113.1"),
+        ];
+        sink.ingest(&recs, t0 + 500, &mut s);
+        let all = |_: &HostKey| true;
+        let mut r = Record::default();
+        a.second((t0 / 1000) as u32 + 1, &all, &mut r);
+        let ips: Vec<String> = r.changed.iter().map(|c| c.ip.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.7"]);
+        assert!(r.changed[0].rates.pps > 0);
+        assert_eq!(r.groups, [0]);
+        // The next second nothing is written; the host asked for is answered anyway.
+        let key = r.changed[0].key();
+        let mut r = Record {
+            asked: a.with_shards([key].into_iter()),
+            ..Record::default()
+        };
+        a.second((t0 / 1000) as u32 + 2, &all, &mut r);
+        assert!(r.changed.is_empty());
+        assert_eq!(r.answered.len(), 1);
+        assert_eq!(r.answered[0].0, key);
+        assert!(r.answered[0].1.is_some_and(|c| c.rates.pps > 0));
+    }
+}
