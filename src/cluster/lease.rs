@@ -402,7 +402,8 @@ mod tests {
         assert_eq!((out[0].event, out[0].id.as_str()), (EventKind::End, "c-2"));
         // Ends outside a gap pass at once; a collector gone for good stops being missed.
         assert_eq!(
-            g.filter(111, vec![ev(EventKind::End, "x", "192.0.2.9")]).len(),
+            g.filter(111, vec![ev(EventKind::End, "x", "192.0.2.9")])
+                .len(),
             1
         );
         for s in 112..150 {

@@ -553,7 +553,17 @@ fn send_event(ctx: &Ctx, ev: AttackEvent) {
 async fn run_outbox(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<AttackEvent>, stop: CancellationToken) {
     loop {
         let ev = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                // Shutting down: what is queued (the last pass's events) gets one try
+                // each, within a bounded time.
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                while let Ok(ev) = rx.try_recv() {
+                    if tokio::time::timeout_at(until, publish_event(&ctx, &ev)).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
             ev = rx.recv() => match ev { Some(e) => e, None => break },
         };
         let mut attempt = 0u32;
@@ -680,7 +690,11 @@ fn admit_frame(
             Some(f)
         }
         Err(e) => {
-            metrics.cluster.bad_frames.with_label_values(&[e.reason()]).inc();
+            metrics
+                .cluster
+                .bad_frames
+                .with_label_values(&[e.reason()])
+                .inc();
             tracing::debug!(error = %e, "delta frame dropped");
             None
         }
@@ -892,9 +906,7 @@ async fn run_controller_lease(
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     // This node's own renewal whose reply was lost, or another's lease.
                     match live_entry(&ctx.leases, "controller").await {
-                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => {
-                            Ok(en.revision)
-                        }
+                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => Ok(en.revision),
                         _ => Err((true, e.to_string())),
                     }
                 }
@@ -902,7 +914,10 @@ async fn run_controller_lease(
             },
             None => match ctx.leases.create("controller", body).await {
                 Ok(r) => Ok(r),
-                Err(e) => Err((e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+                Err(e) => Err((
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )),
             },
         };
         let now = system_now_ms();
@@ -1171,7 +1186,9 @@ async fn lead_inner(
                 }
                 ctx.state_unwritable.store(false, Ordering::Relaxed);
             }
-            Err(WriteError::Deposed(e)) => anyhow::bail!("controller state write refused ({e}): deposed"),
+            Err(WriteError::Deposed(e)) => {
+                anyhow::bail!("controller state write refused ({e}): deposed")
+            }
             Err(WriteError::Unavailable(e)) => {
                 if !frozen {
                     tracing::error!(error = %e, "controller state not writable (NATS quorum lost?): MITIGATOR frozen as it is until it is");
@@ -1309,7 +1326,9 @@ mod tests {
         let a = crate::config::Config::from_toml_str(base).unwrap();
         // Another node name and roles: the same hash (they need not agree).
         let b = crate::config::Config::from_toml_str(
-            &base.replace("\"A\"", "\"B\"").replace("\"collector\"", "\"detector\""),
+            &base
+                .replace("\"A\"", "\"B\"")
+                .replace("\"collector\"", "\"detector\""),
         )
         .unwrap();
         assert_eq!(super::super::config_hash(&a), super::super::config_hash(&b));
