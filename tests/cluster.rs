@@ -11,7 +11,11 @@
 //!   says off: the next leader switches it on, and off once at the end);
 //! - 3: kill -9 of the detector owning a victim's partition mid-attack: the partitions
 //!   move, the attack keeps its id (no second start, no end), and a new flood in a moved
-//!   partition is detected.
+//!   partition is detected;
+//! - 6: kill -9 and restart of a collector mid-attack ends nothing;
+//! - 5: one of three NATS servers killed: still one on, one off; a second killed (no
+//!   quorum): the controller reports itself fenced and makes no call; both back: the
+//!   attack still going on is mitigated, once.
 //!
 //! The tests run one at a time (a lock): each starts a dozen processes, and two at once
 //! on a 2-core machine would only measure the machine.
@@ -804,17 +808,29 @@ fn nats_server_loss_then_quorum_loss_freezes_mitigator_and_catches_up() {
     cl.nats.kill(0);
     let fl = Flood::start(&collectors, [127, 16, 0, 60], 100, 10);
     let on = common::wait_for(15, || (toggles(sim).0 >= 1).then_some(()));
-    assert!(on.is_some(), "no policy-on with one NATS server down:\n{}", cl.logs());
+    assert!(
+        on.is_some(),
+        "no policy-on with one NATS server down:\n{}",
+        cl.logs()
+    );
     fl.join();
     let off = common::wait_for(25, || (toggles(sim).1 >= 1).then_some(()));
-    assert!(off.is_some(), "no policy-off with one NATS server down:\n{}", cl.logs());
+    assert!(
+        off.is_some(),
+        "no policy-off with one NATS server down:\n{}",
+        cl.logs()
+    );
 
     // Two gone: no quorum. The controller says it is frozen; MITIGATOR sees nothing.
     cl.nats.kill(1);
     let fenced = common::wait_for(15, || {
         (metric(c.api, "flowguard_cluster_fenced") == Some(1.0)).then_some(())
     });
-    assert!(fenced.is_some(), "controller not fenced without quorum:\n{}", cl.logs());
+    assert!(
+        fenced.is_some(),
+        "controller not fenced without quorum:\n{}",
+        cl.logs()
+    );
     assert!(
         cl.log_of("C").contains("MITIGATOR frozen as it is"),
         "no log line says MITIGATOR is frozen:\n{}",
@@ -822,7 +838,12 @@ fn nats_server_loss_then_quorum_loss_freezes_mitigator_and_catches_up() {
     );
     let fl = Flood::start(&collectors, [127, 16, 0, 70], 100, 30);
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(toggles(sim), (1, 1, 0), "a call without quorum:\n{}", cl.logs());
+    assert_eq!(
+        toggles(sim),
+        (1, 1, 0),
+        "a call without quorum:\n{}",
+        cl.logs()
+    );
 
     // Quorum back: the attack still going on is mitigated, once.
     cl.nats.start(0);
@@ -830,12 +851,29 @@ fn nats_server_loss_then_quorum_loss_freezes_mitigator_and_catches_up() {
     let unfenced = common::wait_for(20, || {
         (metric(c.api, "flowguard_cluster_fenced") == Some(0.0)).then_some(())
     });
-    assert!(unfenced.is_some(), "still fenced with quorum back:\n{}", cl.logs());
+    assert!(
+        unfenced.is_some(),
+        "still fenced with quorum back:\n{}",
+        cl.logs()
+    );
     let on = common::wait_for(20, || (toggles(sim).0 >= 2).then_some(()));
-    assert!(on.is_some(), "no policy-on once quorum is back:\n{}", cl.logs());
+    assert!(
+        on.is_some(),
+        "no policy-on once quorum is back:\n{}",
+        cl.logs()
+    );
     fl.join();
     let off = common::wait_for(30, || (toggles(sim).1 >= 2).then_some(()));
-    assert!(off.is_some(), "no policy-off after quorum came back:\n{}", cl.logs());
+    assert!(
+        off.is_some(),
+        "no policy-off after quorum came back:\n{}",
+        cl.logs()
+    );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(toggles(sim), (2, 2, 0), "one on, one off per attack:\n{}", cl.logs());
+    assert_eq!(
+        toggles(sim),
+        (2, 2, 0),
+        "one on, one off per attack:\n{}",
+        cl.logs()
+    );
 }
