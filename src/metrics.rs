@@ -185,11 +185,12 @@ pub struct ClusterMetrics {
     pub delta_overflow: IntCounter,
     pub partitions_owned: IntGauge,
     pub controller_leader: IntGauge,
+    pub gap_seconds: IntCounter,
 }
 
 /// Label sets of [`ClusterMetrics`] (pretouched).
 pub const CLUSTER_LEASES: [&str; 2] = ["partition", "controller"];
-pub const CLUSTER_PUBLISH: [&str; 4] = ["deltas", "events", "state", "heartbeat"];
+pub const CLUSTER_PUBLISH: [&str; 5] = ["deltas", "events", "state", "heartbeat", "events_dropped"];
 pub const CLUSTER_BAD_FRAMES: [&str; 5] = [
     "magic",
     "version",
@@ -216,13 +217,14 @@ impl ClusterMetrics {
             cold_takeovers: counter(r, "flowguard_cluster_cold_takeovers_total", "Partitions this detector took over from another owner (adopting its active attacks)."),
             lease_changes: counter_vec(r, "flowguard_cluster_lease_changes_total", "Leases this node gained or lost, by kind.", &["lease"]),
             publish_errors: counter_vec(r, "flowguard_cluster_publish_errors_total", "Failed NATS publishes and KV writes, by what was written.", &["what"]),
-            fenced: gauge(r, "flowguard_cluster_fenced", "1 while this node is controller leader but its lease is not fresh (no MITIGATOR call is made)."),
+            fenced: gauge(r, "flowguard_cluster_fenced", "1 while this controller node cannot act: its lease is not fresh, or NATS does not take its lease or state writes (quorum lost); no MITIGATOR call is made, MITIGATOR stays as it is."),
             bad_frames: counter_vec(r, "flowguard_cluster_bad_frames_total", "Delta frames dropped, by reason.", &["reason"]),
             frames_published: counter(r, "flowguard_cluster_frames_published_total", "Delta frames this collector published."),
             frames_merged: counter(r, "flowguard_cluster_frames_merged_total", "Delta frames this detector merged."),
             delta_overflow: counter(r, "flowguard_cluster_delta_overflow_total", "Host-seconds not shipped because the per-second delta cap was reached."),
             partitions_owned: gauge(r, "flowguard_cluster_partitions_owned", "Partitions whose lease this detector holds."),
             controller_leader: gauge(r, "flowguard_cluster_controller_leader", "1 while this node holds the controller lease."),
+            gap_seconds: counter(r, "flowguard_cluster_gap_seconds_total", "Seconds this detector merged without a collector that sent the seconds before (attack ends decided then are held)."),
         }
     }
 

@@ -1,21 +1,40 @@
 //! Cluster mode end to end on one machine: three `nats-server` processes forming a
-//! JetStream cluster on loopback (free ports, own temp dirs), two collector nodes, two
-//! detector+controller nodes and a mitigator-sim, all stopped by PID at the end.
+//! JetStream cluster on loopback (free ports, own temp dirs), collector, detector and
+//! controller nodes and a mitigator-sim, all stopped by PID (process group) on drop.
 //!
-//! Covered: a victim split over two collectors (0.6 + 0.6 × threshold → one attack,
-//! one policy-on; 0.45 + 0.45 → nothing), and kill -9 of the controller leader mid-attack
-//! (the standby takes over; exactly one policy-off when the flood stops).
+//! Covered (issue 16's numbering):
+//! - 1: a victim split over two collectors (0.6 + 0.6 × threshold → one attack, one
+//!   policy-on; 0.45 + 0.45 → nothing);
+//! - 4: kill -9 of the controller leader after its policy-on (the standby takes over;
+//!   exactly one policy-off when the flood stops), and kill -9 of the leader while its
+//!   policy-on is refused by MITIGATOR (its state says it wants the switch, MITIGATOR
+//!   says off: the next leader switches it on, and off once at the end);
+//! - 3: kill -9 of the detector owning a victim's partition mid-attack: the partitions
+//!   move, the attack keeps its id (no second start, no end), and a new flood in a moved
+//!   partition is detected;
+//! - 6: kill -9 and restart of a collector mid-attack ends nothing;
+//! - 5: one of three NATS servers killed: still one on, one off; a second killed (no
+//!   quorum): the controller reports itself fenced and makes no call; both back: the
+//!   attack still going on is mitigated, once.
+//!
+//! The tests run one at a time (a lock): each starts a dozen processes, and two at once
+//! on a 2-core machine would only measure the machine.
 
 mod common;
 
 use std::io::BufRead;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, free_udp_port, http_get, require_tool, sim_switch_puts, spawn, Child};
+use common::{free_tcp_port, free_udp_port, http_get, http_post, require_tool, spawn, Child};
 
 const THRESHOLD_PPS: u64 = 10_000;
+const PARTITIONS: u16 = 64;
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A NetFlow v5 datagram of `n` UDP records `src → dst`, each of `packets` packets.
 fn nf5(dst: [u8; 4], n: usize, packets: u32, seq: u32) -> Vec<u8> {
@@ -48,38 +67,97 @@ fn nf5(dst: [u8; 4], n: usize, packets: u32, seq: u32) -> Vec<u8> {
     b
 }
 
-/// Sends 60 records a second of `packets` each to `dst` through both collectors for
-/// `secs` seconds (on two threads, one per collector).
-fn flood(collectors: [SocketAddr; 2], dst: [u8; 4], packets: u32, secs: u64) {
-    let hs: Vec<_> = collectors
-        .into_iter()
-        .map(|to| {
-            std::thread::spawn(move || {
-                let s = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
-                let end = Instant::now() + Duration::from_secs(secs);
-                let mut seq = 0;
-                while Instant::now() < end {
-                    // One datagram of 6 records every 100 ms: 60 records/s, smooth.
-                    let _ = s.send_to(&nf5(dst, 6, packets, seq), to);
-                    seq += 6;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+/// A flood in the background: 60 records a second of `packets` each to `dst` through
+/// every collector (one thread each), for at most `secs` seconds or until stopped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(collectors: &[SocketAddr], dst: [u8; 4], packets: u32, secs: u64) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = collectors
+            .iter()
+            .copied()
+            .map(|to| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let s = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+                    let end = Instant::now() + Duration::from_secs(secs);
+                    let mut seq = 0;
+                    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                        // One datagram of 6 records every 100 ms: 60 records/s, smooth.
+                        let _ = s.send_to(&nf5(dst, 6, packets, seq), to);
+                        seq += 6;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                })
             })
-        })
-        .collect();
-    for h in hs {
-        let _ = h.join();
+            .collect();
+        Flood { stop, threads }
+    }
+
+    fn join(mut self) {
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
     }
 }
 
 struct Nats {
-    children: Vec<Child>,
+    /// None while killed; each stops (by process group) on drop.
+    children: Vec<Option<Child>>,
     urls: Vec<String>,
+    dir: PathBuf,
 }
 
+impl Nats {
+    /// kill -9 of server `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.0.kill();
+            let _ = c.0.wait();
+        }
+    }
+
+    /// Starts server `i` again with its config and store.
+    fn start(&mut self, i: usize) {
+        self.children[i] = Some(nats_server(&self.dir, i));
+    }
+}
+
+fn nats_server(dir: &Path, i: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{i}.log")))
+        .expect("nats log");
+    spawn(
+        "nats-server",
+        std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(dir.join(format!("n{i}.conf")))
+            .stderr(log.try_clone().expect("log"))
+            .stdout(log),
+    )
+}
+
+/// Three JetStream servers in one cluster; returns once every one reports JetStream
+/// healthy (a readiness wait, not a sleep).
 fn nats_cluster(dir: &Path) -> Nats {
     let client: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
     let route: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+    let monitor: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
     let mut children = Vec::new();
     for i in 0..3 {
         let d = dir.join(format!("n{i}"));
@@ -89,26 +167,29 @@ fn nats_cluster(dir: &Path) -> Nats {
             .map(|j| format!("\"nats://127.0.0.1:{}\"", route[j]))
             .collect();
         let conf = format!(
-            "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_memory_store: 268435456, max_file_store: 1073741824 }}\ncluster {{ name: fgtest, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+            "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_memory_store: 268435456, max_file_store: 1073741824 }}\ncluster {{ name: fgtest, listen: 127.0.0.1:{}, routes: [{}] }}\n",
             client[i],
+            monitor[i],
             d.display(),
             route[i],
             routes.join(",")
         );
-        let cf = dir.join(format!("n{i}.conf"));
-        std::fs::write(&cf, conf).expect("nats conf");
-        let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("nats log");
-        children.push(spawn(
-            "nats-server",
-            std::process::Command::new("nats-server")
-                .arg("-c")
-                .arg(&cf)
-                .stderr(log.try_clone().expect("log"))
-                .stdout(log),
-        ));
+        std::fs::write(dir.join(format!("n{i}.conf")), conf).expect("nats conf");
+        children.push(Some(nats_server(dir, i)));
     }
+    let ready = common::wait_for(30, || {
+        monitor
+            .iter()
+            .all(|p| {
+                let a: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+                matches!(http_get(a, "/healthz?js-enabled-only=true"), Ok((200, _)))
+            })
+            .then_some(())
+    });
+    assert!(ready.is_some(), "NATS cluster not healthy within 30 s");
     Nats {
         children,
+        dir: dir.to_path_buf(),
         urls: client
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -148,8 +229,11 @@ struct Node {
     child: Child,
     api: SocketAddr,
     name: &'static str,
+    config: PathBuf,
 }
 
+/// Writes node `name`'s config and starts it. A node restarted with the same name keeps
+/// its API port, collector port and state directory.
 fn start_node(
     dir: &Path,
     name: &'static str,
@@ -178,21 +262,47 @@ fn start_node(
     );
     let urls: Vec<String> = nats.urls.iter().map(|u| format!("\"{u}\"")).collect();
     t += &format!(
-        "[cluster]\nnats_urls = [{}]\nnode_id = \"{name}\"\nroles = {roles}\n",
+        "[cluster]\nnats_urls = [{}]\nnode_id = \"{name}\"\nroles = {roles}\npartitions = {PARTITIONS}\n",
         urls.join(", ")
     );
     let cf = dir.join(format!("{name}.toml"));
     std::fs::write(&cf, t).expect("node config");
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("node log");
+    run_node(dir, name, cf, api)
+}
+
+fn run_node(dir: &Path, name: &'static str, config: PathBuf, api: SocketAddr) -> Node {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .expect("node log");
     let child = spawn(
         "flowguard",
         std::process::Command::new(env!("CARGO_BIN_EXE_flowguard"))
             .args(["run", "--config"])
-            .arg(&cf)
+            .arg(&config)
             .stdout(log.try_clone().expect("log"))
             .stderr(log),
     );
-    Node { child, api, name }
+    Node {
+        child,
+        api,
+        name,
+        config,
+    }
+}
+
+impl Node {
+    /// kill -9: no shutdown path runs (no lease released, no state saved).
+    fn kill9(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    fn restart(&mut self, dir: &Path) {
+        self.kill9();
+        *self = run_node(dir, self.name, self.config.clone(), self.api);
+    }
 }
 
 fn cluster_json(api: SocketAddr) -> Option<serde_json::Value> {
@@ -200,41 +310,90 @@ fn cluster_json(api: SocketAddr) -> Option<serde_json::Value> {
     (s == 200).then(|| serde_json::from_str(&b).ok()).flatten()
 }
 
-fn ons_offs(sim: SocketAddr) -> (usize, usize) {
-    let puts: Vec<String> = sim_switch_puts(sim)
-        .into_iter()
-        .filter(|p| p.contains("toggle/switch"))
-        .collect();
-    (
-        puts.iter().filter(|p| p.ends_with(" 1")).count(),
-        puts.iter().filter(|p| p.ends_with(" 0")).count(),
-    )
+/// The policy-protection PUTs MITIGATOR answered with success, as (on, off) counts, and
+/// how many it refused (an injected fault).
+fn toggles(sim: SocketAddr) -> (usize, usize, usize) {
+    let log: Vec<serde_json::Value> = http_get(sim, "/sim/log")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    let (mut on, mut off, mut refused) = (0, 0, 0);
+    for r in &log {
+        if r["method"] != "PUT"
+            || !r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("toggle/switch"))
+        {
+            continue;
+        }
+        let ok = r["status"]
+            .as_u64()
+            .is_some_and(|s| (200..300).contains(&s));
+        let b: serde_json::Value =
+            serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or_default();
+        match (ok, b["switch"].as_i64()) {
+            (false, _) => refused += 1,
+            (true, Some(1)) => on += 1,
+            (true, Some(0)) => off += 1,
+            _ => {}
+        }
+    }
+    (on, off, refused)
 }
 
-#[test]
-// Not reliable yet (issue 16 is open): on the 2-core machine the merged tree's run saw the
-// split victim's attack start and the standby take over, but no policy-off within 25 s
-// of the flood's end. Run it by name: `cargo test --release --test cluster -- --ignored`.
-#[ignore = "cluster failover not reliable yet; see README, Running a cluster"]
-fn split_victim_one_mitigation_and_controller_failover() {
-    if !require_tool("nats-server") {
-        return;
+/// Whether any policy's protection switch is on in MITIGATOR now.
+fn protection_on(sim: SocketAddr) -> bool {
+    let Some(st) = http_get(sim, "/sim/state")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+    else {
+        return false;
+    };
+    st["switches"]
+        .as_object()
+        .is_some_and(|ps| ps.values().any(|p| p["toggle"].as_i64() == Some(1)))
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    nats: Nats,
+    _sim_child: Child,
+    sim: SocketAddr,
+    names: Vec<&'static str>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let nats = nats_cluster(&dir);
+        let (sim_child, sim) = start_sim(&dir);
+        Cluster {
+            _tmp: tmp,
+            dir,
+            nats,
+            _sim_child: sim_child,
+            sim,
+            names: Vec::new(),
+        }
     }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path();
-    let nats = nats_cluster(dir);
-    let (_sim_child, sim) = start_sim(dir);
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let _a = start_node(dir, "A", r#"["collector"]"#, &nats, sim, Some(pa));
-    let _b = start_node(dir, "B", r#"["collector"]"#, &nats, sim, Some(pb));
-    let mut c = start_node(dir, "C", r#"["detector", "controller"]"#, &nats, sim, None);
-    let mut d = start_node(dir, "D", r#"["detector", "controller"]"#, &nats, sim, None);
-    let logs = || {
-        ["A", "B", "C", "D"]
+
+    fn node(&mut self, name: &'static str, roles: &str, nf: Option<u16>) -> Node {
+        self.names.push(name);
+        start_node(&self.dir, name, roles, &self.nats, self.sim, nf)
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    fn logs(&self) -> String {
+        let mut names = self.names.clone();
+        names.dedup();
+        names
             .iter()
             .map(|n| {
-                let l = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default();
-                let tail: Vec<&str> = l.lines().rev().take(15).collect();
+                let l =
+                    std::fs::read_to_string(self.dir.join(format!("{n}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = l.lines().rev().take(25).collect();
                 format!(
                     "--- {n}\n{}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -242,72 +401,479 @@ fn split_victim_one_mitigation_and_controller_failover() {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    // Every member up, a controller leader, every partition owned.
-    let ready = common::wait_for(40, || {
-        let j = cluster_json(c.api)?;
-        let members = j["members"].as_array()?.len();
-        let owners = j["partition_owners"].as_object()?.len();
-        (members == 4 && owners == 64 && j["controller_leader"].is_string()).then_some(())
-    });
-    assert!(ready.is_some(), "cluster did not form:\n{}", logs());
-    let collectors: [SocketAddr; 2] = [
-        format!("127.0.0.1:{pa}").parse().unwrap(),
-        format!("127.0.0.1:{pb}").parse().unwrap(),
-    ];
+    }
 
-    // 0.6 × threshold through each collector: 12 s of 6 000 pps each.
-    let fl = std::thread::spawn(move || flood(collectors, [127, 16, 0, 10], 100, 12));
-    let on = common::wait_for(10, || (ons_offs(sim).0 >= 1).then_some(()));
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `api` sees `members` members, every partition owned and a leader.
+    fn wait_formed(&self, api: SocketAddr, members: usize) {
+        // 60 s: on the loaded 2-core machine the first stream creation of a fresh NATS
+        // cluster alone took 10 s once.
+        let ready = common::wait_for(60, || {
+            let j = cluster_json(api)?;
+            let m = j["members"].as_array()?.len();
+            let owners = j["partition_owners"].as_object()?.len();
+            (m == members
+                && owners == usize::from(PARTITIONS)
+                && j["controller_leader"].is_string())
+            .then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "cluster did not form (seen: {:?}):\n{}",
+            cluster_json(api),
+            self.logs()
+        );
+    }
+}
+
+fn leader_of(api: SocketAddr) -> Option<String> {
+    cluster_json(api).and_then(|j| j["controller_leader"].as_str().map(str::to_string))
+}
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+#[test]
+fn split_victim_one_mitigation_and_controller_failover() {
+    if !require_tool("nats-server") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cl = Cluster::new();
+    let sim = cl.sim;
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let _a = cl.node("A", r#"["collector"]"#, Some(pa));
+    let _b = cl.node("B", r#"["collector"]"#, Some(pb));
+    let mut c = cl.node("C", r#"["detector", "controller"]"#, None);
+    let mut d = cl.node("D", r#"["detector", "controller"]"#, None);
+    cl.wait_formed(c.api, 4);
+    let collectors = [addr(pa), addr(pb)];
+
+    // 1. 0.6 × threshold through each collector: 12 s of 6 000 pps each.
+    let fl = Flood::start(&collectors, [127, 16, 0, 10], 100, 12);
+    let on = common::wait_for(10, || (toggles(sim).0 >= 1).then_some(()));
     assert!(
         on.is_some(),
         "no policy-on for the split victim:\n{}",
-        logs()
+        cl.logs()
     );
-    let leader = cluster_json(c.api)
-        .and_then(|j| j["controller_leader"].as_str().map(str::to_string))
-        .expect("a controller leader");
+
+    // 4a. The leader dies right after its policy-on.
+    let leader = leader_of(c.api).expect("a controller leader");
     let (killed, survivor) = match leader.as_str() {
-        "C" => (&mut c, &d),
-        "D" => (&mut d, &c),
+        "C" => (&mut c, &mut d),
+        "D" => (&mut d, &mut c),
         other => panic!("unexpected leader {other:?}"),
     };
     let t_kill = Instant::now();
-    // SIGKILL: no shutdown path runs.
-    let _ = killed.child.0.kill();
+    killed.kill9();
     let took_over = common::wait_for(10, || {
-        let j = cluster_json(survivor.api)?;
-        (j["controller_leader"].as_str() == Some(survivor.name)).then_some(())
+        (leader_of(survivor.api).as_deref() == Some(survivor.name)).then_some(())
     });
     assert!(
         took_over.is_some(),
         "standby did not take over:\n{}",
-        logs()
+        cl.logs()
     );
     eprintln!(
-        "controller {} killed; {} leads after {:?}",
+        "controller {} killed after its policy-on; {} leads after {:?}",
         killed.name,
         survivor.name,
         t_kill.elapsed()
     );
-    let _ = fl.join();
-    let off = common::wait_for(25, || (ons_offs(sim).1 >= 1).then_some(()));
-    assert!(off.is_some(), "no policy-off after the flood:\n{}", logs());
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        ons_offs(sim),
-        (1, 1),
-        "exactly one on and one off:\n{}",
-        logs()
+    fl.join();
+    let off = common::wait_for(25, || (toggles(sim).1 >= 1).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off after the flood:\n{}",
+        cl.logs()
     );
 
-    // 0.45 × threshold through each: under the threshold in sum too.
-    flood(collectors, [127, 16, 0, 20], 75, 10);
-    std::thread::sleep(Duration::from_secs(4));
+    // 1. 0.45 × threshold through each: under the threshold in sum too. (Also the quiet
+    // time in which a second, wrong off or on would show.)
+    Flood::start(&collectors, [127, 16, 0, 20], 75, 8).join();
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        ons_offs(sim),
-        (1, 1),
-        "no call for the under-threshold split"
+        toggles(sim),
+        (1, 1, 0),
+        "exactly one on and one off, nothing for the under-threshold split:\n{}",
+        cl.logs()
     );
-    drop(nats.children);
+    assert!(!protection_on(sim), "MITIGATOR left on");
+
+    // 4b. The killed node comes back as the standby. MITIGATOR refuses policy-ons now,
+    // so the leader's state says it wants (and owns) the switch while MITIGATOR has it
+    // off: it dies in that state.
+    killed.restart(&cl.dir);
+    let back = common::wait_for(20, || {
+        let j = cluster_json(survivor.api)?;
+        j["members"]
+            .as_array()?
+            .iter()
+            .any(|m| m["node_id"] == killed.name)
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "restarted node did not rejoin:\n{}",
+        cl.logs()
+    );
+    let fault = r#"{"status":503,"count":100000,"path":"toggle/switch","method":"PUT"}"#;
+    let (s, _) = http_post(sim, "/sim/faults", None, fault).expect("inject fault");
+    assert_eq!(s, 200);
+    let fl = Flood::start(&collectors, [127, 16, 0, 30], 100, 14);
+    let refused = common::wait_for(12, || (toggles(sim).2 >= 1).then_some(()));
+    assert!(refused.is_some(), "no policy-on attempt:\n{}", cl.logs());
+    assert_eq!(leader_of(survivor.api).as_deref(), Some(survivor.name));
+    let t_kill = Instant::now();
+    survivor.kill9();
+    let (s, _) = http_post(sim, "/sim/faults", None, r#"{"clear":true}"#).expect("clear faults");
+    assert_eq!(s, 200);
+    let took_over = common::wait_for(10, || {
+        (leader_of(killed.api).as_deref() == Some(killed.name)).then_some(())
+    });
+    assert!(
+        took_over.is_some(),
+        "restarted standby did not take over:\n{}",
+        cl.logs()
+    );
+    eprintln!(
+        "controller {} killed with its policy-on refused; {} leads after {:?}",
+        survivor.name,
+        killed.name,
+        t_kill.elapsed()
+    );
+    let on = common::wait_for(10, || (toggles(sim).0 >= 2).then_some(()));
+    assert!(
+        on.is_some(),
+        "the new leader did not switch on what the state wants:\n{}",
+        cl.logs()
+    );
+    fl.join();
+    let off = common::wait_for(25, || (toggles(sim).1 >= 2).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off after the second flood:\n{}",
+        cl.logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (on, off, _) = toggles(sim);
+    assert_eq!(
+        (on, off),
+        (2, 2),
+        "one on and one off per attack:\n{}",
+        cl.logs()
+    );
+    assert!(!protection_on(sim), "MITIGATOR left on");
+}
+
+/// A protected address in partition `p` (the same hash the nodes use).
+fn host_in(p: u16, skip: &[IpAddr]) -> [u8; 4] {
+    (1..=250u8)
+        .flat_map(|a| (1..=250u8).map(move |b| [127, 16, a, b]))
+        .find(|o| {
+            let ip = IpAddr::from(*o);
+            !skip.contains(&ip) && flowguard::cluster::lease::partition_of(ip, PARTITIONS) == p
+        })
+        .expect("an address in the partition")
+}
+
+fn owners(api: SocketAddr) -> Vec<(u16, String)> {
+    cluster_json(api)
+        .and_then(|j| {
+            j["partition_owners"].as_object().map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn active_attacks(api: SocketAddr) -> Vec<(String, String)> {
+    http_get(api, "/api/v1/attacks")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|j| {
+            j["active"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| Some((x["id"].as_str()?.into(), x["ip"].as_str()?.into())))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn detector_killed_mid_attack_partitions_move_and_attacks_continue() {
+    if !require_tool("nats-server") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cl = Cluster::new();
+    let sim = cl.sim;
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let _a = cl.node("A", r#"["collector"]"#, Some(pa));
+    let _b = cl.node("B", r#"["collector"]"#, Some(pb));
+    let mut c = cl.node("C", r#"["detector"]"#, None);
+    let d = cl.node("D", r#"["detector"]"#, None);
+    let e = cl.node("E", r#"["controller"]"#, None);
+    cl.wait_formed(e.api, 5);
+    let collectors = [addr(pa), addr(pb)];
+    // A victim in one of C's partitions, and another of C's partitions for later.
+    let cs: Vec<u16> = owners(e.api)
+        .into_iter()
+        .filter(|(_, o)| o == "C")
+        .map(|(p, _)| p)
+        .collect();
+    assert!(cs.len() >= 2, "C owns {cs:?}:\n{}", cl.logs());
+    let v = host_in(cs[0], &[]);
+    let w = host_in(cs[1], &[IpAddr::from(v)]);
+    let (v_ip, w_ip) = (IpAddr::from(v).to_string(), IpAddr::from(w).to_string());
+
+    let fl = Flood::start(&collectors, v, 100, 24);
+    let on = common::wait_for(10, || (toggles(sim).0 >= 1).then_some(()));
+    assert!(on.is_some(), "no policy-on for the victim:\n{}", cl.logs());
+    let ids: Vec<String> = active_attacks(c.api)
+        .into_iter()
+        .filter(|(_, ip)| *ip == v_ip)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 1, "C's attacks on {v_ip}: {ids:?}");
+    let id = ids[0].clone();
+
+    let t_kill = Instant::now();
+    c.kill9();
+    let moved = common::wait_for(12, || {
+        let o = owners(e.api);
+        (o.len() == usize::from(PARTITIONS) && o.iter().all(|(_, n)| n == "D")).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "C's partitions did not move to D:\n{}",
+        cl.logs()
+    );
+    let took = t_kill.elapsed();
+    eprintln!("detector C killed; its partitions are D's after {took:?}");
+    // Lease TTL 4 s and one renewal round: the issue's 5 s, with a margin for a loaded
+    // machine (the figure above is what benches/README.md reports).
+    assert!(
+        took < Duration::from_secs(8),
+        "partitions moved after {took:?}"
+    );
+
+    // A new flood in another of C's old partitions: D detects it.
+    let t_moved = Instant::now();
+    let fl2 = Flood::start(&collectors, w, 100, 8);
+    let second = common::wait_for(10, || {
+        active_attacks(d.api)
+            .iter()
+            .any(|(_, ip)| *ip == w_ip)
+            .then_some(())
+    });
+    assert!(
+        second.is_some(),
+        "no attack on {w_ip} after the takeover:\n{}",
+        cl.logs()
+    );
+    eprintln!(
+        "new flood detected {:?} after the takeover",
+        t_moved.elapsed()
+    );
+    // The first attack continues on D under its id: not ended, not started again.
+    let on_d: Vec<String> = active_attacks(d.api)
+        .into_iter()
+        .filter(|(_, ip)| *ip == v_ip)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        on_d,
+        vec![id.clone()],
+        "the attack on {v_ip} on D:\n{}",
+        cl.logs()
+    );
+    assert_eq!(
+        toggles(sim),
+        (1, 0, 0),
+        "no off (nor second on) during the attack"
+    );
+    fl2.join();
+    fl.join();
+    let off = common::wait_for(25, || (toggles(sim).1 >= 1).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off after the floods:\n{}",
+        cl.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(toggles(sim), (1, 1, 0), "one on, one off:\n{}", cl.logs());
+    // The controller applied one start and one end for the first victim's host.
+    let log = cl.log_of("E");
+    let applied = |kind: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("controller applies attack event")
+                    && l.contains(&format!("ip={v_ip}"))
+                    && (l.contains(&format!("event=\"{kind}\""))
+                        || l.contains(&format!("event={kind} ")))
+            })
+            .count()
+    };
+    assert_eq!(
+        (applied("start"), applied("end")),
+        (1, 1),
+        "the controller's events for {v_ip}:\n{}",
+        cl.logs()
+    );
+}
+
+#[test]
+fn collector_restart_mid_attack_ends_nothing() {
+    if !require_tool("nats-server") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cl = Cluster::new();
+    let sim = cl.sim;
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let mut a = cl.node("A", r#"["collector"]"#, Some(pa));
+    let _b = cl.node("B", r#"["collector"]"#, Some(pb));
+    let c = cl.node("C", r#"["detector", "controller"]"#, None);
+    cl.wait_formed(c.api, 3);
+    let collectors = [addr(pa), addr(pb)];
+    let fl = Flood::start(&collectors, [127, 16, 0, 50], 100, 22);
+    let on = common::wait_for(10, || (toggles(sim).0 >= 1).then_some(()));
+    assert!(on.is_some(), "no policy-on:\n{}", cl.logs());
+    // kill -9 and start again: A's share is missing until it publishes again.
+    let t = Instant::now();
+    a.restart(&cl.dir);
+    let back = common::wait_for(20, || {
+        let j = cluster_json(a.api)?;
+        (j["node_id"] == "A").then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "collector A did not come back:\n{}",
+        cl.logs()
+    );
+    eprintln!(
+        "collector A restarted; its API answers after {:?}",
+        t.elapsed()
+    );
+    fl.join();
+    // Not one call while the flood lasted: the gap ended nothing (and started nothing).
+    assert_eq!(
+        toggles(sim),
+        (1, 0, 0),
+        "a call during the flood:\n{}",
+        cl.logs()
+    );
+    let off = common::wait_for(30, || (toggles(sim).1 >= 1).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off after the flood:\n{}",
+        cl.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(toggles(sim), (1, 1, 0), "one on, one off:\n{}", cl.logs());
+}
+
+fn metric(api: SocketAddr, name: &str) -> Option<f64> {
+    let (_, b) = http_get(api, "/metrics").ok()?;
+    b.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+#[test]
+fn nats_server_loss_then_quorum_loss_freezes_mitigator_and_catches_up() {
+    if !require_tool("nats-server") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cl = Cluster::new();
+    let sim = cl.sim;
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let _a = cl.node("A", r#"["collector"]"#, Some(pa));
+    let _b = cl.node("B", r#"["collector"]"#, Some(pb));
+    let c = cl.node("C", r#"["detector", "controller"]"#, None);
+    cl.wait_formed(c.api, 3);
+    let collectors = [addr(pa), addr(pb)];
+
+    // One of three servers gone: the split victim still gets one on and one off.
+    cl.nats.kill(0);
+    let fl = Flood::start(&collectors, [127, 16, 0, 60], 100, 10);
+    let on = common::wait_for(15, || (toggles(sim).0 >= 1).then_some(()));
+    assert!(
+        on.is_some(),
+        "no policy-on with one NATS server down:\n{}",
+        cl.logs()
+    );
+    fl.join();
+    let off = common::wait_for(25, || (toggles(sim).1 >= 1).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off with one NATS server down:\n{}",
+        cl.logs()
+    );
+
+    // Two gone: no quorum. The controller says it is frozen; MITIGATOR sees nothing.
+    cl.nats.kill(1);
+    let fenced = common::wait_for(15, || {
+        (metric(c.api, "flowguard_cluster_fenced") == Some(1.0)).then_some(())
+    });
+    assert!(
+        fenced.is_some(),
+        "controller not fenced without quorum:\n{}",
+        cl.logs()
+    );
+    assert!(
+        cl.log_of("C").contains("MITIGATOR frozen as it is"),
+        "no log line says MITIGATOR is frozen:\n{}",
+        cl.logs()
+    );
+    let fl = Flood::start(&collectors, [127, 16, 0, 70], 100, 30);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        toggles(sim),
+        (1, 1, 0),
+        "a call without quorum:\n{}",
+        cl.logs()
+    );
+
+    // Quorum back: the attack still going on is mitigated, once.
+    cl.nats.start(0);
+    cl.nats.start(1);
+    let unfenced = common::wait_for(20, || {
+        (metric(c.api, "flowguard_cluster_fenced") == Some(0.0)).then_some(())
+    });
+    assert!(
+        unfenced.is_some(),
+        "still fenced with quorum back:\n{}",
+        cl.logs()
+    );
+    let on = common::wait_for(20, || (toggles(sim).0 >= 2).then_some(()));
+    assert!(
+        on.is_some(),
+        "no policy-on once quorum is back:\n{}",
+        cl.logs()
+    );
+    fl.join();
+    let off = common::wait_for(30, || (toggles(sim).1 >= 2).then_some(()));
+    assert!(
+        off.is_some(),
+        "no policy-off after quorum came back:\n{}",
+        cl.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        toggles(sim),
+        (2, 2, 0),
+        "one on, one off per attack:\n{}",
+        cl.logs()
+    );
 }

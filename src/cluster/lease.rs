@@ -134,6 +134,101 @@ impl SecondBook {
     }
 }
 
+impl SecondBook {
+    /// The collectors that sent frames of `sec` (before it is closed).
+    pub fn senders(&self, sec: u32) -> BTreeSet<String> {
+        self.seen
+            .get(&sec)
+            .map(|by| by.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Holds attack ends that may come of a gap in the data: a second merged without a
+/// collector that sent the seconds before it (restarting, or cut off) has lower sums
+/// than the traffic had, so an end decided within `hold_secs` after such a second waits
+/// until `hold_secs` full seconds have followed it. If the attack was still on, the
+/// detector starts it again meanwhile (the controller, per host, takes that start as the
+/// same attack) and the held end is dropped; if it was really over, the end goes out
+/// late by at most `hold_secs`.
+#[derive(Debug)]
+pub struct GapGuard {
+    /// Collector → the last second it sent frames of.
+    recent: HashMap<String, u32>,
+    /// The last second merged with a recent collector missing.
+    last_gap: Option<u32>,
+    hold_secs: u32,
+    /// "ip/direction" → the held end.
+    held: BTreeMap<String, AttackEvent>,
+}
+
+/// A collector silent this long is gone, not restarting: its absence is no gap.
+const RECENT_SECONDS: u32 = 30;
+/// Held ends at most (one per host under attack; more are let through).
+const MAX_HELD: usize = 100_000;
+
+impl GapGuard {
+    pub fn new(hold_secs: u32) -> GapGuard {
+        GapGuard {
+            recent: HashMap::new(),
+            last_gap: None,
+            hold_secs,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Notes who sent second `sec`, now merged; true if a recent collector is missing.
+    pub fn merged(&mut self, sec: u32, senders: &BTreeSet<String>) -> bool {
+        self.recent
+            .retain(|_, last| sec.saturating_sub(*last) <= RECENT_SECONDS);
+        let gap = self
+            .recent
+            .iter()
+            .any(|(c, last)| *last < sec && !senders.contains(c));
+        for c in senders {
+            let e = self.recent.entry(c.clone()).or_insert(sec);
+            *e = (*e).max(sec);
+        }
+        if gap {
+            self.last_gap = Some(sec);
+        }
+        gap
+    }
+
+    fn in_gap(&self, sec: u32) -> bool {
+        self.last_gap
+            .is_some_and(|g| sec.saturating_sub(g) < self.hold_secs)
+    }
+
+    /// The events of the pass after second `sec` that go out now, held ends that may
+    /// go out now included.
+    pub fn filter(&mut self, sec: u32, events: Vec<AttackEvent>) -> Vec<AttackEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let k = host_id(ev.ip, ev.direction);
+            match ev.event {
+                EventKind::End if self.in_gap(sec) && self.held.len() < MAX_HELD => {
+                    self.held.insert(k, ev);
+                }
+                EventKind::Start => {
+                    // It went on: the end was the gap's.
+                    self.held.remove(&k);
+                    out.push(ev);
+                }
+                _ => out.push(ev),
+            }
+        }
+        if !self.in_gap(sec) {
+            out.extend(std::mem::take(&mut self.held).into_values());
+        }
+        out
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
 /// The controller's view of attacks, by host: what survives a leader change (in the
 /// state bucket, written with compare-and-set).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -271,6 +366,50 @@ mod tests {
         assert!(b.note("A", 101, 1));
         assert_eq!(b.closable(&live, 102_400, 1500), None);
         assert_eq!(b.closable(&live, 103_500, 1500), Some(101), "bounded wait");
+    }
+
+    #[test]
+    fn an_end_decided_in_a_gap_is_held_until_full_seconds_follow() {
+        let ab: BTreeSet<String> = ["A".to_string(), "B".to_string()].into();
+        let b: BTreeSet<String> = ["B".to_string()].into();
+        let mut g = GapGuard::new(5);
+        assert!(!g.merged(100, &ab));
+        assert!(!g.merged(101, &ab));
+        // A restarts: 102-103 without it.
+        assert!(g.merged(102, &b));
+        assert!(g.merged(103, &b));
+        let out = g.filter(103, vec![ev(EventKind::End, "c-1", "192.0.2.1")]);
+        assert!(out.is_empty(), "held: {out:?}");
+        assert_eq!(g.held(), 1);
+        // A is back; the attack goes on: the detector starts it again.
+        assert!(!g.merged(104, &ab));
+        let out = g.filter(104, vec![ev(EventKind::Start, "c-2", "192.0.2.1")]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event, EventKind::Start);
+        assert_eq!(g.held(), 0, "the held end was the gap's");
+        // A real end in a gap goes out once hold_secs full seconds follow it.
+        assert!(g.merged(105, &b));
+        assert!(g
+            .filter(105, vec![ev(EventKind::End, "c-2", "192.0.2.1")])
+            .is_empty());
+        for s in 106..110 {
+            g.merged(s, &ab);
+            assert!(g.filter(s, Vec::new()).is_empty(), "still held at {s}");
+        }
+        g.merged(110, &ab);
+        let out = g.filter(110, Vec::new());
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].event, out[0].id.as_str()), (EventKind::End, "c-2"));
+        // Ends outside a gap pass at once; a collector gone for good stops being missed.
+        assert_eq!(
+            g.filter(111, vec![ev(EventKind::End, "x", "192.0.2.9")])
+                .len(),
+            1
+        );
+        for s in 112..150 {
+            g.merged(s, &b);
+        }
+        assert!(!g.merged(150, &b), "A is gone, not restarting");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   with compare-and-set on its revision.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame;
 use super::lease::{self, Lifecycle, Member, SecondBook};
+
 use super::{ClusterConfig, Role};
 use crate::aggregate::{HostDelta, HostKey};
 use crate::clock::system_now_ms;
@@ -89,10 +91,90 @@ struct ControllerState {
     mitigation: PersistedState,
     /// Who wrote it (for operators).
     writer: String,
+    /// The leader's term (node and controller lease revision at its win): a write whose
+    /// reply was lost is recognised as this term's own, not another leader's.
+    #[serde(default)]
+    term: String,
+}
+
+/// Why the state could not be written.
+#[derive(Debug)]
+enum WriteError {
+    /// Another leader wrote it: this node is deposed for good.
+    Deposed(String),
+    /// No answer (NATS down, quorum lost): nothing may change until it is written.
+    Unavailable(String),
+}
+
+/// The controller's record and its revision. Every write of it goes through here, one
+/// at a time (the event loop's and the mitigation lanes' barrier), so each one's
+/// compare-and-set expects the revision of the one before.
+struct StateCell {
+    cur: tokio::sync::Mutex<(ControllerState, Option<u64>)>,
+    /// The running worker, for the mitigation part (taken under the lock, so a later
+    /// write never carries an older planner state than an earlier one).
+    handle: std::sync::OnceLock<MitigationHandle>,
+}
+
+impl StateCell {
+    async fn write(
+        &self,
+        ctx: &Ctx,
+        fallback: Option<PersistedState>,
+        f: impl FnOnce(&mut ControllerState),
+    ) -> Result<(), WriteError> {
+        let mut g = self.cur.lock().await;
+        f(&mut g.0);
+        if let Some(h) = self.handle.get() {
+            g.0.mitigation = h.snapshot();
+        } else if let Some(m) = fallback {
+            g.0.mitigation = m;
+        }
+        g.0.writer = ctx.node.clone();
+        let body = Bytes::from(
+            serde_json::to_vec(&g.0).map_err(|e| WriteError::Unavailable(e.to_string()))?,
+        );
+        let put = match g.1 {
+            Some(r) => ctx.state.update("controller", body, r).await.map_err(nats),
+            None => ctx.state.create("controller", body).await.map_err(nats),
+        };
+        let err = match put {
+            Ok(r) => {
+                g.1 = Some(r);
+                return Ok(());
+            }
+            Err(e) => e.to_string(),
+        };
+        ctx.metrics
+            .cluster
+            .publish_errors
+            .with_label_values(&["state"])
+            .inc();
+        // A refused compare-and-set: someone else's write, or this term's own whose reply
+        // was lost (then its revision is taken and the next write goes on from there).
+        match live_entry(&ctx.state, "controller").await {
+            Ok(Some(e)) if Some(e.revision) != g.1 => {
+                match serde_json::from_slice::<ControllerState>(&e.value) {
+                    Ok(other) if other.term == g.0.term => {
+                        g.1 = Some(e.revision);
+                        Err(WriteError::Unavailable(err))
+                    }
+                    Ok(other) => Err(WriteError::Deposed(format!(
+                        "state written by {} (term {})",
+                        other.writer, other.term
+                    ))),
+                    Err(_) => Err(WriteError::Deposed("state overwritten".into())),
+                }
+            }
+            _ => Err(WriteError::Unavailable(err)),
+        }
+    }
 }
 
 struct Ctx {
     cfg: ClusterConfig,
+    /// `[aggregate] window_seconds`.
+    window_seconds: u32,
     node: String,
     hash: u64,
     client: async_nats::Client,
@@ -102,7 +184,14 @@ struct Ctx {
     metrics: Arc<Metrics>,
     view: Arc<ClusterView>,
     members: Mutex<Vec<Member>>,
+    /// The leader's last state write found no answer (its MITIGATOR calls wait).
+    state_unwritable: std::sync::atomic::AtomicBool,
+    /// Attack events on their way to the stream, in order (see [`run_outbox`]).
+    outbox: mpsc::Sender<AttackEvent>,
 }
+
+/// Attack events a node holds while the stream does not take them (NATS down).
+const OUTBOX: usize = 10_000;
 
 impl Ctx {
     fn ttl_ms(&self) -> i64 {
@@ -171,7 +260,11 @@ pub async fn start(
         s.roles = c.roles.iter().map(|r| r.as_str().to_string()).collect();
         s.config_hash = super::config_hash(cfg);
     }
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
     let ctx = Arc::new(Ctx {
+        outbox,
+        window_seconds: cfg.aggregate.window_seconds,
+        state_unwritable: Default::default(),
         node: c.node_id.clone(),
         hash: super::config_hash(cfg),
         cfg: c.clone(),
@@ -186,6 +279,7 @@ pub async fn start(
     // Membership first, so the first frames of this node are not from an unknown node.
     heartbeat_once(&ctx).await;
     tasks.spawn(run_heartbeat(ctx.clone(), shutdown.clone()));
+    tasks.spawn(run_outbox(ctx.clone(), outbox_rx, shutdown.clone()));
     tasks.spawn(run_local_events(ctx.clone(), events, shutdown.clone()));
     if c.has(Role::Collector) {
         tasks.spawn(run_collector(
@@ -383,11 +477,7 @@ async fn read_leases(ctx: &Ctx) {
     }
     let mut live = ctx.members.lock().clone();
     live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    let mismatch: Vec<String> = live
-        .iter()
-        .filter(|m| m.config_hash != ctx.hash)
-        .map(|m| m.node_id.clone())
-        .collect();
+    let mismatch = config_mismatch(&live, ctx.hash);
     let mut s = ctx.view.status.lock();
     if mismatch != s.config_mismatch && !mismatch.is_empty() {
         tracing::warn!(nodes = ?mismatch, "cluster members with another config hash: their frames are refused");
@@ -426,10 +516,8 @@ async fn run_heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
 
 /// Publishes an attack event to the stream, de-duplicated by its id, kind and time (a
 /// retried publish whose ack was lost is stored once).
-async fn publish_event(ctx: &Ctx, ev: &AttackEvent) {
-    let Ok(body) = serde_json::to_vec(ev) else {
-        return;
-    };
+async fn publish_event(ctx: &Ctx, ev: &AttackEvent) -> Result<(), ClusterError> {
+    let body = serde_json::to_vec(ev).map_err(nats)?;
     let msg_id = format!(
         "{}:{}:{}:{}",
         ctx.node,
@@ -437,27 +525,72 @@ async fn publish_event(ctx: &Ctx, ev: &AttackEvent) {
         kind_str(ev.event),
         ev.time_ms
     );
-    for attempt in 0..3 {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        let r = match ctx
-            .js
-            .publish_with_headers(ctx.events_subject(), h, Bytes::from(body.clone()))
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(nats),
-            Err(e) => Err(nats(e)),
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    let ack = ctx
+        .js
+        .publish_with_headers(ctx.events_subject(), h, Bytes::from(body))
+        .await
+        .map_err(nats)?;
+    ack.await.map(|_| ()).map_err(nats)
+}
+
+/// Queues an attack event for the stream; a full queue drops it, counted.
+fn send_event(ctx: &Ctx, ev: AttackEvent) {
+    if ctx.outbox.try_send(ev).is_err() {
+        ctx.metrics
+            .cluster
+            .publish_errors
+            .with_label_values(&["events_dropped"])
+            .inc();
+        tracing::error!("attack event outbox full: event dropped");
+    }
+}
+
+/// Publishes the queued attack events in order, each until the stream takes it: an end
+/// made while NATS is down (quorum lost) reaches the controller once it is back, not
+/// never. The message id makes a retry whose first ack was lost one event.
+async fn run_outbox(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<AttackEvent>, stop: CancellationToken) {
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => {
+                // Shutting down: what is queued (the last pass's events) gets one try
+                // each, within a bounded time.
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                while let Ok(ev) = rx.try_recv() {
+                    if tokio::time::timeout_at(until, publish_event(&ctx, &ev)).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
+            ev = rx.recv() => match ev { Some(e) => e, None => break },
         };
-        match r {
-            Ok(()) => return,
-            Err(e) => {
-                ctx.metrics
-                    .cluster
-                    .publish_errors
-                    .with_label_values(&["events"])
-                    .inc();
-                tracing::warn!(error = %e, attempt, attack = %ev.id, "attack event publish failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut attempt = 0u32;
+        loop {
+            match publish_event(&ctx, &ev).await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        tracing::info!(attack = %ev.id, attempts = attempt + 1, "attack event published after retries");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    ctx.metrics
+                        .cluster
+                        .publish_errors
+                        .with_label_values(&["events"])
+                        .inc();
+                    if attempt == 0 {
+                        tracing::warn!(error = %e, attack = %ev.id, queued = rx.len(), "attack event publish failed; retrying until the stream takes it");
+                    }
+                    attempt = attempt.saturating_add(1);
+                    let d = Duration::from_millis((100u64 << attempt.min(4)).min(1000));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
             }
         }
     }
@@ -473,7 +606,7 @@ async fn run_local_events(
             _ = stop.cancelled() => break,
             ev = rx.recv() => match ev { Some(e) => e, None => break },
         };
-        publish_event(&ctx, &ev).await;
+        send_event(&ctx, ev);
     }
 }
 
@@ -530,6 +663,52 @@ async fn run_collector(ctx: Arc<Ctx>, pipeline: Arc<Pipeline>, stop: Cancellatio
     }
 }
 
+/// A delta frame the detector merges: decoded, from a live collector with this node's
+/// config hash. Anything else is counted by reason and dropped.
+fn admit_frame(
+    payload: &[u8],
+    live_collectors: &[Member],
+    hash: u64,
+    metrics: &Metrics,
+) -> Option<frame::Frame> {
+    let fr = frame::decode(payload).and_then(|f| {
+        frame::check_sender(
+            &f.header,
+            |n| {
+                live_collectors
+                    .iter()
+                    .find(|m| m.node_id == n)
+                    .map(|m| m.config_hash)
+            },
+            hash,
+        )
+        .map(|()| f)
+    });
+    match fr {
+        Ok(f) => {
+            metrics.cluster.frames_merged.inc();
+            Some(f)
+        }
+        Err(e) => {
+            metrics
+                .cluster
+                .bad_frames
+                .with_label_values(&[e.reason()])
+                .inc();
+            tracing::debug!(error = %e, "delta frame dropped");
+            None
+        }
+    }
+}
+
+/// The live members whose config hash differs from `hash` (their frames are refused).
+fn config_mismatch(live: &[Member], hash: u64) -> Vec<String> {
+    live.iter()
+        .filter(|m| m.config_hash != hash)
+        .map(|m| m.node_id.clone())
+        .collect()
+}
+
 /// Detector role: merges every live collector's frames into the host table, closes
 /// seconds, runs detection over the owned partitions and publishes the events.
 async fn run_detector(
@@ -540,6 +719,9 @@ async fn run_detector(
     stop: CancellationToken,
 ) {
     let mut book = SecondBook::default();
+    // Long enough for the averages to climb back over the threshold once the missing
+    // collector's traffic is in again (three windows), and a margin.
+    let mut guard = lease::GapGuard::new(3 * ctx.window_seconds + 2);
     let mut held: BTreeMap<u32, Vec<HostDelta>> = BTreeMap::new();
     let mut t = tokio::time::interval(Duration::from_millis(50));
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -551,23 +733,9 @@ async fn run_detector(
                 let Some(msg) = msg else { break };
                 let now = system_now_ms();
                 let live = ctx.live_with(Role::Collector, now);
-                let fr = frame::decode(&msg.payload).and_then(|f| {
-                    frame::check_sender(
-                        &f.header,
-                        |n| live.iter().find(|m| m.node_id == n).map(|m| m.config_hash),
-                        ctx.hash,
-                    )
-                    .map(|()| f)
-                });
-                let f = match fr {
-                    Ok(f) => f,
-                    Err(e) => {
-                        m.bad_frames.with_label_values(&[e.reason()]).inc();
-                        tracing::debug!(error = %e, "delta frame dropped");
-                        continue;
-                    }
+                let Some(f) = admit_frame(&msg.payload, &live, ctx.hash, &ctx.metrics) else {
+                    continue;
                 };
-                m.frames_merged.inc();
                 if book.note(&f.header.node, f.header.sec, f.header.total) {
                     held.entry(f.header.sec).or_default().extend(f.deltas);
                 } else {
@@ -585,6 +753,9 @@ async fn run_detector(
             .map(|m| m.node_id)
             .collect();
         while let Some(sec) = book.closable(&live, now, ctx.cfg.merge_wait_ms as i64) {
+            if guard.merged(sec, &book.senders(sec)) {
+                m.gap_seconds.inc();
+            }
             book.close(sec);
             let deltas = held.remove(&sec).unwrap_or_default();
             held.retain(|s, _| *s > sec);
@@ -602,11 +773,12 @@ async fn run_detector(
             })
             .await
             .unwrap_or_default();
+            let events = guard.filter(sec, events);
             for ev in &events {
                 if ev.event != EventKind::Update || ev.is_change() {
                     tracing::info!(attack = %ev.id, ip = %ev.ip, event = kind_str(ev.event), "cluster attack event");
                 }
-                publish_event(&ctx, ev).await;
+                send_event(&ctx, ev.clone());
             }
         }
     }
@@ -714,19 +886,47 @@ async fn run_controller_lease(
     let renewed = Arc::new(Mutex::new(None::<i64>));
     let mut rev: Option<u64> = None;
     let mut leading: Option<CancellationToken> = None;
+    // The leases bucket did not answer the last write (NATS down, quorum lost).
+    let mut unreachable = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = t.tick() => {}
         }
+        // A term that ended by itself (deposed, or an error): the next renewal starts a
+        // new one from the state bucket.
+        if leading.as_ref().is_some_and(|t| t.is_cancelled()) {
+            leading = None;
+        }
         let body = Bytes::from(ctx.node.clone());
-        let r = match rev {
-            Some(r) => ctx.leases.update("controller", body, r).await.map_err(nats),
-            None => ctx.leases.create("controller", body).await.map_err(nats),
+        // Err((another node holds it, error)).
+        let r: Result<u64, (bool, String)> = match rev {
+            Some(r) => match ctx.leases.update("controller", body, r).await {
+                Ok(r) => Ok(r),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // This node's own renewal whose reply was lost, or another's lease.
+                    match live_entry(&ctx.leases, "controller").await {
+                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => Ok(en.revision),
+                        _ => Err((true, e.to_string())),
+                    }
+                }
+                Err(e) => Err((false, e.to_string())),
+            },
+            None => match ctx.leases.create("controller", body).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err((
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )),
+            },
         };
         let now = system_now_ms();
         match r {
             Ok(new_rev) => {
+                if unreachable {
+                    tracing::info!("leases bucket answers again: controller resumes");
+                    unreachable = false;
+                }
                 rev = Some(new_rev);
                 *renewed.lock() = Some(now);
                 if leading.is_none() {
@@ -739,27 +939,35 @@ async fn run_controller_lease(
                         setup.clone(),
                         dir.clone(),
                         renewed.clone(),
+                        format!("{}:{new_rev}", ctx.node),
                         tok,
                     ));
                 }
             }
-            Err(e) => {
-                if rev.is_some() {
-                    tracing::warn!(error = %e, "controller lease renewal failed");
+            Err((held, e)) => {
+                if !held && !unreachable {
+                    tracing::error!(error = %e, "controller lease cannot be written (NATS unreachable or JetStream quorum lost): MITIGATOR frozen as it is, no switch either way until NATS answers");
+                } else if held && rev.is_some() {
+                    tracing::warn!(error = %e, "controller lease taken by another node");
                 }
-                // Renewal failed: fenced until the lease is fresh again, deposed once
-                // another node holds it (the update by revision fails for good).
-                if !lease::lease_fresh(*renewed.lock(), now, ctx.ttl_ms()) {
+                unreachable = !held;
+                // Fenced until the lease is fresh again; deposed once it is not (another
+                // node may hold it after the TTL) or another node holds it now.
+                if held || !lease::lease_fresh(*renewed.lock(), now, ctx.ttl_ms()) {
                     if let Some(tok) = leading.take() {
                         tracing::warn!("controller lease lost: stepping down");
                         m.lease_changes.with_label_values(&["controller"]).inc();
                         tok.cancel();
                     }
                     rev = None;
+                    *renewed.lock() = None;
                 }
             }
         }
-        let fenced = leading.is_some() && !lease::lease_fresh(*renewed.lock(), now, ctx.ttl_ms());
+        let stale = leading.is_some() && !lease::lease_fresh(*renewed.lock(), now, ctx.ttl_ms());
+        let fenced = unreachable
+            || stale
+            || (leading.is_some() && ctx.state_unwritable.load(Ordering::Relaxed));
         m.fenced.set(i64::from(fenced));
         m.controller_leader.set(i64::from(leading.is_some()));
         ctx.view.status.lock().fenced = fenced;
@@ -780,13 +988,56 @@ async fn lead(
     setup: crate::mitigate::Setup,
     dir: std::path::PathBuf,
     renewed: Arc<Mutex<Option<i64>>>,
+    term: String,
     stop: CancellationToken,
 ) {
-    if let Err(e) = lead_inner(&ctx, setup, dir, renewed, stop.clone()).await {
+    if let Err(e) = lead_inner(&ctx, setup, dir, renewed, term, stop.clone()).await {
         tracing::error!(error = %e, "controller stopped");
     }
     *ctx.view.mitigation.lock() = None;
+    ctx.state_unwritable.store(false, Ordering::Relaxed);
     stop.cancel();
+}
+
+/// The barrier every MITIGATOR (and BGP) write of this term waits for: the lease is
+/// fresh and the state, with the resource about to be switched on already owned, is in
+/// the replicated bucket. A leader killed after the call leaves a state that says it owns
+/// the switch, so the next one switches it off when the attack ends; one killed before
+/// the call leaves one that says it wants it, so the next one switches it on.
+fn write_barrier(
+    ctx: &Arc<Ctx>,
+    cell: &Arc<StateCell>,
+    renewed: &Arc<Mutex<Option<i64>>>,
+    stop: &CancellationToken,
+) -> crate::mitigate::backend::WriteBarrier {
+    let (ctx, cell, renewed, stop) = (ctx.clone(), cell.clone(), renewed.clone(), stop.clone());
+    Arc::new(move |snap: PersistedState| {
+        let (ctx, cell, renewed, stop) = (ctx.clone(), cell.clone(), renewed.clone(), stop.clone());
+        Box::pin(async move {
+            let fresh = || lease::lease_fresh(*renewed.lock(), system_now_ms(), ctx.ttl_ms());
+            if !fresh() {
+                return Err("controller lease not fresh: fenced, MITIGATOR left as it is".into());
+            }
+            match cell.write(&ctx, Some(snap), |_| {}).await {
+                Ok(()) => ctx.state_unwritable.store(false, Ordering::Relaxed),
+                Err(WriteError::Deposed(e)) => {
+                    stop.cancel();
+                    return Err(format!("deposed ({e}): no call"));
+                }
+                Err(WriteError::Unavailable(e)) => {
+                    ctx.state_unwritable.store(true, Ordering::Relaxed);
+                    return Err(format!(
+                        "state bucket not writable ({e}): MITIGATOR frozen as it is"
+                    ));
+                }
+            }
+            // The write may have taken a while: the lease must still be fresh for the call.
+            if !fresh() {
+                return Err("controller lease not fresh: fenced, MITIGATOR left as it is".into());
+            }
+            Ok(())
+        })
+    })
 }
 
 async fn lead_inner(
@@ -794,10 +1045,10 @@ async fn lead_inner(
     setup: crate::mitigate::Setup,
     dir: std::path::PathBuf,
     renewed: Arc<Mutex<Option<i64>>>,
+    term: String,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let m = &ctx.metrics.cluster;
-    let (mut st, mut rev) = match live_entry(&ctx.state, "controller").await? {
+    let (mut st, rev) = match live_entry(&ctx.state, "controller").await? {
         Some(e) => (
             serde_json::from_slice::<ControllerState>(&e.value)?,
             Some(e.revision),
@@ -806,29 +1057,65 @@ async fn lead_inner(
     };
     tracing::info!(
         active = st.lifecycle.active.len(),
+        restored_attacks = st.mitigation.attacks.len(),
+        owned_switches = st.mitigation.owned.len(),
         last_seq = st.lifecycle.last_seq,
         previous_writer = %st.writer,
+        previous_term = %st.term,
+        term = %term,
         "controller state loaded"
     );
+    st.term = term;
+    let mut lifecycle = st.lifecycle.clone();
+    let restored_state = st.mitigation.clone();
     // The worker restores (and reconciles against MITIGATOR) what the state bucket says,
     // not whatever this node's file held from an earlier term.
     StateStore::new(&dir).save(&st.mitigation)?;
+    let cell = Arc::new(StateCell {
+        cur: tokio::sync::Mutex::new((st, rev)),
+        handle: std::sync::OnceLock::new(),
+    });
+    // The term's first write claims the record: from here a deposed leader's write (and
+    // so its next MITIGATOR call) fails.
+    loop {
+        match cell.write(ctx, None, |_| {}).await {
+            Ok(()) => break,
+            Err(WriteError::Deposed(e)) => anyhow::bail!("state taken by another leader: {e}"),
+            Err(WriteError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "controller state not writable yet; MITIGATOR left as it is");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ctx.interval()) => {}
+                }
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel::<AttackEvent>(crate::service::EVENT_QUEUE);
-    let (handle, join) =
-        crate::mitigate::spawn_with(setup, dir, ctx.metrics.clone(), rx, stop.clone())?;
+    let (handle, join) = crate::mitigate::spawn_guarded(
+        setup,
+        dir,
+        ctx.metrics.clone(),
+        rx,
+        stop.clone(),
+        Some(write_barrier(ctx, &cell, &renewed, &stop)),
+    )?;
+    let _ = cell.handle.set(handle.clone());
     *ctx.view.mitigation.lock() = Some(handle.clone());
     // The lifecycle is the truth: attacks it has renew their restored mitigation (a
     // start that never reached MITIGATOR before the old leader died is made now), and
     // restored ones it no longer has end (an end the old leader wrote but did not apply).
-    let restored: BTreeSet<String> = st.mitigation.attacks.iter().map(|a| a.id.clone()).collect();
-    let live_ids: BTreeSet<String> = st.lifecycle.active.values().map(|a| a.id.clone()).collect();
-    for ev in st.lifecycle.active.values() {
+    let restored: BTreeSet<String> = restored_state
+        .attacks
+        .iter()
+        .map(|a| a.id.clone())
+        .collect();
+    let live_ids: BTreeSet<String> = lifecycle.active.values().map(|a| a.id.clone()).collect();
+    for ev in lifecycle.active.values() {
         let mut s = ev.clone();
         s.event = EventKind::Start;
         tx.send(s).await.ok();
     }
-    for a in st
-        .mitigation
+    for a in restored_state
         .attacks
         .iter()
         .filter(|a| !live_ids.contains(&a.id))
@@ -845,11 +1132,11 @@ async fn lead_inner(
         .js
         .get_stream(format!("{}_events", ctx.cfg.name))
         .await?;
-    let deliver = if st.lifecycle.last_seq == 0 {
+    let deliver = if lifecycle.last_seq == 0 {
         jetstream::consumer::DeliverPolicy::All
     } else {
         jetstream::consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: st.lifecycle.last_seq + 1,
+            start_sequence: lifecycle.last_seq + 1,
         }
     };
     let consumer = stream
@@ -861,11 +1148,16 @@ async fn lead_inner(
         .await?;
     let mut msgs = consumer.messages().await?;
     let mut t = tokio::time::interval(ctx.interval());
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The event applied to the lifecycle but not yet handed to mitigation: held (and no
+    // further event read) until the state saying so is written and the lease is fresh.
+    let mut out: Option<AttackEvent> = None;
+    let mut frozen = false;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
             _ = t.tick() => None,
-            msg = msgs.next() => match msg {
+            msg = msgs.next(), if out.is_none() => match msg {
                 Some(Ok(m)) => Some(m),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "event stream read failed");
@@ -874,38 +1166,44 @@ async fn lead_inner(
                 None => break,
             },
         };
-        let mut out = None;
         if let Some(msg) = msg {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             match serde_json::from_slice::<AttackEvent>(&msg.payload) {
-                Ok(ev) => out = st.lifecycle.apply(seq, ev),
+                Ok(ev) => out = lifecycle.apply(seq, ev),
                 Err(e) => {
                     tracing::warn!(error = %e, seq, "unreadable attack event skipped");
-                    st.lifecycle.last_seq = st.lifecycle.last_seq.max(seq);
+                    lifecycle.last_seq = lifecycle.last_seq.max(seq);
                 }
             }
         }
         // Compare-and-set: a deposed leader's write fails here, before any REST call.
-        st.mitigation = handle.snapshot();
-        st.writer = ctx.node.clone();
-        let body = Bytes::from(serde_json::to_vec(&st)?);
-        let w = match rev {
-            Some(r) => ctx.state.update("controller", body, r).await.map_err(nats),
-            None => ctx.state.create("controller", body).await.map_err(nats),
-        };
-        match w {
-            Ok(r) => rev = Some(r),
-            Err(e) => {
-                m.publish_errors.with_label_values(&["state"]).inc();
-                anyhow::bail!("controller state write refused ({e}): deposed");
+        let lc = lifecycle.clone();
+        match cell.write(ctx, None, move |s| s.lifecycle = lc).await {
+            Ok(()) => {
+                if frozen {
+                    tracing::info!("controller state writable again: resuming");
+                    frozen = false;
+                }
+                ctx.state_unwritable.store(false, Ordering::Relaxed);
+            }
+            Err(WriteError::Deposed(e)) => {
+                anyhow::bail!("controller state write refused ({e}): deposed")
+            }
+            Err(WriteError::Unavailable(e)) => {
+                if !frozen {
+                    tracing::error!(error = %e, "controller state not writable (NATS quorum lost?): MITIGATOR frozen as it is until it is");
+                }
+                frozen = true;
+                ctx.state_unwritable.store(true, Ordering::Relaxed);
+                continue;
             }
         }
-        if let Some(ev) = out {
+        if let Some(ev) = out.take() {
             if !lease::lease_fresh(*renewed.lock(), system_now_ms(), ctx.ttl_ms()) {
-                // Fenced: the state says what should happen; the next leader (or this
-                // node once its lease is fresh, from the state) applies it.
-                m.fenced.set(1);
-                anyhow::bail!("controller lease not fresh: fenced");
+                // Fenced: the state says what should happen; this term (once the lease is
+                // fresh) or the next leader (from the state) applies it.
+                out = Some(ev);
+                continue;
             }
             tracing::info!(attack = %ev.id, ip = %ev.ip, event = kind_str(ev.event), "controller applies attack event");
             if tx.send(ev).await.is_err() {
@@ -945,5 +1243,99 @@ fn kind_str(k: EventKind) -> &'static str {
         EventKind::Start => "start",
         EventKind::Update => "update",
         EventKind::End => "end",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Counters;
+
+    fn member(id: &str, hash: u64) -> Member {
+        Member {
+            node_id: id.into(),
+            roles: vec!["collector".into()],
+            heartbeat_ms: 0,
+            config_hash: hash,
+        }
+    }
+
+    fn frame_of(node: &str, hash: u64) -> Vec<u8> {
+        let d = HostDelta {
+            key: HostKey {
+                ip: "127.16.0.10".parse().unwrap(),
+                dir: Direction::Incoming,
+            },
+            group: 0,
+            sec: 1_800_000_000,
+            counters: Counters {
+                packets: 6000,
+                bytes: 3_000_000,
+                ..Counters::default()
+            },
+        };
+        frame::encode_second(node, hash, 1_800_000_000, &[d], |_| 0, 1 << 20)
+            .remove(0)
+            .1
+    }
+
+    fn bad(m: &Metrics, reason: &str) -> u64 {
+        m.cluster.bad_frames.with_label_values(&[reason]).get()
+    }
+
+    #[test]
+    fn bad_frames_are_counted_by_reason_and_dropped() {
+        let m = Metrics::new();
+        let live = [member("A", 7), member("B", 8)];
+        let good = frame_of("A", 7);
+        let f = admit_frame(&good, &live, 7, &m).expect("a good frame is merged");
+        assert_eq!(f.deltas.len(), 1);
+        assert_eq!(m.cluster.frames_merged.get(), 1);
+
+        let mut v9 = good.clone();
+        v9[2] = 9;
+        assert!(admit_frame(&v9, &live, 7, &m).is_none());
+        assert!(admit_frame(&good[..good.len() - 3], &live, 7, &m).is_none());
+        assert!(admit_frame(&good[..10], &live, 7, &m).is_none());
+        assert!(admit_frame(&frame_of("Z", 7), &live, 7, &m).is_none());
+        assert!(admit_frame(&frame_of("B", 8), &live, 7, &m).is_none());
+        assert!(admit_frame(b"GET / HTTP/1.1", &live, 7, &m).is_none());
+        assert_eq!(
+            (
+                bad(&m, "version"),
+                bad(&m, "truncated"),
+                bad(&m, "unknown_node"),
+                bad(&m, "config_hash"),
+                bad(&m, "magic"),
+            ),
+            (1, 2, 1, 1, 1)
+        );
+        assert_eq!(m.cluster.frames_merged.get(), 1, "nothing bad was merged");
+    }
+
+    #[test]
+    fn members_with_another_config_hash_are_reported() {
+        let live = [member("A", 7), member("B", 8), member("C", 7)];
+        assert_eq!(config_mismatch(&live, 7), vec!["B".to_string()]);
+        assert!(config_mismatch(&live[..1], 7).is_empty());
+    }
+
+    #[test]
+    fn another_config_gives_another_hash() {
+        let base = "[networks]\nprotected = [\"127.16.0.0/16\"]\n[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\nnode_id = \"A\"\nroles = [\"collector\"]\n";
+        let a = crate::config::Config::from_toml_str(base).unwrap();
+        // Another node name and roles: the same hash (they need not agree).
+        let b = crate::config::Config::from_toml_str(
+            &base
+                .replace("\"A\"", "\"B\"")
+                .replace("\"collector\"", "\"detector\""),
+        )
+        .unwrap();
+        assert_eq!(super::super::config_hash(&a), super::super::config_hash(&b));
+        // Other partitions or other protected networks: another hash.
+        let c = crate::config::Config::from_toml_str(&format!("{base}partitions = 32\n")).unwrap();
+        let d = crate::config::Config::from_toml_str(&base.replace("/16", "/24")).unwrap();
+        assert_ne!(super::super::config_hash(&a), super::super::config_hash(&c));
+        assert_ne!(super::super::config_hash(&a), super::super::config_hash(&d));
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{ClientError, MitigatorClient};
 use super::config::MitigatorConfig;
 use super::plan::{BackendKind, Decision, Op, Planner, Resource, Seen, Step};
-use super::state::StateStore;
+use super::state::{PersistedState, StateStore};
 use crate::clock::system_now_ms;
 use crate::metrics::Metrics;
 
@@ -79,10 +80,22 @@ pub trait Backend: Send + Sync + 'static {
     fn act(&self, op: &Op, attack: &str) -> impl Future<Output = Result<(), StepError>> + Send;
 }
 
+/// What a backend write waits for, given the state as it will be once the write is
+/// made: cluster mode makes that state durable in its replicated bucket (with
+/// compare-and-set, so a deposed controller fails here) before any switch or route
+/// changes. An error holds the write back; the step is retried like a failed call.
+pub type WriteBarrier = Arc<
+    dyn Fn(PersistedState) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What every lane shares: the planner and the state file.
 pub struct Shared {
     pub planner: Arc<Mutex<Planner>>,
     pub store: Option<StateStore>,
+    /// None outside cluster mode.
+    barrier: Option<WriteBarrier>,
     /// Saves from several lanes must not interleave (they share the temp file).
     save: Mutex<()>,
     metrics: Arc<Metrics>,
@@ -100,6 +113,7 @@ impl Shared {
         Shared {
             planner,
             store,
+            barrier: None,
             save: Mutex::new(()),
             metrics,
             lanes,
@@ -112,6 +126,20 @@ impl Shared {
         let n: usize = self.lanes.iter().map(|l| l.len()).sum();
         self.metrics.mitigation_pending_ops.set(n as i64);
         n
+    }
+
+    pub fn with_barrier(mut self, barrier: Option<WriteBarrier>) -> Shared {
+        self.barrier = barrier;
+        self
+    }
+
+    /// Waits for the write barrier, if any, with the planner's state as of now.
+    async fn barrier(&self) -> Result<(), StepError> {
+        let Some(b) = &self.barrier else {
+            return Ok(());
+        };
+        let snap = self.planner.lock().snapshot();
+        b(snap).await.map_err(StepError::retry)
     }
 
     pub fn persist(&self) {
@@ -309,7 +337,14 @@ async fn execute<B: Backend>(b: &B, step: &Step, shared: &Shared) -> Outcome {
     }
     let r = match &step.op {
         Op::Engage(k) | Op::Release(k) => resource(b, step, k, shared).await,
-        op => b.act(op, step.attack.as_deref().unwrap_or("-")).await,
+        op => {
+            if !b.dry_run() {
+                if let Err(e) = shared.barrier().await {
+                    return Outcome::Retry(e);
+                }
+            }
+            b.act(op, step.attack.as_deref().unwrap_or("-")).await
+        }
     };
     match r {
         Ok(()) => Outcome::Done,
@@ -347,6 +382,9 @@ async fn resource<B: Backend>(
             if b.dry_run() {
                 tracing::info!(backend, attack_id, on, "dry run: would {what}");
             } else {
+                // The intent (the resource owned before a switch-on) is durable, and this
+                // process still allowed to act, before the call.
+                shared.barrier().await?;
                 b.write(k, on).await?;
                 tracing::info!(backend, attack_id, on, "{what}");
             }

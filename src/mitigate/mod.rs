@@ -129,6 +129,19 @@ pub fn spawn_with(
     rx: mpsc::Receiver<AttackEvent>,
     shutdown: CancellationToken,
 ) -> Result<(MitigationHandle, JoinHandle<()>), MitigateError> {
+    spawn_guarded(setup, state_dir, metrics, rx, shutdown, None)
+}
+
+/// [`spawn_with`], every backend write first waiting for `barrier` (cluster mode: the
+/// state in the replicated bucket, see [`backend::WriteBarrier`]).
+pub fn spawn_guarded(
+    setup: Setup,
+    state_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<AttackEvent>,
+    shutdown: CancellationToken,
+    barrier: Option<backend::WriteBarrier>,
+) -> Result<(MitigationHandle, JoinHandle<()>), MitigateError> {
     let Setup {
         mitigator: cfg,
         bgp,
@@ -197,12 +210,9 @@ pub fn spawn_with(
     let planner = Arc::new(Mutex::new(planner));
     let lanes: [Arc<Lane>; 2] =
         std::array::from_fn(|_| Arc::new(Lane::with_cap(cfg.max_queued_operations)));
-    let shared = Arc::new(Shared::new(
-        planner.clone(),
-        store,
-        metrics.clone(),
-        lanes.to_vec(),
-    ));
+    let shared = Arc::new(
+        Shared::new(planner.clone(), store, metrics.clone(), lanes.to_vec()).with_barrier(barrier),
+    );
     let lane_tasks = vec![
         tokio::spawn(backend::run_lane(
             backend::Mitigator {
