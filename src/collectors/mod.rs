@@ -313,8 +313,12 @@ impl Shared {
         };
         let l = [self.label.as_str()];
         m.socket_drops.with_label_values(&l).set(drops);
-        m.exporters_known.with_label_values(&l).set(exporters as i64);
-        m.templates_known.with_label_values(&l).set(templates as i64);
+        m.exporters_known
+            .with_label_values(&l)
+            .set(exporters as i64);
+        m.templates_known
+            .with_label_values(&l)
+            .set(templates as i64);
         for (ip, s) in self.series.lock().iter() {
             if let Some(g) = &s.templates {
                 g.set(per.get(ip).copied().unwrap_or(0) as i64);
@@ -357,8 +361,7 @@ fn receive_loop(w: Worker, pipeline: Arc<Pipeline>, stop: Arc<AtomicBool>) -> u6
     let mut scratch = pipeline.scratch();
     // This thread's cache of the collector's exporter series: only exporters that have
     // one (at most MAX_EXPORTER_SERIES), so the shared map is locked on a miss only.
-    let mut labelled: HashMap<IpAddr, Arc<ExporterSeries>, ahash::RandomState> =
-        HashMap::default();
+    let mut labelled: HashMap<IpAddr, Arc<ExporterSeries>, ahash::RandomState> = HashMap::default();
     let netflow = matches!(cfg.protocol, CollectorProtocol::Netflow);
     let mut tally = DecodeTally::default();
     let mut last_gauges = 0i64;
@@ -521,9 +524,7 @@ pub struct SinkCounts {
 /// the system calls cost flowguard before any decoding. Runs until `stop`.
 pub fn receive_only(sock: &UdpSocket, stop: &AtomicBool) -> SinkCounts {
     let mut rx = BatchReceiver::new();
-    let rcvbuf = socket2::SockRef::from(sock)
-        .recv_buffer_size()
-        .unwrap_or(0) as u64;
+    let rcvbuf = socket2::SockRef::from(sock).recv_buffer_size().unwrap_or(0) as u64;
     let mut c = SinkCounts::default();
     let (mut sec_dgrams, mut sec_bytes, mut last) = (0u64, 0u64, system_now_ms());
     let mut coalesce = coalesce_for(rcvbuf, 0, 0);
