@@ -8,15 +8,36 @@
 # The daemon under test runs on CPU 0, flowguard-loadgen on CPU 1. Everything listens and
 # sends on 127.0.0.1 only. Every step is bounded; the whole run stops by itself.
 #
-# Usage: benches/compare-fastnetmon.sh [quick|full]
+# Usage: benches/compare-fastnetmon.sh [quick|full] [--sender loadgen|flowsend]
 #   quick (default): 10 s per step, 3 latency trials per format and daemon  (~6 min)
 #   full: adds the 60 s sustained runs (v5 3 M/s, sFlow 1 M/s) and a flowguard
 #         rate sweep per format                                              (~14 min)
+#   --sender flowsend: the throughput steps use the independent C sender
+#         ../shared/tools/flowsend.c (built with gcc -O2 into the run's temp dir; at most
+#         20 s per step, so the 60 s sustained rows are skipped) instead of
+#         flowguard-loadgen; the latency trials always use flowguard-loadgen (they need its
+#         attack options).
 # Environment: STEP (seconds per step), TRIALS (latency trials), FG_ONLY=1, FNM_ONLY=1,
-# LATENCY_ONLY=1.
+# LATENCY_ONLY=1, FG_THREADS (collector threads, default 1: the daemon has one CPU),
+# SHARED (default ../shared next to the repository).
+# Figures are only comparable on an idle machine: the load average is printed at the start
+# and the end of the run.
 set -u
-MODE=${1:-quick}
+MODE=quick
+SENDER=loadgen
+while [ $# -gt 0 ]; do
+    case $1 in
+        quick|full) MODE=$1;;
+        --sender) SENDER=${2:?--sender needs loadgen or flowsend}; shift;;
+        --sender=*) SENDER=${1#--sender=};;
+        *) echo "usage: $0 [quick|full] [--sender loadgen|flowsend]" >&2; exit 2;;
+    esac
+    shift
+done
+case $SENDER in loadgen|flowsend) ;; *) echo "unknown sender $SENDER" >&2; exit 2;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd)}
+FG_THREADS=${FG_THREADS:-1}
 BIN=$ROOT/target/release
 STEP=${STEP:-10}
 TRIALS=${TRIALS:-3}
@@ -36,6 +57,7 @@ trap cleanup EXIT INT TERM
 if [ ! -x "$BIN/flowguard" ] || [ ! -x "$BIN/flowguard-loadgen" ] || [ ! -x "$BIN/mitigator-sim" ]; then
     (cd "$ROOT" && cargo build --release --bins) || exit 1
 fi
+. "$ROOT/benches/sender.sh"
 command -v fastnetmon >/dev/null || { echo "fastnetmon not installed" >&2; FG_ONLY=1; }
 
 free_port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -70,9 +92,11 @@ listen = "127.0.0.1:$FG_API"
 [[collector]]
 protocol = "netflow"
 listen = "127.0.0.1:$FG_NF"
+threads = $FG_THREADS
 [[collector]]
 protocol = "sflow"
 listen = "127.0.0.1:$FG_SF"
+threads = $FG_THREADS
 [networks]
 protected = ["100.64.0.0/16"]
 [aggregate]
@@ -116,7 +140,7 @@ start_fnm() {
         -e "s#^prometheus_port = .*#prometheus_port = $FNM_PROM#" \
         -e "s#^threshold_pps = .*#threshold_pps = $THRESH_PPS#" \
         -e "s#^logging_level = .*#logging_level = info#" \
-        /work/shared/reference/fastnetmon-test.conf > "$d/fnm.conf" 2>/dev/null ||
+        "$SHARED/reference/fastnetmon-test.conf" > "$d/fnm.conf" 2>/dev/null ||
         { echo "no FastNetMon reference config" >&2; return 1; }
     grep -q '^disable_usage_report = on' "$d/fnm.conf" || { echo "usage report not disabled" >&2; return 1; }
     taskset -c $DAEMON_CPU fastnetmon --configuration_file "$d/fnm.conf" --log_file "$d/fnm.log" \
@@ -136,8 +160,7 @@ step() {
     local name=$1 pid=$2 counter=$3 port=$4 fmt=$5 rate=$6 secs=$7
     local c0 t0 d0 c1 t1 d1 out
     c0=$($counter); t0=$(cpu_ticks "$pid"); d0=$(udp_drops "$port")
-    out=$("$BIN/flowguard-loadgen" --format "$fmt" --target "127.0.0.1:$port" --rate "$rate" \
-        --duration "$secs" --hosts 10000 --prefix 100.64.0.0/16 --cpu $GEN_CPU)
+    out=$(send "$fmt" "127.0.0.1:$port" "$rate" "$secs")
     sleep 1.5 # let the daemon drain its queue
     c1=$($counter); t1=$(cpu_ticks "$pid"); d1=$(udp_drops "$port")
     local offered odg osecs
@@ -167,8 +190,10 @@ throughput() {  # NAME PID COUNTER NFPORT SFPORT
     for r in 1000000 3000000; do step "$n" "$pid" "$cnt" "$nf" v5 "$r" "$STEP"; done
     step "$n" "$pid" "$cnt" "$nf" v9 1000000 "$STEP"
     step "$n" "$pid" "$cnt" "$nf" ipfix 1000000 "$STEP"
-    for r in 300000 1000000; do step "$n" "$pid" "$cnt" "$sf" sflow "$r" "$STEP"; done
-    if [ "$MODE" = full ]; then
+    for r in 300000 1000000 3000000; do step "$n" "$pid" "$cnt" "$sf" sflow "$r" "$STEP"; done
+    for r in 3000000; do step "$n" "$pid" "$cnt" "$nf" v9 "$r" "$STEP"; done
+    for r in 3000000; do step "$n" "$pid" "$cnt" "$nf" ipfix "$r" "$STEP"; done
+    if [ "$MODE" = full ] && [ "$SENDER" = loadgen ]; then
         step "$n" "$pid" "$cnt" "$nf" v5 3000000 60
         step "$n" "$pid" "$cnt" "$sf" sflow 1000000 60
     fi
@@ -241,7 +266,8 @@ EOF
 # ---------------------------------------------------------------- main
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
 echo "flowguard $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), $(fastnetmon --version 2>&1 | head -1)"
-echo "daemon on CPU $DAEMON_CPU, flowguard-loadgen on CPU $GEN_CPU; $STEP s per step; 10 000 hosts in 100.64.0.0/16"
+echo "daemon on CPU $DAEMON_CPU, sender ($SENDER) on CPU $GEN_CPU; $STEP s per step; 10 000 hosts in 100.64.0.0/16; flowguard collector threads: $FG_THREADS"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 : > "$RESULTS"; : > "$LAT"
 header
@@ -278,3 +304,5 @@ for t in $(seq 1 "$TRIALS"); do
 done
 echo "raw (daemon fmt first-attack-sent detected):"; cat "$LAT"; echo
 latency_table
+echo
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

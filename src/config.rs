@@ -125,7 +125,15 @@ pub struct CollectorConfig {
     /// SO_RCVBUF asked for; the kernel caps it at net.core.rmem_max.
     #[serde(default = "default_rcvbuf")]
     pub receive_buffer_bytes: usize,
+    /// Receive threads, each with its own socket bound to `listen` with SO_REUSEPORT: the
+    /// kernel hashes each exporter (source address and port) to one socket, so its
+    /// template and sampling state stay in one thread. 0 (the default) = one per core.
+    #[serde(default)]
+    pub threads: usize,
 }
+
+/// Most receive threads one collector may ask for.
+pub const MAX_COLLECTOR_THREADS: usize = 256;
 
 fn default_rcvbuf() -> usize {
     32 * 1024 * 1024
@@ -140,6 +148,16 @@ impl CollectorConfig {
             };
             format!("{p}-{}", self.listen.port())
         })
+    }
+
+    /// Receive threads to start: `threads`, or one per core when it is 0.
+    pub fn thread_count(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
+        .min(MAX_COLLECTOR_THREADS)
     }
 
     /// The decode stage's sampling settings of this collector.
@@ -448,6 +466,11 @@ impl Config {
                 p.push(format!(
                     "collector[{i}].listen: {} is already used by collector[{prev}]",
                     c.listen
+                ));
+            }
+            if c.threads > MAX_COLLECTOR_THREADS {
+                p.push(format!(
+                    "collector[{i}].threads: at most {MAX_COLLECTOR_THREADS} (0 = one per core)"
                 ));
             }
             if c.sampling_rate == Some(0) {
