@@ -122,7 +122,7 @@ fn bench(c: &mut Criterion) {
     for f in &frames {
         p.apply_deltas(&frame::decode(f).expect("frame").deltas);
     }
-    assert_eq!(p.table.len(), HOSTS as usize);
+    assert_eq!(p.aggregate.table.len(), HOSTS as usize);
     g.bench_function("merge_10k_hosts", |b| {
         b.iter(|| {
             for f in &frames {

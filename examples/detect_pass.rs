@@ -78,7 +78,7 @@ fn main() {
                 sec - 1,
                 wall * 1e3,
                 cpu * 1e3,
-                p.table.len()
+                p.aggregate.table.len()
             );
             walls.push(wall);
             cpus.push(cpu);

@@ -92,6 +92,6 @@ fn main() {
     }
     println!(
         "{shape}: {done} records, {} host-directions tracked",
-        p.table.len()
+        p.aggregate.table.len()
     );
 }
