@@ -34,6 +34,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::aggregate::{Aggregate, RecordSink};
 use crate::clock::system_now_ms;
 use crate::config::{CollectorConfig, CollectorProtocol};
+use crate::decode::netflow::{NetflowLimits, MAX_SOURCES};
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
 use crate::metrics::MAX_EXPORTER_SERIES;
 
@@ -352,7 +353,14 @@ fn receive_loop(w: Worker, pipeline: Arc<Aggregate>, stop: Arc<AtomicBool>) -> u
     let ov = cfg.sampling();
     let mut dec = match cfg.protocol {
         CollectorProtocol::Netflow => {
-            let mut d = NetflowDecoder::new(ov);
+            // The cap on exporter scopes is the collector's, not each thread's: every
+            // thread's decoder gets its share, so N threads hold no more than one did.
+            let threads = w.shared.gauges.lock().len().max(1);
+            let limits = NetflowLimits {
+                max_sources: MAX_SOURCES.div_ceil(threads),
+                ..NetflowLimits::default()
+            };
+            let mut d = NetflowDecoder::with_limits(ov, limits);
             d.set_biflow_reverse(cfg.biflow_reverse);
             Decoder::Netflow(Box::new(d))
         }
