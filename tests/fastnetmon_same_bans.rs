@@ -45,13 +45,17 @@ fn fastnetmon_and_flowguard_ban_the_same_hosts_for_the_same_attacks() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    // The recording notify script: one line per call, then the report.
-    let calls = d.join("calls.log");
+    // The recording notify script: each call writes its argv line, then the report, to a
+    // file of its own. FastNetMon runs notify scripts concurrently, so calls appending to one
+    // shared file interleave (one ban's header, then another's, then both reports) and the
+    // reports can no longer be matched to their calls.
+    let calls = d.join("calls");
+    std::fs::create_dir(&calls).unwrap();
     let notify = d.join("notify.sh");
     std::fs::write(
         &notify,
         format!(
-            "#!/bin/sh\n{{ echo \"##### $*\"; cat; }} >> {}\n",
+            "#!/bin/sh\n{{ echo \"##### $*\"; cat; }} > {}/call.$$\n",
             calls.display()
         ),
     )
@@ -157,16 +161,32 @@ fn fastnetmon_and_flowguard_ban_the_same_hosts_for_the_same_attacks() {
         .unwrap();
     assert!(sent.success());
     let want = flowguard.len();
+    // Every call's file, whole, sorted by name (the script's PID): roughly the order the
+    // calls started, which only matters for the printout.
+    let all_calls = || {
+        let mut files: Vec<_> = std::fs::read_dir(&calls)
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
     let bans = || {
-        let text = std::fs::read_to_string(&calls).unwrap_or_default();
         let mut out = BTreeSet::new();
-        let mut cur: Option<(String, String)> = None;
-        for line in text.lines() {
-            if let Some(argv) = line.strip_prefix("##### ") {
-                let a: Vec<&str> = argv.split_whitespace().collect();
-                cur = (a.get(3) == Some(&"ban")).then(|| (a[0].to_string(), a[1].to_string()));
-            } else if let (Some((ip, dir)), Some(t)) = (&cur, line.strip_prefix("Attack type: ")) {
-                out.insert((ip.clone(), dir.clone(), t.trim().to_string()));
+        for text in all_calls() {
+            // One call per file: the argv line, then (for a ban) its report.
+            let mut cur: Option<(String, String)> = None;
+            for line in text.lines() {
+                if let Some(argv) = line.strip_prefix("##### ") {
+                    let a: Vec<&str> = argv.split_whitespace().collect();
+                    cur = (a.get(3) == Some(&"ban")).then(|| (a[0].to_string(), a[1].to_string()));
+                } else if let (Some((ip, dir)), Some(t)) =
+                    (&cur, line.strip_prefix("Attack type: "))
+                {
+                    out.insert((ip.clone(), dir.clone(), t.trim().to_string()));
+                }
             }
         }
         out
@@ -180,7 +200,7 @@ fn fastnetmon_and_flowguard_ban_the_same_hosts_for_the_same_attacks() {
     eprintln!(
         "FastNetMon bans after {:?}:\n{}",
         started.elapsed(),
-        std::fs::read_to_string(&calls).unwrap_or_default()
+        all_calls().concat()
     );
     assert!(
         !flowguard.is_empty(),
