@@ -77,6 +77,26 @@ pub fn live(members: &[Member], now_ms: i64, ttl_ms: i64) -> impl Iterator<Item 
         .filter(move |m| now_ms - m.heartbeat_ms < ttl_ms)
 }
 
+/// The time membership is judged at: `now` while the leases bucket is read on time, else
+/// shortly after its last good read. A node that cannot read the bucket (a JetStream
+/// stream leader election after a NATS server loss takes 4–9 s with NATS 2.9's raft
+/// timeouts) cannot tell a silent member from an unanswered read; ageing every member
+/// out would make a detector refuse every collector's frames for as long as it lasts.
+pub fn judged_at(now_ms: i64, last_read_ms: i64, interval_ms: i64) -> i64 {
+    now_ms.min(last_read_ms + 2 * interval_ms)
+}
+
+/// Whether a detector keeps a partition whose renewal failed. Refused (another node wrote
+/// the key since: wrong last revision) ends it at once; unanswered (the bucket has no
+/// stream leader, or NATS is away) keeps it while the last good renewal, timed from when
+/// it was sent, is younger than `hold_ms`. While nobody can write the bucket nobody can
+/// take the partition either; should another node reach the bucket and take it, this
+/// node's next renewal is refused, and a start both sent meanwhile is one attack to the
+/// controller (its lifecycle is per host).
+pub fn keep_partition(refused: bool, renewed_ms: i64, now_ms: i64, hold_ms: i64) -> bool {
+    !refused && now_ms - renewed_ms < hold_ms
+}
+
 /// A lease is fresh, and its holder may act on it, while its last successful renewal is
 /// younger than half the TTL: the key outlives that by the other half, so no other node
 /// can hold it while this one still acts (clocks on one site differ by far less).
@@ -342,6 +362,30 @@ mod tests {
             .filter(|p| rendezvous(*p, &two) == Some("C"))
             .count();
         assert!((20..=44).contains(&c), "C holds {c} of 64");
+    }
+
+    #[test]
+    fn membership_is_judged_as_of_the_last_good_read_while_reads_fail() {
+        let m = vec![Member {
+            node_id: "A".into(),
+            roles: vec!["collector".into()],
+            heartbeat_ms: 10_000,
+            config_hash: 0,
+        }];
+        // Read on time: judged now, and A ages out after the TTL as before.
+        assert_eq!(judged_at(13_500, 13_000, 1000), 13_500);
+        assert_eq!(live(&m, judged_at(14_500, 14_000, 1000), 4000).count(), 0);
+        // Reads failing since 11 000 (A's heartbeat was fresh then): A stays live.
+        let at = judged_at(20_000, 11_000, 1000);
+        assert_eq!(at, 13_000);
+        assert_eq!(live(&m, at, 4000).count(), 1);
+    }
+
+    #[test]
+    fn a_partition_is_kept_through_unanswered_renewals_only() {
+        assert!(keep_partition(false, 10_000, 21_000, 12_000));
+        assert!(!keep_partition(false, 10_000, 22_000, 12_000));
+        assert!(!keep_partition(true, 10_000, 10_500, 12_000));
     }
 
     #[test]

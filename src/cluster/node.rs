@@ -183,7 +183,9 @@ struct Ctx {
     state: kv::Store,
     metrics: Arc<Metrics>,
     view: Arc<ClusterView>,
-    members: Mutex<Vec<Member>>,
+    /// The live members as of the last good read of the leases bucket, and when that
+    /// read started.
+    members: Mutex<(Vec<Member>, i64)>,
     /// The leader's last state write found no answer (its MITIGATOR calls wait).
     state_unwritable: std::sync::atomic::AtomicBool,
     /// Attack events on their way to the stream, in order (see [`run_outbox`]).
@@ -202,7 +204,8 @@ impl Ctx {
     }
     fn live_with(&self, role: Role, now_ms: i64) -> Vec<Member> {
         let m = self.members.lock();
-        lease::live(&m, now_ms, self.ttl_ms())
+        let at = lease::judged_at(now_ms, m.1, self.cfg.heartbeat_interval_ms as i64);
+        lease::live(&m.0, at, self.ttl_ms())
             .filter(|m| m.has(role.as_str()))
             .cloned()
             .collect()
@@ -238,7 +241,15 @@ pub async fn start(
         .connect(addrs)
         .await
         .map_err(nats)?;
-    let js = jetstream::new(client.clone());
+    // Requests to a stream that has no leader (after a NATS server loss, until the others
+    // elect one) get no answer at all: a short timeout lets the caller retry on its next
+    // tick instead of waiting async-nats' default 5 s per request. Two heartbeat
+    // intervals, at least 1 s: loopback or LAN answers take milliseconds.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(
+            (2 * c.heartbeat_interval_ms).max(1000),
+        ))
+        .build(client.clone());
     let replicas = c.replicas.min(c.nats_urls.len()).max(1);
     // The JetStream cluster may still be electing its meta leader: retry for a while.
     let mut tries = 0;
@@ -274,7 +285,7 @@ pub async fn start(
         state,
         metrics,
         view: view.clone(),
-        members: Mutex::new(Vec::new()),
+        members: Mutex::new((Vec::new(), system_now_ms())),
     });
     // Membership first, so the first frames of this node are not from an unknown node.
     heartbeat_once(&ctx).await;
@@ -434,8 +445,11 @@ async fn put_heartbeat(ctx: &Ctx) {
 
 /// Reads everyone's membership (first, judged live as of its read) and then the lease
 /// holders, for this node's roles and the API.
+///
+/// A read that fails (the listing, or any member's entry) leaves the members as they were
+/// with the time of their read, so liveness is judged as of then ([`lease::judged_at`]).
 async fn read_leases(ctx: &Ctx) {
-    // Everyone's membership and the lease holders, for this node's roles and the API.
+    let started = system_now_ms();
     let Ok(mut keys) = ctx.leases.keys().await else {
         return;
     };
@@ -443,21 +457,37 @@ async fn read_leases(ctx: &Ctx) {
     let mut owners = BTreeMap::new();
     let mut leader = None;
     let mut names = Vec::new();
-    while let Some(Ok(k)) = keys.next().await {
-        names.push(k);
+    while let Some(k) = keys.next().await {
+        match k {
+            Ok(k) => names.push(k),
+            // A listing cut short is not a membership: keep the last good one.
+            Err(_) => return,
+        }
     }
     // Members first: their liveness is what the other roles act on.
     names.sort_by_key(|k| !k.starts_with("member."));
     let mut members_done = false;
+    let mut members_failed = false;
+    let publish = |members: &[Member], failed: bool| {
+        if failed {
+            return;
+        }
+        let now = system_now_ms();
+        let live: Vec<Member> = lease::live(members, now, ctx.ttl_ms()).cloned().collect();
+        *ctx.members.lock() = (live, started);
+    };
     for k in names {
         if !members_done && !k.starts_with("member.") {
             members_done = true;
-            let now = system_now_ms();
-            let live: Vec<Member> = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
-            *ctx.members.lock() = live;
+            publish(&members, members_failed);
         }
-        let Ok(Some(e)) = live_entry(&ctx.leases, &k).await else {
-            continue;
+        let e = match live_entry(&ctx.leases, &k).await {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(_) => {
+                members_failed |= !members_done;
+                continue;
+            }
         };
         if k.starts_with("member.") {
             if let Ok(m) = serde_json::from_slice::<Member>(&e.value) {
@@ -472,10 +502,9 @@ async fn read_leases(ctx: &Ctx) {
         }
     }
     if !members_done {
-        let now = system_now_ms();
-        *ctx.members.lock() = lease::live(&members, now, ctx.ttl_ms()).cloned().collect();
+        publish(&members, members_failed);
     }
-    let mut live = ctx.members.lock().clone();
+    let mut live = ctx.members.lock().0.clone();
     live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let mismatch = config_mismatch(&live, ctx.hash);
     let mut s = ctx.view.status.lock();
@@ -794,8 +823,11 @@ async fn run_partition_leases(
 ) {
     let mut t = tokio::time::interval(ctx.interval());
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Revision of each lease this node holds.
-    let mut held: BTreeMap<u16, u64> = BTreeMap::new();
+    // Revision of each lease this node holds, and when its last good renewal was sent.
+    let mut held: BTreeMap<u16, (u64, i64)> = BTreeMap::new();
+    // Unanswered renewals are ridden out this long (NATS 2.9 elects a stream leader in
+    // 4–9 s; see lease::keep_partition).
+    let hold_ms = 3 * ctx.ttl_ms();
     let mut first_round = true;
     let m = &ctx.metrics.cluster;
     loop {
@@ -807,17 +839,35 @@ async fn run_partition_leases(
         let detectors = ctx.live_with(Role::Detector, now);
         let names: Vec<&str> = detectors.iter().map(|m| m.node_id.as_str()).collect();
         let mut gained = Vec::new();
+        let (mut lost, mut last_error) = (Vec::new(), String::new());
         for p in 0..ctx.cfg.partitions {
             let key = format!("part.{p}");
             let mine = lease::rendezvous(p, &names) == Some(ctx.node.as_str());
             let body = Bytes::from(ctx.node.clone());
+            let sent = system_now_ms();
             match (mine, held.get(&p).copied()) {
-                (true, Some(rev)) => match ctx.leases.update(&key, body, rev).await {
+                (true, Some((rev, renewed))) => match ctx.leases.update(&key, body, rev).await {
                     Ok(r) => {
-                        held.insert(p, r);
+                        held.insert(p, (r, sent));
                     }
                     Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "partition lease lost");
+                        let refused = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        if lease::keep_partition(refused, renewed, system_now_ms(), hold_ms) {
+                            tracing::debug!(partition = p, error = %e, "partition lease renewal unanswered; kept");
+                            continue;
+                        }
+                        // Refused because the key is gone (it outlived its TTL while the
+                        // bucket had no leader) rather than taken: take it again at once,
+                        // so the partition's detection goes on without a handover.
+                        if refused {
+                            let body = Bytes::from(ctx.node.clone());
+                            if let Ok(r) = ctx.leases.create(&key, body).await {
+                                held.insert(p, (r, sent));
+                                continue;
+                            }
+                        }
+                        lost.push(p);
+                        last_error = e.to_string();
                         held.remove(&p);
                         m.lease_changes.with_label_values(&["partition"]).inc();
                     }
@@ -825,12 +875,12 @@ async fn run_partition_leases(
                 (true, None) => {
                     // Free (never held, or expired: its holder is gone) → take it.
                     if let Ok(r) = ctx.leases.create(&key, body).await {
-                        held.insert(p, r);
+                        held.insert(p, (r, sent));
                         gained.push(p);
                         m.lease_changes.with_label_values(&["partition"]).inc();
                     }
                 }
-                (false, Some(rev)) => {
+                (false, Some((rev, _))) => {
                     // Rendezvous gives it to another live detector: let it go.
                     let _ = ctx.leases.delete_expect_revision(&key, Some(rev)).await;
                     held.remove(&p);
@@ -838,6 +888,9 @@ async fn run_partition_leases(
                 }
                 (false, None) => {}
             }
+        }
+        if !lost.is_empty() {
+            tracing::warn!(partitions = ?lost, error = %last_error, "partition leases lost");
         }
         let set: BTreeSet<u16> = held.keys().copied().collect();
         m.partitions_owned.set(set.len() as i64);
@@ -978,6 +1031,32 @@ async fn run_controller_lease(
     if rev.is_some() {
         let _ = ctx.leases.delete("controller").await;
     }
+}
+
+/// An ordered reader of the event stream from the event after `last_seq`.
+async fn event_reader(
+    ctx: &Ctx,
+    last_seq: u64,
+) -> anyhow::Result<jetstream::consumer::pull::Ordered> {
+    let stream = ctx
+        .js
+        .get_stream(format!("{}_events", ctx.cfg.name))
+        .await?;
+    let deliver = if last_seq == 0 {
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: last_seq + 1,
+        }
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: ctx.events_subject(),
+            deliver_policy: deliver,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
 }
 
 /// The active controller: loads the state, starts the mitigation worker from it
@@ -1128,25 +1207,20 @@ async fn lead_inner(
         "controller reconciled"
     );
 
-    let stream = ctx
-        .js
-        .get_stream(format!("{}_events", ctx.cfg.name))
-        .await?;
-    let deliver = if lifecycle.last_seq == 0 {
-        jetstream::consumer::DeliverPolicy::All
-    } else {
-        jetstream::consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: lifecycle.last_seq + 1,
+    // The event stream may still be electing its leader (a NATS server loss): retry the
+    // reader within this term rather than end the term and restart mitigation.
+    let mut msgs = loop {
+        match event_reader(ctx, lifecycle.last_seq).await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream not readable yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ctx.interval()) => {}
+                }
+            }
         }
     };
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: ctx.events_subject(),
-            deliver_policy: deliver,
-            ..Default::default()
-        })
-        .await?;
-    let mut msgs = consumer.messages().await?;
     let mut t = tokio::time::interval(ctx.interval());
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The event applied to the lifecycle but not yet handed to mitigation: held (and no
