@@ -202,7 +202,7 @@ pub fn spawn_with(
         store,
         metrics.clone(),
         lanes.to_vec(),
-    ));
+    )?);
     let lane_tasks = vec![
         tokio::spawn(backend::run_lane(
             backend::Mitigator {
@@ -233,7 +233,8 @@ pub fn spawn_with(
         last_reassert_ms: now,
     };
     worker.dispatch(steps);
-    worker.shared.persist();
+    // The restored state is saved first thing in the worker (off the runtime, like every
+    // save); the lanes save again before any switch they turn on.
     let jh = tokio::spawn(worker.run(rx, shutdown));
     Ok((MitigationHandle { planner }, jh))
 }
@@ -254,6 +255,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<AttackEvent>, shutdown: CancellationToken) {
+        self.shared.persist().await;
         let mut rx_open = true;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,15 +267,15 @@ impl Worker {
                     // Events already queued (an end sent just before the stop, say) go
                     // into the planner and the state file: none is lost.
                     while let Ok(ev) = rx.try_recv() {
-                        self.on_event(ev);
+                        self.on_event(ev).await;
                     }
                     break;
                 }
                 ev = rx.recv(), if rx_open => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => self.on_event(ev).await,
                     None => rx_open = false,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.on_tick().await,
             }
         }
         // The lanes stop on the same token; whatever is still queued is in the state
@@ -281,12 +283,12 @@ impl Worker {
         for t in self.lane_tasks.drain(..) {
             let _ = t.await;
         }
-        self.shared.persist();
+        self.shared.persist().await;
         self.gauges();
         tracing::info!(pending = self.pending(), "mitigate worker stopped");
     }
 
-    fn on_tick(&mut self) {
+    async fn on_tick(&mut self) {
         let now = system_now_ms();
         let grace = (self.cfg.restore_grace_seconds as i64).saturating_mul(1000);
         let mut steps = {
@@ -312,7 +314,7 @@ impl Worker {
         }
         if !steps.is_empty() {
             self.dispatch(steps);
-            self.shared.persist();
+            self.shared.persist().await;
         }
     }
 
@@ -335,7 +337,7 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, ev: AttackEvent) {
+    async fn on_event(&mut self, ev: AttackEvent) {
         let now = system_now_ms();
         let steps = match ev.event {
             EventKind::Start => {
@@ -379,7 +381,7 @@ impl Worker {
                 .note_tbl_skipped(&ev.id, skipped, reason);
         }
         self.dispatch(steps);
-        self.shared.persist();
+        self.shared.persist().await;
     }
 
     /// Hands each step to its backend's lane, in order.
