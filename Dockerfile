@@ -6,9 +6,10 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 # The whole context (see .dockerignore): Cargo.toml may name benches and tests that cargo
-# wants to see even for a release build of the binaries.
+# wants to see even for a release build of the binaries. mitigator-sim is a workspace
+# crate (crates/mitigator-sim), built with flowguard by --workspace.
 COPY . .
-RUN cargo build --release --locked --bins \
+RUN cargo build --release --locked --workspace --bins \
  && install -m 0755 target/release/flowguard target/release/mitigator-sim /usr/local/bin/
 
 # ---- run ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 #[path = "common/decode_input.rs"]
 mod decode_input;
-#[path = "../src/bin/flowguard-loadgen/gen.rs"]
+#[path = "../crates/flowguard-loadgen/src/gen.rs"]
 mod gen;
 
 use std::net::SocketAddr;

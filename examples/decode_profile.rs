@@ -13,7 +13,7 @@
 //! (total − setup) / records = instructions per record (benches/README.md has figures).
 #[path = "../benches/common/decode_input.rs"]
 mod decode_input;
-#[path = "../src/bin/flowguard-loadgen/gen.rs"]
+#[path = "../crates/flowguard-loadgen/src/gen.rs"]
 mod gen;
 
 use std::net::SocketAddr;

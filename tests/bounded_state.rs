@@ -17,7 +17,7 @@
 
 mod common;
 
-#[path = "../src/bin/flowguard-loadgen/gen.rs"]
+#[path = "../crates/flowguard-loadgen/src/gen.rs"]
 mod gen;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use common::{free_tcp_port, free_udp_port, http_get, start_flowguard, wait_for};
 use serde_json::Value;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_flowguard-loadgen");
+fn loadgen() -> std::path::PathBuf {
+    common::workspace_bin("flowguard-loadgen")
+}
 
 /// `[aggregate] max_tracked_hosts`: small, so the flood at WALK_RATE fills it in under a
 /// second.
@@ -231,7 +233,7 @@ struct Loadgen(std::process::Child);
 impl Loadgen {
     /// `args`: the command line after `--target`, split on whitespace.
     fn start(to: SocketAddr, args: &str) -> Loadgen {
-        let c = Command::new(LOADGEN)
+        let c = Command::new(loadgen())
             .args(["--target", &to.to_string()])
             .args(args.split_whitespace())
             .stdin(Stdio::null())

@@ -227,7 +227,7 @@ fn start_sim(dir: &Path) -> (Child, SocketAddr) {
     let f = std::fs::File::create(&out).expect("sim log");
     let c = spawn(
         "mitigator-sim",
-        std::process::Command::new(env!("CARGO_BIN_EXE_mitigator-sim"))
+        std::process::Command::new(common::workspace_bin("mitigator-sim"))
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -14,7 +14,7 @@
 //! Skips (loudly) only when chromium or chromedriver is not installed.
 
 mod common;
-mod support;
+use common::sim as support;
 
 use std::net::SocketAddr;
 use std::path::Path;

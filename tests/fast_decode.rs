@@ -130,7 +130,7 @@ fn v5_fast_path_matches_the_crate() {
     assert_eq!(quick.exporters(), slow.exporters());
 }
 
-#[path = "../src/bin/flowguard-loadgen/gen.rs"]
+#[path = "../crates/flowguard-loadgen/src/gen.rs"]
 mod gen;
 
 #[test]

@@ -7,7 +7,7 @@
 //! see its README), with FastNetMon's published layout and field names.
 
 mod common;
-mod support;
+use common::sim as support;
 
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! command installs. Traffic: loopback only, every flood bounded by count and `timeout`.
 
 mod common;
-mod support;
+use common::sim as support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //! config, ports and ban time changed).
 
 mod common;
-mod support;
+use common::sim as support;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,7 +1,8 @@
 //! The mitigate stage end to end: `flowguard::mitigate::spawn` driven with attack events
 //! against a real `mitigator-sim` process, checking the exact calls in `/sim/log`.
 
-mod support;
+mod common;
+use common::sim as support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -86,6 +87,14 @@ fn start(c: MitigatorConfig, dir: &Path) -> Stage {
     }
 }
 
+/// The usual set-up: a plain-HTTP simulator, a state directory and the stage on [`cfg`].
+fn rig() -> (Sim, tempfile::TempDir, Stage) {
+    let sim = Sim::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let st = start(cfg(&sim), dir.path());
+    (sim, dir, st)
+}
+
 impl Stage {
     async fn send(&self, e: AttackEvent) {
         self.tx.send(e).await.unwrap();
@@ -139,9 +148,7 @@ async fn start_end(st: &Stage, e: AttackEvent) {
 
 #[tokio::test]
 async fn syn_icmp_and_udp_floods_make_the_exact_calls() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, _dir, st) = rig();
     start_end(&st, syn(EventKind::Start, "syn", "127.0.0.10")).await;
     start_end(
         &st,
@@ -192,9 +199,7 @@ async fn syn_icmp_and_udp_floods_make_the_exact_calls() {
 
 #[tokio::test]
 async fn overlapping_attacks_keep_the_policy_on_until_the_second_ends() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, _dir, st) = rig();
     st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
     st.wait_state("a", "active").await;
     st.send(ev(
@@ -276,9 +281,7 @@ async fn operator_enabled_countermeasure_survives() {
 
 #[tokio::test]
 async fn expired_token_means_one_relogin() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, _dir, st) = rig();
     st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
     st.wait_state("a", "active").await;
     let skip = sim.log().await.len();
@@ -318,9 +321,7 @@ async fn misdirected_requests_go_to_the_leader_and_it_is_remembered() {
 
 #[tokio::test]
 async fn an_end_while_mitigator_fails_is_applied_when_it_returns() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, _dir, st) = rig();
     st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
     st.wait_state("a", "active").await;
     sim.fault(json!({"status": 503, "count": 1_000_000})).await;
@@ -370,9 +371,7 @@ async fn an_end_while_mitigator_is_down_is_applied_when_it_is_back() {
 
 #[tokio::test]
 async fn a_crash_mid_attack_is_restored_and_later_ended() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, dir, st) = rig();
     st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
     st.wait_state("a", "active").await;
     // Crash: the task is aborted, nothing runs on the way out.
@@ -410,9 +409,7 @@ async fn a_crash_mid_attack_is_restored_and_later_ended() {
 
 #[tokio::test]
 async fn a_restored_attack_not_renewed_within_the_grace_period_is_ended() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, dir, st) = rig();
     st.send(ev(
         EventKind::Start,
         "a",
@@ -646,9 +643,7 @@ async fn over_the_queue_cap_steps_are_coalesced_and_no_end_is_lost() {
 /// had switched on instead of restoring the attack as live (for the grace period).
 #[tokio::test]
 async fn an_end_queued_when_the_stage_stops_during_an_outage_is_not_lost() {
-    let sim = Sim::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let st = start(cfg(&sim), dir.path());
+    let (sim, dir, st) = rig();
     st.send(syn(EventKind::Start, "a", "127.0.0.10")).await;
     st.wait_state("a", "active").await;
     sim.fault(json!({"status": 503, "count": 1_000_000})).await;

@@ -1,6 +1,7 @@
 //! The simulator's own contract, checked over real HTTP(S) against the process.
 
-mod support;
+mod common;
+use common::sim as support;
 
 use std::time::{Duration, Instant};
 
@@ -291,24 +292,4 @@ async fn tls_with_the_written_certificate() {
         .send()
         .await
         .is_err());
-}
-
-#[test]
-fn help_documents_the_test_endpoints() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mitigator-sim"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    for w in [
-        "--listen",
-        "--tls",
-        "--policies",
-        "/sim/log",
-        "/sim/faults",
-        "/sim/state",
-        "421",
-    ] {
-        assert!(text.contains(w), "--help lacks {w}:\n{text}");
-    }
 }

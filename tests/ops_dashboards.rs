@@ -9,7 +9,8 @@
 //! `live_metrics_have_dashboard_names` runs the real binary, feeds it NetFlow v5 and reads
 //! `GET /metrics` back.
 
-mod ops_support;
+mod common;
+use common::ops as ops_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

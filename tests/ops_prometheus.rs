@@ -3,7 +3,8 @@
 //! the Debian `prometheus` binary scrapes a running flowguard and answers a query for one
 //! of its series. promtool and prometheus come from the Debian package `prometheus`.
 
-mod ops_support;
+mod common;
+use common::ops as ops_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,8 @@
 //! docker-compose.yml, the Dockerfile, the Prometheus and Grafana provisioning they mount,
 //! the default ports of flowguard's configuration, and the systemd unit.
 
-mod ops_support;
+mod common;
+use common::ops as ops_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,14 @@ fn dockerfile_stages_copies_and_runtime() {
             "FROM" => stage_idx += 1,
             "RUN" if i.args.contains("cargo build") => {
                 built = i.args.contains("--release") && i.args.contains("--locked");
+                // mitigator-sim is a workspace crate of its own: only a workspace build
+                // (or one naming its package) makes the binary the image installs.
+                if i.args.contains("target/release/mitigator-sim")
+                    && !i.args.contains("--workspace")
+                    && !i.args.contains("-p mitigator-sim")
+                {
+                    problems.push("the image installs mitigator-sim without building its crate (cargo build --workspace)".into());
+                }
             }
             "COPY" | "ADD" => {
                 let words: Vec<&str> = i.args.split_whitespace().collect();

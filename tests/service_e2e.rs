@@ -3,7 +3,7 @@
 //! hook event plus flowguard's own detection of the same flood being one attack.
 
 mod common;
-mod support;
+use common::sim as support;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -3,7 +3,8 @@
 //! as UDP, SYN joining, UDP fading and returning, end) and the exact switch calls are
 //! checked; and the temporary blacklist takes only sources with a real share.
 
-mod support;
+mod common;
+use common::sim as support;
 
 use std::sync::Arc;
 

@@ -477,7 +477,7 @@ impl Template {
 
 /// The load generator's encoders, written independently of both decoders.
 #[cfg(test)]
-#[path = "../bin/flowguard-loadgen/gen.rs"]
+#[path = "../../crates/flowguard-loadgen/src/gen.rs"]
 mod gen;
 
 #[cfg(test)]

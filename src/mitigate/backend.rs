@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{ClientError, MitigatorClient};
 use super::config::MitigatorConfig;
 use super::plan::{BackendKind, Decision, Op, Planner, Resource, Seen, Step};
-use super::state::{PersistedState, StateStore};
+use super::state::{PersistedState, StateStore, StateWriter};
 use crate::clock::system_now_ms;
 use crate::metrics::Metrics;
 
@@ -93,10 +93,11 @@ pub type WriteBarrier = Arc<
 /// What every lane shares: the planner and the state file.
 pub struct Shared {
     pub planner: Arc<Mutex<Planner>>,
-    pub store: Option<StateStore>,
+    /// The state file's writer thread (fsyncs stay off the runtime).
+    pub store: Option<StateWriter>,
     /// None outside cluster mode.
     barrier: Option<WriteBarrier>,
-    /// Saves from several lanes must not interleave (they share the temp file).
+    /// Snapshots from several lanes reach the writer in the order they were taken.
     save: Mutex<()>,
     metrics: Arc<Metrics>,
     /// Every backend's queue, for the pending-operations gauge.
@@ -109,15 +110,16 @@ impl Shared {
         store: Option<StateStore>,
         metrics: Arc<Metrics>,
         lanes: Vec<Arc<Lane>>,
-    ) -> Shared {
-        Shared {
+    ) -> Result<Shared, super::state::StateError> {
+        let store = store.map(StateWriter::spawn).transpose()?;
+        Ok(Shared {
             planner,
             store,
             barrier: None,
             save: Mutex::new(()),
             metrics,
             lanes,
-        }
+        })
     }
 
     /// Steps queued in all lanes; also sets the gauge, so it reads 0 as soon as the last
@@ -142,13 +144,16 @@ impl Shared {
         b(snap).await.map_err(StepError::retry)
     }
 
-    pub fn persist(&self) {
+    /// Saves the planner's state and waits until it is on disk (the write runs on the
+    /// state writer's thread, not on the runtime).
+    pub async fn persist(&self) {
         let Some(store) = &self.store else { return };
-        let _g = self.save.lock();
-        let snap = self.planner.lock().snapshot();
-        if let Err(e) = store.save(&snap) {
-            tracing::error!(error = %e, "cannot save the mitigation state file");
-        }
+        let written = {
+            let _g = self.save.lock();
+            let snap = self.planner.lock().snapshot();
+            store.submit(snap)
+        };
+        written.await;
     }
 }
 
@@ -313,7 +318,7 @@ pub async fn run_lane<B: Backend>(
                 let d = b.backoff(attempt);
                 tracing::warn!(backend = name, attack_id = attack, op = ?step.op, error = %e, retry_in_ms = d.as_millis() as u64, pending = lane.len(), "call failed; will retry");
                 shared.planner.lock().step_failed(&step, e.to_string(), now);
-                shared.persist();
+                shared.persist().await;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
@@ -322,7 +327,7 @@ pub async fn run_lane<B: Backend>(
                 continue;
             }
         }
-        shared.persist();
+        shared.persist().await;
     }
     tracing::info!(
         backend = name,
@@ -376,7 +381,7 @@ async fn resource<B: Backend>(
         Decision::Put(on) => {
             shared.planner.lock().before_put(k, on);
             if on {
-                shared.persist();
+                shared.persist().await;
             }
             let what = b.describe(k, on);
             if b.dry_run() {

@@ -211,7 +211,8 @@ pub fn spawn_guarded(
     let lanes: [Arc<Lane>; 2] =
         std::array::from_fn(|_| Arc::new(Lane::with_cap(cfg.max_queued_operations)));
     let shared = Arc::new(
-        Shared::new(planner.clone(), store, metrics.clone(), lanes.to_vec()).with_barrier(barrier),
+        Shared::new(planner.clone(), store, metrics.clone(), lanes.to_vec())?
+            .with_barrier(barrier),
     );
     let lane_tasks = vec![
         tokio::spawn(backend::run_lane(
@@ -243,7 +244,8 @@ pub fn spawn_guarded(
         last_reassert_ms: now,
     };
     worker.dispatch(steps);
-    worker.shared.persist();
+    // The restored state is saved first thing in the worker (off the runtime, like every
+    // save); the lanes save again before any switch they turn on.
     let jh = tokio::spawn(worker.run(rx, shutdown));
     Ok((MitigationHandle { planner }, jh))
 }
@@ -264,6 +266,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<AttackEvent>, shutdown: CancellationToken) {
+        self.shared.persist().await;
         let mut rx_open = true;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,15 +278,15 @@ impl Worker {
                     // Events already queued (an end sent just before the stop, say) go
                     // into the planner and the state file: none is lost.
                     while let Ok(ev) = rx.try_recv() {
-                        self.on_event(ev);
+                        self.on_event(ev).await;
                     }
                     break;
                 }
                 ev = rx.recv(), if rx_open => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => self.on_event(ev).await,
                     None => rx_open = false,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.on_tick().await,
             }
         }
         // The lanes stop on the same token; whatever is still queued is in the state
@@ -291,12 +294,12 @@ impl Worker {
         for t in self.lane_tasks.drain(..) {
             let _ = t.await;
         }
-        self.shared.persist();
+        self.shared.persist().await;
         self.gauges();
         tracing::info!(pending = self.pending(), "mitigate worker stopped");
     }
 
-    fn on_tick(&mut self) {
+    async fn on_tick(&mut self) {
         let now = system_now_ms();
         let grace = (self.cfg.restore_grace_seconds as i64).saturating_mul(1000);
         let mut steps = {
@@ -322,7 +325,7 @@ impl Worker {
         }
         if !steps.is_empty() {
             self.dispatch(steps);
-            self.shared.persist();
+            self.shared.persist().await;
         }
     }
 
@@ -345,7 +348,7 @@ impl Worker {
         }
     }
 
-    fn on_event(&mut self, ev: AttackEvent) {
+    async fn on_event(&mut self, ev: AttackEvent) {
         let now = system_now_ms();
         let steps = match ev.event {
             EventKind::Start => {
@@ -389,7 +392,7 @@ impl Worker {
                 .note_tbl_skipped(&ev.id, skipped, reason);
         }
         self.dispatch(steps);
-        self.shared.persist();
+        self.shared.persist().await;
     }
 
     /// Hands each step to its backend's lane, in order.

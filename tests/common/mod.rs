@@ -1,7 +1,31 @@
-//! Helpers shared by the integration tests.
+//! The integration tests' one kit: where the workspace's binaries and the shared vectors
+//! are, child processes that announce the ports they bound (and stop with their process
+//! group), readiness waits with deadlines instead of fixed sleeps, a minimal HTTP client,
+//! hand-built datagrams ([`datagrams`]), `mitigator-sim` ([`sim`]) and the operations
+//! tests' readers of dashboards and rules ([`ops`]).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod datagrams;
+pub mod ops;
+pub mod sim;
+
+use std::path::{Path, PathBuf};
+
+/// A binary of another workspace crate (`mitigator-sim`, `flowguard-loadgen`), found
+/// beside this package's `flowguard` in `target/<profile>/`. Cargo names only a package's
+/// own binaries to its tests (`CARGO_BIN_EXE_*`); a plain `cargo test --release` at the
+/// top builds every workspace binary (the workspace's default members), but
+/// `cargo test --release --test NAME` builds only flowguard's, so the message says how.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_flowguard")).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --release --workspace` (or `cargo build --workspace` \
+         for a debug test run) first; a plain `cargo test --release` at the top builds it too",
+        p.display()
+    );
+    p
+}
 
 /// `../shared/vectors` beside the repository (CI lays a copy of shared/ there), or
 /// `$FLOWGUARD_VECTORS`.
@@ -87,7 +111,8 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-/// A minimal HTTP/1.0 request on loopback (tests avoid a client dependency): status, body.
+/// A minimal HTTP/1.0 request on loopback (tests avoid a client dependency), 3 s connect,
+/// read and write timeouts: the status code and the body (lossy UTF-8, de-chunked).
 pub fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
@@ -96,25 +121,60 @@ pub fn http_request(
     body: &str,
 ) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let t = std::time::Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t)?;
+    s.set_read_timeout(Some(t))?;
+    s.set_write_timeout(Some(t))?;
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Percent-encodes a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -256,28 +316,165 @@ pub fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Starts `target/.../flowguard run --config <file>` and waits for its API.
-pub fn start_flowguard(config: &str, dir: &std::path::Path, api: std::net::SocketAddr) -> Child {
-    let cfg = dir.join("flowguard.toml");
-    std::fs::write(&cfg, config).expect("write config");
-    let log = std::fs::File::create(dir.join("flowguard.log")).expect("log file");
-    let child = spawn(
-        "flowguard",
-        std::process::Command::new(env!("CARGO_BIN_EXE_flowguard"))
-            .args(["run", "--config"])
+/// A child process with its stdout and stderr in a log file, stopped with its process
+/// group on drop (see [`Child`]).
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, mut cmd: std::process::Command, log: PathBuf) -> Proc {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log file");
+        let f2 = f.try_clone().expect("clone log file");
+        let child = spawn(name, cmd.stdout(f).stderr(f2));
+        Proc { name, child, log }
+    }
+
+    /// `Some(description)` if the process already exited.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.0.try_wait() {
+            Ok(Some(st)) => Some(format!(
+                "{} exited early ({st}); its output:\n{}",
+                self.name,
+                self.log_tail()
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.0.id() as i32
+    }
+
+    /// Sends `sig` to the process alone (not its group) and waits at most `secs` for it
+    /// to exit; its exit status, or None if it is still running.
+    pub fn signal_and_wait(&mut self, sig: i32, secs: u64) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.pid(), sig) };
+        wait_for(secs, || self.child.0.try_wait().ok().flatten())
+    }
+}
+
+/// A running `flowguard run --log-format json --config <dir>/flowguard.toml`. It may
+/// listen on port 0: the addresses are the ones it announced in its log ("flowguard
+/// running" with `api`, "collector listening" with `collector` and `listen`).
+pub struct Flowguard {
+    pub proc: Proc,
+    pub api: std::net::SocketAddr,
+    /// Where this start's lines begin in the log (a restart on the same directory
+    /// appends to it).
+    log_from: usize,
+}
+
+impl Flowguard {
+    /// Writes `config`, starts flowguard and waits (bounded: 20 s) for its announcement
+    /// and a 200 from `/healthz`. Panics with the log's tail if it does not come up.
+    pub fn start(config: &str, dir: &Path) -> Flowguard {
+        Flowguard::start_with(config, dir, &[])
+    }
+
+    pub fn start_with(config: &str, dir: &Path, env: &[(&str, &str)]) -> Flowguard {
+        let cfg = dir.join("flowguard.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = dir.join("flowguard.log");
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowguard"));
+        cmd.args(["--log-format", "json", "run", "--config"])
             .arg(&cfg)
-            .stderr(log),
-    );
-    wait_for(20, || {
-        http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200)
+            .current_dir(dir)
+            .envs(env.iter().copied());
+        let mut proc = Proc::spawn("flowguard", cmd, log.clone());
+        let api = wait_for(20, || {
+            if proc.exited().is_some() {
+                return Some(None);
+            }
+            announced(&log, log_from, "flowguard running", |f| f["api"].as_str())
+                .map(|a| a.parse().ok())
+        })
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "flowguard did not announce its API; log:\n{}",
+                proc.log_tail()
+            )
+        });
+        wait_for(20, || {
+            http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "flowguard's /healthz never answered 200; log:\n{}",
+                proc.log_tail()
+            )
+        });
+        Flowguard {
+            proc,
+            api,
+            log_from,
+        }
+    }
+
+    /// The address the collector `name` announced (waits at most 10 s for its line).
+    pub fn collector(&self, name: &str) -> std::net::SocketAddr {
+        wait_for(10, || {
+            announced(&self.proc.log, self.log_from, "collector listening", |f| {
+                (f["collector"].as_str() == Some(name))
+                    .then(|| f["listen"].as_str())
+                    .flatten()
+            })
+        })
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "collector {name} did not announce its address; log:\n{}",
+                self.proc.log_tail()
+            )
+        })
+    }
+
+    /// This start's log lines.
+    pub fn log(&self) -> String {
+        let t = std::fs::read_to_string(&self.proc.log).unwrap_or_default();
+        t.get(self.log_from..).unwrap_or("").to_string()
+    }
+}
+
+/// The first JSON log line after byte `from` whose message is `message` and for whose
+/// fields `pick` returns a value.
+fn announced(
+    log: &Path,
+    from: usize,
+    message: &str,
+    pick: impl Fn(&serde_json::Value) -> Option<&str>,
+) -> Option<String> {
+    let t = std::fs::read_to_string(log).ok()?;
+    t.get(from..)?.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let f = &v["fields"];
+        (f["message"].as_str() == Some(message))
+            .then(|| pick(f).map(str::to_string))
+            .flatten()
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "flowguard did not come up; log: {}",
-            std::fs::read_to_string(dir.join("flowguard.log")).unwrap_or_default()
-        )
-    });
-    child
+}
+
+/// Starts flowguard on `config` (which names `api` as api.listen) and waits for it, see
+/// [`Flowguard::start`].
+pub fn start_flowguard(config: &str, dir: &std::path::Path, api: std::net::SocketAddr) -> Child {
+    let fg = Flowguard::start(config, dir);
+    assert_eq!(fg.api, api, "flowguard announced another API address");
+    fg.proc.child
 }
 
 /// Sends every UDP payload of a pcap to `to`, as fast as possible (the capture's own

@@ -1,6 +1,5 @@
-//! Shared by the integration tests: runs `mitigator-sim` as a real process on 127.0.0.1
-//! and reads its `/sim/*` endpoints.
-#![allow(dead_code)]
+//! `mitigator-sim` as a real process on 127.0.0.1 (it announces the port it bound), and
+//! its `/sim/*` endpoints read and driven from async tests.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -32,7 +31,7 @@ impl Sim {
     pub fn start_at(listen: &str, tls: bool, extra: &[&str]) -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let cert_path = dir.path().join("cert.pem");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mitigator-sim"));
+        let mut cmd = Command::new(super::workspace_bin("mitigator-sim"));
         cmd.args(["--listen", listen, "--username", USER, "--password", PASS])
             .args(extra)
             .stdout(Stdio::piped())
@@ -186,7 +185,8 @@ pub fn calls(log: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Polls `f` every 25 ms for at most `secs` seconds.
+/// Polls `f` every 25 ms for at most `secs` seconds; panics naming `what` at the deadline.
+/// (The blocking twin for tests without a runtime is [`super::wait_for`].)
 pub async fn wait_for<F, Fut>(secs: u64, what: &str, mut f: F)
 where
     F: FnMut() -> Fut,

@@ -1,16 +1,16 @@
-//! Helpers shared by the operations tests (`tests/ops_*.rs`): finding the metric names that
-//! dashboards and alert rules use, running the real `flowguard` binary on loopback ports,
-//! hand-built NetFlow v5 datagrams, and a minimal HTTP GET.
+//! For the operations tests (`tests/ops_*.rs`): finding the metric names that dashboards
+//! and alert rules use, and the real `flowguard` binary on loopback ports fed hand-built
+//! NetFlow v5 datagrams (from [`super::datagrams`]).
 //!
 //! Every wait here is bounded; every child process is killed when its guard drops.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+#[allow(unused_imports)]
+pub use super::Proc;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -364,68 +364,14 @@ fn metric_uses_labels(inner: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Processes and sockets
 
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
+// The ops tests glob-import this module; not every one of them uses every name.
+#[allow(unused_imports)]
+pub use super::datagrams::{flood_records, netflow_v5, V5Record};
+#[allow(unused_imports)]
+pub use super::{free_tcp_port, free_udp_port, http_get, urlencode};
 
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct Proc {
-    pub name: &'static str,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).expect("create log file");
-        let f2 = f.try_clone().expect("clone log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f))
-            .stderr(Stdio::from(f2))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc { name, child, log }
-    }
-
-    /// `Some(description)` if the process already exited.
-    pub fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(st)) => Some(format!(
-                "{} exited early ({st}); its output:\n{}",
-                self.name,
-                self.log_tail()
-            )),
-            _ => None,
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let t = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `flowguard run --config <tmp>` with its API and one NetFlow collector on
-/// free loopback ports, protecting 127.0.0.0/8.
+/// A running `flowguard run` with its API and one NetFlow collector on loopback ports it
+/// chose (port 0), protecting 127.0.0.0/8.
 pub struct Flowguard {
     pub proc: Proc,
     pub api: SocketAddr,
@@ -464,22 +410,18 @@ dir = "{}"
 }
 
 impl Flowguard {
+    /// Starts it on port 0 for the API and the collector and reads the ports it
+    /// announced (see [`super::Flowguard`]).
     pub fn start() -> Flowguard {
         let dir = tempfile::tempdir().expect("tempdir");
-        let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-        let netflow = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state dir");
-        let cfg = test_config(api, netflow, &state);
-        let cfg_path = dir.path().join("flowguard.toml");
-        std::fs::write(&cfg_path, cfg).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowguard"));
-        cmd.arg("run").arg("--config").arg(&cfg_path);
-        cmd.current_dir(dir.path());
-        let proc = Proc::spawn("flowguard", cmd, dir.path().join("flowguard.log"));
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let fg = super::Flowguard::start(&test_config(any, any, &state), dir.path());
+        let netflow = fg.collector(TEST_COLLECTOR);
         Flowguard {
-            proc,
-            api,
+            api: fg.api,
+            proc: fg.proc,
             netflow,
             dir,
         }
@@ -515,157 +457,4 @@ impl Flowguard {
         }
         last
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// NetFlow v5 (Cisco layout: 24-byte header, 48-byte records, all big-endian)
-
-#[derive(Debug, Clone)]
-pub struct V5Record {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub packets: u32,
-    pub bytes: u32,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub tcp_flags: u8,
-    pub proto: u8,
-}
-
-/// A UDP flood on 127.0.0.2 (well over the 1000 pps test threshold) plus a little TCP and
-/// ICMP to 127.0.0.3, so several protocols and both directions get counted.
-pub fn flood_records() -> Vec<V5Record> {
-    let mut v: Vec<V5Record> = (0..8u8)
-        .map(|i| V5Record {
-            src: Ipv4Addr::new(127, 0, 1, 10 + i),
-            dst: Ipv4Addr::new(127, 0, 0, 2),
-            packets: 5_000,
-            bytes: 5_000 * 512,
-            src_port: 40_000 + u16::from(i),
-            dst_port: 53,
-            tcp_flags: 0,
-            proto: 17,
-        })
-        .collect();
-    v.push(V5Record {
-        src: Ipv4Addr::new(127, 0, 1, 50),
-        dst: Ipv4Addr::new(127, 0, 0, 3),
-        packets: 20,
-        bytes: 20 * 60,
-        src_port: 51_000,
-        dst_port: 443,
-        tcp_flags: 0x18,
-        proto: 6,
-    });
-    v.push(V5Record {
-        src: Ipv4Addr::new(127, 0, 1, 51),
-        dst: Ipv4Addr::new(127, 0, 0, 3),
-        packets: 4,
-        bytes: 4 * 84,
-        src_port: 0,
-        dst_port: 0x0800,
-        tcp_flags: 0,
-        proto: 1,
-    });
-    v
-}
-
-/// One NetFlow v5 datagram whose flows all ended at `now` (last = sysUptime) and lasted
-/// one second, unsampled.
-pub fn netflow_v5(records: &[V5Record], flow_sequence: u32, now: SystemTime) -> Vec<u8> {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let uptime_ms: u32 = 3_600_000;
-    let mut b = Vec::with_capacity(24 + 48 * records.len());
-    b.extend_from_slice(&5u16.to_be_bytes());
-    b.extend_from_slice(&(records.len() as u16).to_be_bytes());
-    b.extend_from_slice(&uptime_ms.to_be_bytes());
-    b.extend_from_slice(&(since.as_secs() as u32).to_be_bytes());
-    b.extend_from_slice(&since.subsec_nanos().to_be_bytes());
-    b.extend_from_slice(&flow_sequence.to_be_bytes());
-    b.push(0); // engine_type
-    b.push(0); // engine_id
-    b.extend_from_slice(&0u16.to_be_bytes()); // sampling: mode 0, interval 0 = unsampled
-    for r in records {
-        b.extend_from_slice(&r.src.octets());
-        b.extend_from_slice(&r.dst.octets());
-        b.extend_from_slice(&[0, 0, 0, 0]); // nexthop
-        b.extend_from_slice(&1u16.to_be_bytes()); // input ifindex
-        b.extend_from_slice(&2u16.to_be_bytes()); // output ifindex
-        b.extend_from_slice(&r.packets.to_be_bytes());
-        b.extend_from_slice(&r.bytes.to_be_bytes());
-        b.extend_from_slice(&(uptime_ms - 1000).to_be_bytes()); // first
-        b.extend_from_slice(&uptime_ms.to_be_bytes()); // last
-        b.extend_from_slice(&r.src_port.to_be_bytes());
-        b.extend_from_slice(&r.dst_port.to_be_bytes());
-        b.push(0); // pad1
-        b.push(r.tcp_flags);
-        b.push(r.proto);
-        b.push(0); // tos
-        b.extend_from_slice(&0u16.to_be_bytes()); // src_as
-        b.extend_from_slice(&0u16.to_be_bytes()); // dst_as
-        b.push(24); // src_mask
-        b.push(24); // dst_mask
-        b.extend_from_slice(&0u16.to_be_bytes()); // pad2
-    }
-    b
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP
-
-/// `GET path` over HTTP/1.0 (the server closes after the answer), 3 s timeouts.
-/// Returns the status code and the body.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.set_write_timeout(Some(Duration::from_secs(3)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Percent-encodes a query-string value.
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
