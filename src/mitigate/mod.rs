@@ -211,8 +211,7 @@ pub fn spawn_guarded(
     let lanes: [Arc<Lane>; 2] =
         std::array::from_fn(|_| Arc::new(Lane::with_cap(cfg.max_queued_operations)));
     let shared = Arc::new(
-        Shared::new(planner.clone(), store, metrics.clone(), lanes.to_vec())?
-            .with_barrier(barrier),
+        Shared::new(planner.clone(), store, metrics.clone(), lanes.to_vec())?.with_barrier(barrier),
     );
     let lane_tasks = vec![
         tokio::spawn(backend::run_lane(
