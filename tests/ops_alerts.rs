@@ -236,11 +236,18 @@ fn every_driven_alert_rule_goes_off_on_what_flowguard_writes() {
     rt.block_on(sim.fault(json!({"status": 503, "count": 1_000_000})));
 
     // A second victim, whose mitigation can only fail now: its steps wait in the queue
-    // (pending) and every retry counts an error.
+    // (pending) and every retry counts an error. A SYN flood, so it needs a switch the
+    // first (UDP) flood did not turn on (`tcp`): a second UDP flood under the same policy
+    // needed no call at all when it was detected within a second of the first.
     let flood2: Vec<V5Record> = flood_records()
         .into_iter()
+        .filter(|r| r.proto == 17)
         .map(|mut r| {
             r.dst = std::net::Ipv4Addr::new(127, 0, 0, 4);
+            r.proto = 6;
+            r.tcp_flags = 0x02;
+            r.dst_port = 80;
+            r.bytes = r.packets * 60;
             r
         })
         .collect();

@@ -86,6 +86,27 @@ pub fn judged_at(now_ms: i64, last_read_ms: i64, interval_ms: i64) -> i64 {
     now_ms.min(last_read_ms + 2 * interval_ms)
 }
 
+/// The collectors a detector merges: those live by heartbeat, and those whose frames it
+/// admitted within `ttl_ms` (`heard`: node → its member record and the last frame's
+/// time). A collector connected to a NATS server that lags after a server loss can fail
+/// its heartbeat writes for many seconds while its frames still arrive; dropping them
+/// would halve a split victim's sums and end its attack. A node never admitted is not in
+/// `heard`, so unknown nodes stay refused.
+pub fn merged_collectors(
+    live: Vec<Member>,
+    heard: &HashMap<String, (Member, i64)>,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Vec<Member> {
+    let mut out = live;
+    for (node, (m, last)) in heard {
+        if now_ms - last < ttl_ms && !out.iter().any(|x| &x.node_id == node) {
+            out.push(m.clone());
+        }
+    }
+    out
+}
+
 /// Whether a detector keeps a partition whose renewal failed. Refused (another node wrote
 /// the key since: wrong last revision) ends it at once; unanswered (the bucket has no
 /// stream leader, or NATS is away) keeps it while the last good renewal, timed from when
@@ -379,6 +400,25 @@ mod tests {
         let at = judged_at(20_000, 11_000, 1000);
         assert_eq!(at, 13_000);
         assert_eq!(live(&m, at, 4000).count(), 1);
+    }
+
+    #[test]
+    fn a_collector_heard_from_stays_merged_while_its_heartbeat_is_stale() {
+        let m = |n: &str| Member {
+            node_id: n.into(),
+            roles: vec!["collector".into()],
+            heartbeat_ms: 0,
+            config_hash: 7,
+        };
+        let heard: HashMap<String, (Member, i64)> = [
+            ("A".to_string(), (m("A"), 10_000)),
+            ("B".to_string(), (m("B"), 1_000)),
+        ]
+        .into();
+        let got = merged_collectors(vec![m("C")], &heard, 12_000, 4000);
+        let names: Vec<&str> = got.iter().map(|x| x.node_id.as_str()).collect();
+        // C by heartbeat, A by its recent frame; B's last frame is older than the TTL.
+        assert_eq!(names, ["C", "A"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - KV `<name>_state` (no TTL): `controller`, the controller's state, written only
 //!   with compare-and-set on its revision.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -752,6 +752,9 @@ async fn run_detector(
     // collector's traffic is in again (three windows), and a margin.
     let mut guard = lease::GapGuard::new(3 * ctx.window_seconds + 2);
     let mut held: BTreeMap<u32, Vec<HostDelta>> = BTreeMap::new();
+    // Collectors whose frames were admitted, with when the last one came (see
+    // lease::merged_collectors); bounded by the members ever admitted, pruned below.
+    let mut heard: HashMap<String, (Member, i64)> = HashMap::new();
     let mut t = tokio::time::interval(Duration::from_millis(50));
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let m = &ctx.metrics.cluster;
@@ -761,10 +764,18 @@ async fn run_detector(
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
                 let now = system_now_ms();
-                let live = ctx.live_with(Role::Collector, now);
+                let live = lease::merged_collectors(
+                    ctx.live_with(Role::Collector, now),
+                    &heard,
+                    now,
+                    ctx.ttl_ms(),
+                );
                 let Some(f) = admit_frame(&msg.payload, &live, ctx.hash, &ctx.metrics) else {
                     continue;
                 };
+                if let Some(m) = live.iter().find(|m| m.node_id == f.header.node) {
+                    heard.insert(m.node_id.clone(), (m.clone(), now));
+                }
                 if book.note(&f.header.node, f.header.sec, f.header.total) {
                     held.entry(f.header.sec).or_default().extend(f.deltas);
                 } else {
@@ -776,11 +787,16 @@ async fn run_detector(
             _ = t.tick() => {}
         }
         let now = system_now_ms();
-        let live: BTreeSet<String> = ctx
-            .live_with(Role::Collector, now)
-            .into_iter()
-            .map(|m| m.node_id)
-            .collect();
+        heard.retain(|_, (_, last)| now - *last < ctx.ttl_ms());
+        let live: BTreeSet<String> = lease::merged_collectors(
+            ctx.live_with(Role::Collector, now),
+            &heard,
+            now,
+            ctx.ttl_ms(),
+        )
+        .into_iter()
+        .map(|m| m.node_id)
+        .collect();
         while let Some(sec) = book.closable(&live, now, ctx.cfg.merge_wait_ms as i64) {
             if guard.merged(sec, &book.senders(sec)) {
                 m.gap_seconds.inc();
