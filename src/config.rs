@@ -204,8 +204,10 @@ pub struct AggregateConfig {
     pub idle_timeout_seconds: u32,
     /// Host-table shards (0 = one per core).
     pub shards: usize,
-    /// NetFlow records whose first..last span is longer than this are spread over at most
-    /// this many seconds (a sanity bound against bogus timestamps).
+    /// 0 (the default): a NetFlow record counts whole in the second it arrives, as
+    /// FastNetMon counts it. Above 0: its packets are spread over its first..last span (at
+    /// most this many seconds) ending at arrival, which damps one long download reported
+    /// at its end but reads steadily exported traffic low (see README, Aggregation).
     pub max_flow_spread_seconds: u32,
     /// Keep lifetime totals per host-direction (shown by the hosts API): 128 bytes more
     /// per host-direction on top of ~90, so off by default.
@@ -219,7 +221,7 @@ impl Default for AggregateConfig {
             max_tracked_hosts: 1_000_000,
             idle_timeout_seconds: 60,
             shards: 0,
-            max_flow_spread_seconds: 300,
+            max_flow_spread_seconds: 0,
             host_totals: false,
         }
     }

@@ -257,6 +257,28 @@ struct Node {
     config: PathBuf,
 }
 
+/// What a test node's config says besides its roles: the collectors it listens with and
+/// the `[aggregate]`, `[networks]` and `[[hostgroup]]` sections.
+struct Profile {
+    collectors: String,
+    body: String,
+}
+
+/// The split-victim profile most tests use: one NetFlow listener (`nf`), 127.16.0.0/16
+/// protected at [`THRESHOLD_PPS`].
+fn split_profile(nf: Option<u16>) -> Profile {
+    let collectors = nf
+        .map(|p| format!("[[collector]]\nprotocol = \"netflow\"\nlisten = \"127.0.0.1:{p}\"\n"))
+        .unwrap_or_default();
+    // A 2-second average (α = 2/3): 0.6 + 0.6 × threshold crosses it in 2 s instead of
+    // 5 s with the default 5 s window (α = 1/3), so the test's margin does not depend on
+    // how fast a loaded machine delivers the flood. The sums under test are the same.
+    let mut body = "[aggregate]\nwindow_seconds = 2\n".to_string();
+    body += "[networks]\nprotected = [\"127.16.0.0/16\"]\n";
+    body += &format!("[[hostgroup]]\nname = \"default\"\nthreshold_pps = {THRESHOLD_PPS}\nthreshold_mbps = 100000\nban_time_seconds = 5\n");
+    Profile { collectors, body }
+}
+
 /// Writes node `name`'s config and starts it. A node restarted with the same name keeps
 /// its API port, collector port and state directory.
 fn start_node(
@@ -265,19 +287,12 @@ fn start_node(
     roles: &str,
     nats: &Nats,
     sim: SocketAddr,
-    nf: Option<u16>,
+    profile: &Profile,
 ) -> Node {
     let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let mut t = format!("[api]\nlisten = \"{api}\"\n");
-    if let Some(p) = nf {
-        t += &format!("[[collector]]\nprotocol = \"netflow\"\nlisten = \"127.0.0.1:{p}\"\n");
-    }
-    // A 2-second average: 0.6 + 0.6 × threshold crosses it in 3 s instead of 8-9 s with
-    // the default 5 s (weight 1/W per second), so the test's margin does not depend on
-    // how fast a loaded machine delivers the flood. The sums under test are the same.
-    t += "[aggregate]\nwindow_seconds = 2\n";
-    t += "[networks]\nprotected = [\"127.16.0.0/16\"]\n";
-    t += &format!("[[hostgroup]]\nname = \"default\"\nthreshold_pps = {THRESHOLD_PPS}\nthreshold_mbps = 100000\nban_time_seconds = 5\n");
+    t += &profile.collectors;
+    t += &profile.body;
     if roles.contains("controller") {
         t += &format!("[mitigator]\nurl = \"http://{sim}\"\nusername = \"admin\"\npassword = \"pw\"\nretry_base_ms = 50\n");
     }
@@ -405,8 +420,12 @@ impl Cluster {
     }
 
     fn node(&mut self, name: &'static str, roles: &str, nf: Option<u16>) -> Node {
+        self.node_with(name, roles, &split_profile(nf))
+    }
+
+    fn node_with(&mut self, name: &'static str, roles: &str, profile: &Profile) -> Node {
         self.names.push(name);
-        start_node(&self.dir, name, roles, &self.nats, self.sim, nf)
+        start_node(&self.dir, name, roles, &self.nats, self.sim, profile)
     }
 
     /// The last lines of every node's log, for a failure message.
@@ -698,8 +717,9 @@ fn detector_killed_mid_attack_partitions_move_and_attacks_continue() {
     );
     let took = t_kill.elapsed();
     eprintln!("detector C killed; its partitions are D's after {took:?}");
-    // Lease TTL 4 s and one renewal round: the issue's 5 s, with a margin for a loaded
-    // machine (the figure above is what benches/README.md reports).
+    // Lease TTL 3 s, a membership read every 750 ms and a lease retry every 250 ms: about
+    // 3–4.5 s (benches/cluster-failover.sh times it over 10 kills). The bound here only
+    // says that they moved, with room for a loaded machine.
     assert!(
         took < Duration::from_secs(8),
         "partitions moved after {took:?}"
@@ -928,4 +948,180 @@ fn nats_server_loss_then_quorum_loss_freezes_mitigator_and_catches_up() {
         "one on, one off per attack:\n{}",
         cl.logs()
     );
+}
+
+/// The UDP payloads of a pcap with their times relative to its first packet.
+fn capture(file: &str) -> Vec<(Duration, Vec<u8>)> {
+    let f = std::fs::File::open(common::vectors().join(file)).expect("open capture");
+    let mut r = pcap_file::pcap::PcapReader::new(f).expect("pcap");
+    let (mut out, mut t0) = (Vec::new(), None);
+    while let Some(Ok(p)) = r.next_packet() {
+        let Ok(s) = etherparse::SlicedPacket::from_ethernet(&p.data) else {
+            continue;
+        };
+        if let Some(etherparse::TransportSlice::Udp(u)) = s.transport {
+            let t0 = *t0.get_or_insert(p.timestamp);
+            out.push((p.timestamp.saturating_sub(t0), u.payload().to_vec()));
+        }
+    }
+    out
+}
+
+/// Per-host lifetime totals of `ip`'s incoming direction, as the hosts API shows them.
+fn incoming_totals(api: SocketAddr, ip: &str) -> Option<serde_json::Value> {
+    let (s, b) = http_get(api, &format!("/api/v1/hosts/{ip}")).ok()?;
+    let v: serde_json::Value = (s == 200).then(|| serde_json::from_str(&b).ok())??;
+    v["directions"]
+        .as_array()?
+        .iter()
+        .find(|d| d["direction"] == "incoming")
+        .map(|d| d["totals"].clone())
+}
+
+/// Every attack `api` knows, active or ended, as (ip, direction, type), sorted.
+fn attack_kinds(api: SocketAddr) -> (Vec<(String, String, String)>, usize) {
+    let j: serde_json::Value = http_get(api, "/api/v1/attacks")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    let mut all: Vec<(String, String, String)> = ["active", "recent"]
+        .iter()
+        .flat_map(|k| j[*k].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            let s = |f: &str| a[f].as_str().unwrap_or_default().to_string();
+            (s("ip"), s("direction"), s("attack_type"))
+        })
+        .collect();
+    all.sort();
+    let active = j["active"].as_array().map_or(0, Vec::len);
+    (all, active)
+}
+
+/// Issue 16, item 2: the shared captures (softflowd v5, v9, IPFIX, pmacctd sFlow: four
+/// exporters) replayed at their own pace through two collectors, each taking a share of
+/// the exporters, give the attacks, types and exact per-host totals a single node gets
+/// from the same datagrams sent to it at the same instants.
+#[test]
+fn two_collectors_replaying_the_captures_answer_as_one_node() {
+    if !require_tool("nats-server") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cl = Cluster::new();
+    let ports: Vec<u16> = (0..5).map(|_| free_udp_port()).collect();
+    let (nf_a, nf_b, sf_b, nf_s, sf_s) = (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    let listen = |proto: &str, p: u16| {
+        format!("[[collector]]\nprotocol = \"{proto}\"\nlisten = \"127.0.0.1:{p}\"\n")
+    };
+    // What the replay tests use (tests/common check_config), with lifetime totals.
+    let body = "[aggregate]\nhost_totals = true\n\
+        [networks]\nprotected = [\"127.0.0.16/28\", \"127.0.0.32/27\"]\n\
+        [[hostgroup]]\nname = \"default\"\nthreshold_pps = 3000\nthreshold_mbps = 100000\nban_time_seconds = 5\n";
+    let profile = |collectors: String| Profile {
+        collectors,
+        body: body.to_string(),
+    };
+    let _a = cl.node_with("A", r#"["collector"]"#, &profile(listen("netflow", nf_a)));
+    let _b = cl.node_with(
+        "B",
+        r#"["collector"]"#,
+        &profile(listen("netflow", nf_b) + &listen("sflow", sf_b)),
+    );
+    let c = cl.node_with(
+        "C",
+        r#"["detector", "controller"]"#,
+        &profile(String::new()),
+    );
+    // The single node: the same sections, no cluster, no MITIGATOR.
+    let s_api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let s_cfg = cl.dir.join("S.toml");
+    std::fs::write(
+        &s_cfg,
+        format!(
+            "[api]\nlisten = \"{s_api}\"\n{}{}{body}[state]\ndir = \"{}\"\n",
+            listen("netflow", nf_s),
+            listen("sflow", sf_s),
+            cl.dir.join("S-state").display()
+        ),
+    )
+    .unwrap();
+    cl.names.push("S");
+    let _s = run_node(&cl.dir, "S", s_cfg, s_api);
+    cl.wait_formed(c.api, 3);
+    assert!(
+        common::wait_for(20, || http_get(s_api, "/healthz")
+            .ok()
+            .filter(|r| r.0 == 200))
+        .is_some(),
+        "single node did not start:\n{}",
+        cl.logs()
+    );
+
+    // Each capture from its own socket (one exporter each), to one collector of the
+    // cluster and to the single node, datagram by datagram at the capture's pace.
+    let plan = [
+        ("v-softflowd-nf5.pcap", nf_a, nf_s),
+        ("v-softflowd-nf9.pcap", nf_b, nf_s),
+        ("v-softflowd-nf10.pcap", nf_a, nf_s),
+        ("v-pmacctd-sflow.pcap", sf_b, sf_s),
+    ];
+    let caps: Vec<_> = plan.iter().map(|(f, _, _)| capture(f)).collect();
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let senders: Vec<_> = plan
+        .iter()
+        .zip(caps)
+        .map(|(&(_, to_cluster, to_single), cap)| {
+            std::thread::spawn(move || {
+                let a = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+                let b = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+                for (at, d) in cap {
+                    if let Some(w) = (t0 + at).checked_duration_since(Instant::now()) {
+                        std::thread::sleep(w);
+                    }
+                    let _ = a.send_to(&d, addr(to_cluster));
+                    let _ = b.send_to(&d, addr(to_single));
+                }
+            })
+        })
+        .collect();
+    for t in senders {
+        t.join().expect("sender");
+    }
+
+    // The attacks end 5 s (ban time) after their rates fall; both must be done.
+    let done = common::wait_for(40, || {
+        let (s, c) = (attack_kinds(s_api), attack_kinds(c.api));
+        (s.1 == 0 && c.1 == 0 && s.0.len() >= 4 && c.0.len() >= 4).then_some(())
+    });
+    let (single, cluster) = (attack_kinds(s_api).0, attack_kinds(c.api).0);
+    assert!(
+        done.is_some(),
+        "attacks did not all end: single {single:?}, cluster {cluster:?}\n{}",
+        cl.logs()
+    );
+    let want: Vec<(String, String, String)> = [
+        ("127.0.0.20", "syn_flood"),
+        ("127.0.0.21", "icmp_flood"),
+        ("127.0.0.22", "udp_flood"),
+        ("127.0.0.23", "ip_fragmentation"),
+    ]
+    .iter()
+    .map(|(ip, t)| (ip.to_string(), "incoming".to_string(), t.to_string()))
+    .collect();
+    assert_eq!(single, want, "the single node's attacks");
+    assert_eq!(cluster, single, "the cluster's attacks\n{}", cl.logs());
+    for ip in [
+        "127.0.0.20",
+        "127.0.0.21",
+        "127.0.0.22",
+        "127.0.0.23",
+        "127.0.0.24",
+    ] {
+        let (s, c) = (incoming_totals(s_api, ip), incoming_totals(c.api, ip));
+        assert!(
+            s.as_ref().is_some_and(|t| t["packets"].as_u64() > Some(0)),
+            "{ip}: no totals on the single node: {s:?}"
+        );
+        assert_eq!(c, s, "{ip}: cluster totals vs single node");
+    }
 }

@@ -8,10 +8,11 @@
 //! the sums one process would have computed from all the records (up to the unbiased
 //! rounding of weights). Cluster mode ships them from collectors to detectors.
 //!
-//! Bounded: at most `cap` host-directions per second are held; further ones are counted
-//! in [`DeltaAccumulator::overflow`] and lost.
+//! Bounded: at most `cap` host-seconds are held (in practice the current second and the one
+//! before it, until the collector drains it); further ones are counted in
+//! [`DeltaAccumulator::overflow`] and lost.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::rate::{place, Counters, Decay, Dither};
 use super::table::{HostKey, Pending};
@@ -28,7 +29,105 @@ pub struct HostDelta {
     pub counters: Counters,
 }
 
-type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+/// One second's deltas: entries in first-seen order behind an open-addressing index
+/// (linear probing on the low bits of the host table's key hash, which the router has
+/// computed for every record already), so a batch can prefetch the index slots of the
+/// records ahead of it, as the host table does.
+///
+/// Why not a `HashMap<(second, host), Counters>` (what this was): at 300 k records/s to
+/// 10 000 hosts its `get_mut` took 51–54 % of a collector thread (perf, cpu-clock): a
+/// cache miss per record into 150-byte buckets with nothing to hide it, and a collector
+/// then cost 0.41–0.54 µs per record against a standalone node's 0.20.
+#[derive(Default)]
+struct SecondMap {
+    /// 0 = empty, else the entry's index + 1.
+    index: Vec<u32>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    hash: u64,
+    key: HostKey,
+    group: u16,
+    counters: Counters,
+}
+
+impl SecondMap {
+    const MIN_INDEX: usize = 1024;
+
+    fn mask(&self) -> usize {
+        self.index.len() - 1
+    }
+
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        if let Some(b) = self
+            .index
+            .get(hash as usize & self.index.len().wrapping_sub(1))
+        {
+            super::index::prefetch(b);
+        }
+    }
+
+    /// The counters of `key`, inserted (zero) if new and `room`; None when new and no room.
+    #[inline]
+    fn entry(&mut self, key: &HostKey, hash: u64, group: u16, room: bool) -> Option<&mut Counters> {
+        // Load at most one half: linear probes stay short.
+        if (self.entries.len() + 1) * 2 > self.index.len() {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        loop {
+            match self.index[i] {
+                0 => {
+                    if !room {
+                        return None;
+                    }
+                    self.entries.push(Entry {
+                        hash,
+                        key: *key,
+                        group,
+                        counters: Counters::default(),
+                    });
+                    self.index[i] = self.entries.len() as u32;
+                    return self.entries.last_mut().map(|e| &mut e.counters);
+                }
+                n => {
+                    let at = (n - 1) as usize;
+                    if self.entries[at].hash == hash && self.entries[at].key == *key {
+                        return Some(&mut self.entries[at].counters);
+                    }
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let n = (self.index.len() * 2).max(Self::MIN_INDEX);
+        self.index.clear();
+        self.index.resize(n, 0);
+        let mask = n - 1;
+        for (at, e) in self.entries.iter().enumerate() {
+            let mut i = e.hash as usize & mask;
+            while self.index[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.index[i] = at as u32 + 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Empties it, keeping both allocations.
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.index.iter_mut().for_each(|b| *b = 0);
+    }
+}
 
 /// One shard's deltas of the seconds not yet drained.
 pub struct DeltaAccumulator {
@@ -36,10 +135,17 @@ pub struct DeltaAccumulator {
     dither: Dither,
     max_spread_ms: u32,
     cap: usize,
-    held: FastMap<(u32, HostKey), (u16, Counters)>,
+    /// One map per second, drained whole.
+    held: BTreeMap<u32, SecondMap>,
+    /// Host-seconds held, over all seconds.
+    len: usize,
+    /// Drained maps, cleared, kept for their allocation (at most [`SPARE_MAPS`]).
+    spare: Vec<SecondMap>,
     /// Host-seconds refused at the cap since the counter was last taken.
     pub overflow: u64,
 }
+
+const SPARE_MAPS: usize = 2;
 
 impl DeltaAccumulator {
     pub fn new(window_seconds: u32, max_spread_seconds: u32, cap: usize) -> DeltaAccumulator {
@@ -48,21 +154,30 @@ impl DeltaAccumulator {
             dither: Dither::new(0xD1B5_4A32_D192_ED03),
             max_spread_ms: max_spread_seconds.saturating_mul(1000),
             cap,
-            held: FastMap::default(),
+            held: BTreeMap::new(),
+            len: 0,
+            spare: Vec::new(),
             overflow: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.len == 0
     }
 
     /// Adds record `r` of host-direction `key` (hostgroup `group`) arriving at `now_ms`.
     pub fn add(&mut self, key: HostKey, group: u16, r: &FlowRecord, now_ms: i64) {
+        let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(key);
+        self.add_hashed(&key, hash, group, r, now_ms);
+    }
+
+    /// [`Self::add`] with the key's hash (any hash, as long as it is the same for a key).
+    #[inline]
+    fn add_hashed(&mut self, key: &HostKey, hash: u64, group: u16, r: &FlowRecord, now_ms: i64) {
         let (sec, weight) = place(r, now_ms, self.max_spread_ms, &self.decay);
         let (p, b) = if weight >= 1.0 {
             (r.packets, r.bytes)
@@ -72,41 +187,50 @@ impl DeltaAccumulator {
                 self.dither.round(r.bytes as f64 * weight),
             )
         };
-        let c = Counters::of(r, p, b, u64::from(r.flows));
-        let full = self.held.len() >= self.cap;
-        match self.held.get_mut(&(sec, key)) {
-            Some(e) => e.1.add(&c),
-            None if full => self.overflow += 1,
-            None => {
-                self.held.insert((sec, key), (group, c));
-            }
+        let room = self.len < self.cap;
+        let spare = &mut self.spare;
+        let m = self
+            .held
+            .entry(sec)
+            .or_insert_with(|| spare.pop().unwrap_or_default());
+        let before = m.len();
+        match m.entry(key, hash, group, room) {
+            Some(c) => c.add(&Counters::of(r, p, b, u64::from(r.flows))),
+            None => self.overflow += 1,
         }
+        self.len += m.len() - before;
     }
 
     /// Adds a batch routed to this shard (the same items the host table applies).
     pub fn add_all(&mut self, items: &[Pending], recs: &[FlowRecord], now_ms: i64) {
-        for u in items {
+        const AHEAD: usize = 16;
+        let now_sec = (now_ms.max(0) / 1000) as u32;
+        for (j, u) in items.iter().enumerate() {
+            if let (Some(a), Some(m)) = (items.get(j + AHEAD), self.held.get(&now_sec)) {
+                m.prefetch(a.hash);
+            }
             if let Some(r) = recs.get(u.rec as usize) {
-                self.add(u.key(r), u.group, r, now_ms);
+                self.add_hashed(&u.key(r), u.hash, u.group, r, now_ms);
             }
         }
     }
 
     /// Moves every delta of a second before `sec` to `out`.
     pub fn drain_before(&mut self, sec: u32, out: &mut Vec<HostDelta>) {
-        self.held.retain(|(s, key), (group, counters)| {
-            if *s < sec {
-                out.push(HostDelta {
-                    key: *key,
-                    group: *group,
-                    sec: *s,
-                    counters: *counters,
-                });
-                false
-            } else {
-                true
+        let keep = self.held.split_off(&sec);
+        for (s, mut m) in std::mem::replace(&mut self.held, keep) {
+            self.len -= m.len();
+            out.extend(m.entries.iter().map(|e| HostDelta {
+                key: e.key,
+                group: e.group,
+                sec: s,
+                counters: e.counters,
+            }));
+            if self.spare.len() < SPARE_MAPS {
+                m.clear();
+                self.spare.push(m);
             }
-        });
+        }
     }
 }
 
@@ -179,6 +303,42 @@ mod tests {
         let w = w.expect("whole host");
         assert_eq!(w.sums, m.sums);
         assert!(m.rates.pps > 0);
+    }
+
+    #[test]
+    fn the_second_map_finds_every_key_through_growth_and_colliding_hashes() {
+        let mut m = SecondMap::default();
+        let k = |i: u32| HostKey {
+            ip: std::net::IpAddr::from(i.to_be_bytes()),
+            dir: Direction::Incoming,
+        };
+        // Hashes that collide a lot (7 values) and ones that only share low bits.
+        let h = |i: u32| {
+            if i % 2 == 0 {
+                u64::from(i % 7)
+            } else {
+                u64::from(i) << 20
+            }
+        };
+        for round in 1..=3u64 {
+            for i in 0..5_000 {
+                let c = m.entry(&k(i), h(i), 0, true).expect("room");
+                c.packets += round;
+            }
+        }
+        assert_eq!(m.len(), 5_000);
+        for i in 0..5_000 {
+            assert_eq!(m.entry(&k(i), h(i), 0, false).map(|c| c.packets), Some(6));
+        }
+        assert!(
+            m.entry(&k(9_999), h(9_999), 0, false).is_none(),
+            "no room: not inserted"
+        );
+        m.clear();
+        assert_eq!(
+            (m.len(), m.entry(&k(1), h(1), 0, false).is_none()),
+            (0, true)
+        );
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! × (W+1) buckets is ~1 KB per host-direction. The average needs one set of 16 sums
 //! ([`Ewma`], 78 bytes) and is what FastNetMon computes too (`average_calculation_time`).
 //!
-//! NetFlow records span first..last switched: [`place`] weighs a record's packets over the
-//! seconds it covers, so a 60-second download is seen at its real rate instead of as one
-//! 60× spike.
+//! NetFlow records span first..last switched. By default a record counts whole in the
+//! second it arrives; with a spread bound, [`place`] weighs its packets over the seconds it
+//! covers instead (see there for why that is not the default).
 
 use crate::decode::{FlowRecord, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
@@ -314,9 +314,14 @@ impl Decay {
 /// Where a record lands in time: the second it arrived in and the weight of its packets
 /// and bytes relative to that second (1.0 when they all fall in it).
 ///
-/// Its packets are spread evenly over its `duration_ms` (at most `max_spread_ms`, a
-/// sanity bound against bogus timestamps) ending at arrival, so a long flow reported once
-/// is seen at its real rate instead of as one spike. The export delay (`end_age_ms`: an
+/// With `max_spread_ms` = 0 (the default) the record weighs 1 in its arrival second.
+/// Otherwise its packets are spread evenly over its `duration_ms` (at most
+/// `max_spread_ms`) ending at arrival, so a long flow reported once is seen at its real
+/// rate instead of as one spike. With a single decaying sum the spread is only a weight
+/// below 1, and it biases steady traffic low: the newest seconds of every flow still
+/// running are not reported yet. 1-second records arriving steadily read 5/6 of their
+/// rate (W = 5), flows exported on a 60 s active timeout 1/30 to 1/20. Counting on arrival
+/// reads a steady rate exactly whatever the exporter's timeouts. The export delay (`end_age_ms`: an
 /// exporter's inactive/active timeouts) is deliberately not subtracted: with an average
 /// that decays from the moment traffic happened, a flood whose records arrive 3 s late
 /// would read at d³ of its rate, about half, and be missed. Counting records on arrival
@@ -685,6 +690,57 @@ mod tests {
         assert_eq!(b.rates(t0 + 1, &d).pps, 2222, "then × d per second");
         assert_eq!(b.rates(t0 + 3, &d).pps, 987);
         assert_eq!(b.rates(t0 + 200, &d).pps, 0);
+    }
+
+    /// Reads the pps of `per_second` records of `packets` each, `dur` ms long, arriving
+    /// evenly over 120 s, placed with spread bound `spread_ms`, as the pass after the last
+    /// second reads it.
+    fn steady_pps(per_second: u32, packets: u64, dur: u32, spread_ms: u32) -> u64 {
+        let d = Decay::new(5);
+        let mut dither = Dither::new(7);
+        let mut e = Ewma::<Compact>::default();
+        let t0 = 1_000_000i64;
+        for s in 0..120 {
+            for i in 0..per_second {
+                let r = rec(packets, packets * 60, dur, 0);
+                let now = (t0 + s) * 1000 + i64::from(i * 1000 / per_second);
+                let (sec, w) = place(&r, now, spread_ms, &d);
+                e.add(
+                    sec,
+                    w,
+                    Class::of(&r),
+                    r.packets,
+                    r.bytes,
+                    1,
+                    &d,
+                    &mut dither,
+                );
+            }
+        }
+        e.rates((t0 + 119) as u32, &d).pps
+    }
+
+    #[test]
+    fn steady_traffic_reads_its_rate_on_arrival_and_low_when_spread() {
+        // What the cluster contract check sends: 120 one-second records/s of 100 packets.
+        let on_arrival = steady_pps(120, 100, 1_000, 0);
+        assert!((11_900..=12_000).contains(&on_arrival), "{on_arrival}");
+        // Spread back over the second before arrival: the newest second is never complete.
+        let spread = steady_pps(120, 100, 1_000, 300_000);
+        assert!(
+            (9_900..=10_100).contains(&spread),
+            "5/6 of 12 000: {spread}"
+        );
+        // Flows exported on a 60 s active timeout, one export a second of 1 000 packets
+        // (60 flows running at once, 1 000 pps in all): spread reads 1/30 to 1/20 of it
+        // (exports at the start of a second here: 1/30).
+        let long_on_arrival = steady_pps(1, 1_000, 60_000, 0);
+        assert!(
+            (990..=1_000).contains(&long_on_arrival),
+            "{long_on_arrival}"
+        );
+        let long_spread = steady_pps(1, 1_000, 60_000, 300_000);
+        assert!((30..=60).contains(&long_spread), "{long_spread}");
     }
 
     #[test]

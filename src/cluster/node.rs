@@ -195,12 +195,21 @@ struct Ctx {
 /// Attack events a node holds while the stream does not take them (NATS down).
 const OUTBOX: usize = 10_000;
 
+/// See [`Ctx::lease_tick`].
+const LEASE_RETRY: Duration = Duration::from_millis(250);
+
 impl Ctx {
     fn ttl_ms(&self) -> i64 {
         self.cfg.lease_ttl_ms as i64
     }
     fn interval(&self) -> Duration {
         Duration::from_millis(self.cfg.heartbeat_interval_ms)
+    }
+    /// How often a lease loop looks again: renewals go every interval, but a lease this
+    /// node wants and another holds (a dead node's, until its key expires) is tried
+    /// this often, so a takeover waits for the expiry and not for the next round.
+    fn lease_tick(&self) -> Duration {
+        self.interval().min(LEASE_RETRY)
     }
     fn live_with(&self, role: Role, now_ms: i64) -> Vec<Member> {
         let m = self.members.lock();
@@ -837,13 +846,14 @@ async fn run_partition_leases(
     owned: Arc<Mutex<BTreeSet<u16>>>,
     stop: CancellationToken,
 ) {
-    let mut t = tokio::time::interval(ctx.interval());
+    let mut t = tokio::time::interval(ctx.lease_tick());
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval_ms = ctx.cfg.heartbeat_interval_ms as i64;
     // Revision of each lease this node holds, and when its last good renewal was sent.
     let mut held: BTreeMap<u16, (u64, i64)> = BTreeMap::new();
     // Unanswered renewals are ridden out this long (NATS 2.9 elects a stream leader in
     // 4–9 s; see lease::keep_partition).
-    let hold_ms = 3 * ctx.ttl_ms();
+    let hold_ms = (3 * ctx.ttl_ms()).max(12_000);
     let mut first_round = true;
     let m = &ctx.metrics.cluster;
     loop {
@@ -862,6 +872,8 @@ async fn run_partition_leases(
             let body = Bytes::from(ctx.node.clone());
             let sent = system_now_ms();
             match (mine, held.get(&p).copied()) {
+                // Renewed every interval, not every tick.
+                (true, Some((_, renewed))) if sent - renewed < interval_ms => {}
                 (true, Some((rev, renewed))) => match ctx.leases.update(&key, body, rev).await {
                     Ok(r) => {
                         held.insert(p, (r, sent));
@@ -949,8 +961,9 @@ async fn run_controller_lease(
     let Some((setup, dir)) = controller else {
         return;
     };
-    let mut t = tokio::time::interval(ctx.interval());
+    let mut t = tokio::time::interval(ctx.lease_tick());
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval_ms = ctx.cfg.heartbeat_interval_ms as i64;
     let m = &ctx.metrics.cluster;
     let renewed = Arc::new(Mutex::new(None::<i64>));
     let mut rev: Option<u64> = None;
@@ -966,6 +979,16 @@ async fn run_controller_lease(
         // new one from the state bucket.
         if leading.as_ref().is_some_and(|t| t.is_cancelled()) {
             leading = None;
+        }
+        // The leader renews every interval (at once when its term ended, to start the
+        // next); a standby tries every tick.
+        let due = rev.is_none()
+            || leading.is_none()
+            || !renewed
+                .lock()
+                .is_some_and(|r| system_now_ms() - r < interval_ms);
+        if !due {
+            continue;
         }
         let body = Bytes::from(ctx.node.clone());
         // Err((another node holds it, error)).
