@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::rate::{place, Counters, Decay, Dither};
+use super::rate::{add_classed, place, Cells, Class, Compact, Counters, Decay, Dither, FIELDS};
 use super::table::{HostKey, Pending};
 use crate::decode::FlowRecord;
 
@@ -45,11 +45,25 @@ struct SecondMap {
     entries: Vec<Entry>,
 }
 
+/// Two cache lines, aligned: the batch prefetches both for the records 8 ahead. One
+/// second's counts fit [`Compact`] cells (u32 packets and flows, 40-bit bytes: 4 G
+/// packets and 1 TB per host-direction per second).
+#[repr(align(64))]
 struct Entry {
     hash: u64,
     key: HostKey,
     group: u16,
-    counters: Counters,
+    cells: Compact,
+}
+
+impl Entry {
+    fn counters(&self) -> Counters {
+        let mut a = [0u64; FIELDS];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = self.cells.get(i);
+        }
+        Counters::from_array(a)
+    }
 }
 
 impl SecondMap {
@@ -60,18 +74,32 @@ impl SecondMap {
     }
 
     #[inline]
-    fn prefetch(&self, hash: u64) {
-        if let Some(b) = self
-            .index
+    fn slot(&self, hash: u64) -> Option<&u32> {
+        self.index
             .get(hash as usize & self.index.len().wrapping_sub(1))
-        {
+    }
+
+    #[inline]
+    fn prefetch_index(&self, hash: u64) {
+        if let Some(b) = self.slot(hash) {
             super::index::prefetch(b);
         }
     }
 
-    /// The counters of `key`, inserted (zero) if new and `room`; None when new and no room.
+    /// The entry the first index slot of `hash` names (prefetched by then), if any.
     #[inline]
-    fn entry(&mut self, key: &HostKey, hash: u64, group: u16, room: bool) -> Option<&mut Counters> {
+    fn prefetch_entry(&self, hash: u64) {
+        if let Some(e) = self
+            .slot(hash)
+            .and_then(|n| self.entries.get((*n as usize).wrapping_sub(1)))
+        {
+            super::index::prefetch_all(e);
+        }
+    }
+
+    /// The cells of `key`, inserted (zero) if new and `room`; None when new and no room.
+    #[inline]
+    fn entry(&mut self, key: &HostKey, hash: u64, group: u16, room: bool) -> Option<&mut Compact> {
         // Load at most one half: linear probes stay short.
         if (self.entries.len() + 1) * 2 > self.index.len() {
             self.grow();
@@ -88,15 +116,15 @@ impl SecondMap {
                         hash,
                         key: *key,
                         group,
-                        counters: Counters::default(),
+                        cells: Compact::default(),
                     });
                     self.index[i] = self.entries.len() as u32;
-                    return self.entries.last_mut().map(|e| &mut e.counters);
+                    return self.entries.last_mut().map(|e| &mut e.cells);
                 }
                 n => {
                     let at = (n - 1) as usize;
                     if self.entries[at].hash == hash && self.entries[at].key == *key {
-                        return Some(&mut self.entries[at].counters);
+                        return Some(&mut self.entries[at].cells);
                     }
                 }
             }
@@ -195,7 +223,7 @@ impl DeltaAccumulator {
             .or_insert_with(|| spare.pop().unwrap_or_default());
         let before = m.len();
         match m.entry(key, hash, group, room) {
-            Some(c) => c.add(&Counters::of(r, p, b, u64::from(r.flows))),
+            Some(c) => add_classed(c, Class::of(r), p, b, u64::from(r.flows)),
             None => self.overflow += 1,
         }
         self.len += m.len() - before;
@@ -203,11 +231,17 @@ impl DeltaAccumulator {
 
     /// Adds a batch routed to this shard (the same items the host table applies).
     pub fn add_all(&mut self, items: &[Pending], recs: &[FlowRecord], now_ms: i64) {
-        const AHEAD: usize = 16;
+        const INDEX_AHEAD: usize = 16;
+        const ENTRY_AHEAD: usize = 8;
         let now_sec = (now_ms.max(0) / 1000) as u32;
         for (j, u) in items.iter().enumerate() {
-            if let (Some(a), Some(m)) = (items.get(j + AHEAD), self.held.get(&now_sec)) {
-                m.prefetch(a.hash);
+            if let Some(m) = self.held.get(&now_sec) {
+                if let Some(a) = items.get(j + INDEX_AHEAD) {
+                    m.prefetch_index(a.hash);
+                }
+                if let Some(a) = items.get(j + ENTRY_AHEAD) {
+                    m.prefetch_entry(a.hash);
+                }
             }
             if let Some(r) = recs.get(u.rec as usize) {
                 self.add_hashed(&u.key(r), u.hash, u.group, r, now_ms);
@@ -224,7 +258,7 @@ impl DeltaAccumulator {
                 key: e.key,
                 group: e.group,
                 sec: s,
-                counters: e.counters,
+                counters: e.counters(),
             }));
             if self.spare.len() < SPARE_MAPS {
                 m.clear();
@@ -323,12 +357,12 @@ mod tests {
         for round in 1..=3u64 {
             for i in 0..5_000 {
                 let c = m.entry(&k(i), h(i), 0, true).expect("room");
-                c.packets += round;
+                c.add(0, round);
             }
         }
         assert_eq!(m.len(), 5_000);
         for i in 0..5_000 {
-            assert_eq!(m.entry(&k(i), h(i), 0, false).map(|c| c.packets), Some(6));
+            assert_eq!(m.entry(&k(i), h(i), 0, false).map(|c| c.get(0)), Some(6));
         }
         assert!(
             m.entry(&k(9_999), h(9_999), 0, false).is_none(),

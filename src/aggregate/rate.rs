@@ -370,6 +370,31 @@ fn add_three<C: Cells>(c: &mut C, base: usize, p: u64, b: u64, f: u64) {
     c.add(base + 2, f);
 }
 
+/// Adds a record's packets, bytes and flows to the cells its class names: the totals, its
+/// protocol's three, and SYN and fragment pairs when they apply.
+#[inline(always)]
+pub fn add_classed<C: Cells>(c: &mut C, class: Class, p: u64, b: u64, f: u64) {
+    c.add(PACKETS, p);
+    c.add(BYTES, b);
+    c.add(FLOWS, f);
+    // One arm per protocol, so every cell index is a constant and the cell lookup
+    // folds away (an index from `PROTO_BASE` at run time kept it).
+    match class.proto {
+        0 => add_three(c, PROTO_BASE[0], p, b, f),
+        1 => add_three(c, PROTO_BASE[1], p, b, f),
+        2 => add_three(c, PROTO_BASE[2], p, b, f),
+        _ => {}
+    }
+    if class.syn {
+        c.add(SYN_PACKETS, p);
+        c.add(SYN_PACKETS + 1, b);
+    }
+    if class.frag {
+        c.add(FRAG_PACKETS, p);
+        c.add(FRAG_PACKETS + 1, b);
+    }
+}
+
 /// Storage of the 16 decaying sums: [`Compact`] for hosts, [`Wide`] for hostgroup sums.
 pub trait Cells: Copy + Default {
     fn get(&self, i: usize) -> u64;
@@ -529,26 +554,7 @@ impl<C: Cells> Ewma<C> {
                 dither.round(flows as f64 * a),
             )
         };
-        let c = &mut self.cells;
-        c.add(PACKETS, p);
-        c.add(BYTES, b);
-        c.add(FLOWS, f);
-        // One arm per protocol, so every cell index is a constant and the cell lookup
-        // folds away (an index from `PROTO_BASE` at run time kept it).
-        match class.proto {
-            0 => add_three(c, PROTO_BASE[0], p, b, f),
-            1 => add_three(c, PROTO_BASE[1], p, b, f),
-            2 => add_three(c, PROTO_BASE[2], p, b, f),
-            _ => {}
-        }
-        if class.syn {
-            c.add(SYN_PACKETS, p);
-            c.add(SYN_PACKETS + 1, b);
-        }
-        if class.frag {
-            c.add(FRAG_PACKETS, p);
-            c.add(FRAG_PACKETS + 1, b);
-        }
+        add_classed(&mut self.cells, class, p, b, f);
     }
 
     /// How many seconds `sec` lies before the newest second seen (0 for the newest); a
