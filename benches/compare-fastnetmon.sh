@@ -19,7 +19,7 @@
 #         attack options).
 # Environment: STEP (seconds per step), TRIALS (latency trials), FG_ONLY=1, FNM_ONLY=1,
 # LATENCY_ONLY=1, FG_THREADS (collector threads, default 1: the daemon has one CPU),
-# SHARED (default ../shared next to the repository).
+# SHARED (default ../shared next to the repository), BIN (default target/release).
 # Figures are only comparable on an idle machine: the load average is printed at the start
 # and the end of the run.
 set -u
@@ -38,7 +38,7 @@ case $SENDER in loadgen|flowsend) ;; *) echo "unknown sender $SENDER" >&2; exit 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd)}
 FG_THREADS=${FG_THREADS:-1}
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 STEP=${STEP:-10}
 TRIALS=${TRIALS:-3}
 DAEMON_CPU=0

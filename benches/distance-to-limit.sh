@@ -12,11 +12,12 @@
 # Usage: benches/distance-to-limit.sh [RATE]        (default 1000000 records/s)
 # Environment: STEP (seconds, default 10), FORMATS (default "v5 v9 ipfix sflow"),
 #   SENDER=loadgen|flowsend (flowsend: ../shared/tools/flowsend.c built with gcc -O2).
+#   BIN (default target/release).
 set -u
 RATE=${1:-1000000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd)}
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 STEP=${STEP:-10}
 FORMATS=${FORMATS:-v5 v9 ipfix sflow}
 SENDER=${SENDER:-loadgen}
