@@ -45,59 +45,67 @@ pub fn classify(c: &Counters) -> (AttackType, Protocol) {
 }
 
 /// The first threshold that `r` breaks, by its config key name, or None.
+///
+/// "Over" means strictly above, as in FastNetMon; 0 means off. A threshold that is not
+/// set costs one branch (a hostgroup sets a few of the 16): building all 16 (limit,
+/// value) pairs first, with their seven divisions to Mbit/s, was 9 % of the detection
+/// pass at 1 M hosts (perf).
 pub fn exceeded(t: &Thresholds, r: &Rates) -> Option<&'static str> {
-    let mbps = |bps: u64| bps / 1_000_000;
-    let checks: [(Option<u64>, u64, &'static str); 16] = [
-        (t.threshold_pps, r.pps, "threshold_pps"),
-        (t.threshold_mbps, mbps(r.bps), "threshold_mbps"),
-        (t.threshold_flows, r.flows_per_second, "threshold_flows"),
-        (t.threshold_tcp_pps, r.tcp_pps, "threshold_tcp_pps"),
-        (t.threshold_tcp_mbps, mbps(r.tcp_bps), "threshold_tcp_mbps"),
+    let over = |lim: Option<u64>, val: u64| matches!(lim, Some(l) if l > 0 && val > l);
+    let over_mbps =
+        |lim: Option<u64>, bps: u64| matches!(lim, Some(l) if l > 0 && bps / 1_000_000 > l);
+    let checks: [(bool, &'static str); 16] = [
+        (over(t.threshold_pps, r.pps), "threshold_pps"),
+        (over_mbps(t.threshold_mbps, r.bps), "threshold_mbps"),
         (
-            t.threshold_tcp_flows,
-            r.tcp_flows_per_second,
+            over(t.threshold_flows, r.flows_per_second),
+            "threshold_flows",
+        ),
+        (over(t.threshold_tcp_pps, r.tcp_pps), "threshold_tcp_pps"),
+        (
+            over_mbps(t.threshold_tcp_mbps, r.tcp_bps),
+            "threshold_tcp_mbps",
+        ),
+        (
+            over(t.threshold_tcp_flows, r.tcp_flows_per_second),
             "threshold_tcp_flows",
         ),
-        (t.threshold_udp_pps, r.udp_pps, "threshold_udp_pps"),
-        (t.threshold_udp_mbps, mbps(r.udp_bps), "threshold_udp_mbps"),
+        (over(t.threshold_udp_pps, r.udp_pps), "threshold_udp_pps"),
         (
-            t.threshold_udp_flows,
-            r.udp_flows_per_second,
+            over_mbps(t.threshold_udp_mbps, r.udp_bps),
+            "threshold_udp_mbps",
+        ),
+        (
+            over(t.threshold_udp_flows, r.udp_flows_per_second),
             "threshold_udp_flows",
         ),
-        (t.threshold_icmp_pps, r.icmp_pps, "threshold_icmp_pps"),
+        (over(t.threshold_icmp_pps, r.icmp_pps), "threshold_icmp_pps"),
         (
-            t.threshold_icmp_mbps,
-            mbps(r.icmp_bps),
+            over_mbps(t.threshold_icmp_mbps, r.icmp_bps),
             "threshold_icmp_mbps",
         ),
         (
-            t.threshold_icmp_flows,
-            r.icmp_flows_per_second,
+            over(t.threshold_icmp_flows, r.icmp_flows_per_second),
             "threshold_icmp_flows",
         ),
-        (t.threshold_syn_pps, r.tcp_syn_pps, "threshold_syn_pps"),
         (
-            t.threshold_syn_mbps,
-            mbps(r.tcp_syn_bps),
+            over(t.threshold_syn_pps, r.tcp_syn_pps),
+            "threshold_syn_pps",
+        ),
+        (
+            over_mbps(t.threshold_syn_mbps, r.tcp_syn_bps),
             "threshold_syn_mbps",
         ),
         (
-            t.threshold_fragment_pps,
-            r.fragment_pps,
+            over(t.threshold_fragment_pps, r.fragment_pps),
             "threshold_fragment_pps",
         ),
         (
-            t.threshold_fragment_mbps,
-            mbps(r.fragment_bps),
+            over_mbps(t.threshold_fragment_mbps, r.fragment_bps),
             "threshold_fragment_mbps",
         ),
     ];
-    // "over" means strictly above, as in FastNetMon; 0 means off.
-    checks
-        .into_iter()
-        .find(|(lim, val, _)| matches!(lim, Some(l) if *l > 0 && val > l))
-        .map(|(_, _, k)| k)
+    checks.iter().find(|(o, _)| *o).map(|(_, k)| *k)
 }
 
 #[cfg(test)]
