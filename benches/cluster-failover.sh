@@ -27,37 +27,13 @@ trap cleanup EXIT INT TERM
 command -v nats-server >/dev/null || { echo "nats-server not installed"; exit 1; }
 [ -x "$BIN/flowguard" ] && [ -x "$BIN/mitigator-sim" ] || (cd "$ROOT" && cargo build --release --bins) || exit 1
 
-free_tcp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. "$ROOT/benches/cluster-lib.sh"
 now_ms() { date +%s%3N; }
 metric() { curl -s --max-time 1 "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
 # NATS: three servers, routes between them, JetStream in the work dir.
-declare -a CPORT RPORT MPORT
-for i in 0 1 2; do CPORT[$i]=$(free_tcp); RPORT[$i]=$(free_tcp); MPORT[$i]=$(free_tcp); done
-URLS=""
-for i in 0 1 2; do
-    routes=""
-    for j in 0 1 2; do [ $j = $i ] || routes="$routes\"nats://127.0.0.1:${RPORT[$j]}\","; done
-    mkdir -p "$WORK/n$i"
-    cat > "$WORK/n$i.conf" <<EOC
-server_name: n$i
-listen: 127.0.0.1:${CPORT[$i]}
-http: 127.0.0.1:${MPORT[$i]}
-jetstream { store_dir: "$WORK/n$i", max_memory_store: 268435456, max_file_store: 1073741824 }
-cluster { name: fgbench, listen: 127.0.0.1:${RPORT[$i]}, routes: [${routes%,}] }
-EOC
-    nats-server -c "$WORK/n$i.conf" > "$WORK/n$i.log" 2>&1 & PIDS+=($!)
-    URLS="$URLS\"nats://127.0.0.1:${CPORT[$i]}\","
-done
-URLS="[${URLS%,}]"
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:${MPORT[0]}/jsz" | python3 -c 'import json,sys; m=json.load(sys.stdin).get("meta_cluster") or {}; sys.exit(0 if m.get("leader") and m.get("cluster_size") == 3 else 1)' 2>/dev/null && break
-    sleep 0.2
-done
-
-"$BIN/mitigator-sim" --listen 127.0.0.1:0 --username admin --password pw > "$WORK/sim.out" 2>&1 & PIDS+=($!)
-SIM=""
-for _ in $(seq 50); do SIM=$(sed -n 's/^listening on //p' "$WORK/sim.out"); [ -n "$SIM" ] && break; sleep 0.1; done
+start_nats || exit 1
+start_sim || exit 1
 
 declare -A API PID
 start() { # NAME ROLES

@@ -586,7 +586,12 @@ fn split_victim_one_mitigation_and_controller_failover() {
     let fl = Flood::start(&collectors, [127, 16, 0, 30], 100, 14);
     let refused = common::wait_for(12, || (toggles(sim).2 >= 1).then_some(()));
     assert!(refused.is_some(), "no policy-on attempt:\n{}", cl.logs());
-    assert_eq!(leader_of(survivor.api).as_deref(), Some(survivor.name));
+    assert_eq!(
+        leader_of(survivor.api).as_deref(),
+        Some(survivor.name),
+        "the survivor does not lead:\n{}",
+        cl.logs()
+    );
     let t_kill = Instant::now();
     survivor.kill9();
     let (s, _) = http_post(sim, "/sim/faults", None, r#"{"clear":true}"#).expect("clear faults");

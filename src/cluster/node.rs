@@ -477,6 +477,9 @@ async fn read_leases(ctx: &Ctx) {
     names.sort_by_key(|k| !k.starts_with("member."));
     let mut members_done = false;
     let mut members_failed = false;
+    // Lease keys whose read failed: the view keeps what it last read for them (an API
+    // that reported no controller leader for one unanswered read misled a CI run).
+    let mut unread = Vec::new();
     let publish = |members: &[Member], failed: bool| {
         if failed {
             return;
@@ -495,6 +498,9 @@ async fn read_leases(ctx: &Ctx) {
             Ok(None) => continue,
             Err(_) => {
                 members_failed |= !members_done;
+                if members_done {
+                    unread.push(k);
+                }
                 continue;
             }
         };
@@ -517,6 +523,15 @@ async fn read_leases(ctx: &Ctx) {
     live.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let mismatch = config_mismatch(&live, ctx.hash);
     let mut s = ctx.view.status.lock();
+    for k in &unread {
+        if let Some(p) = k.strip_prefix("part.").and_then(|p| p.parse::<u16>().ok()) {
+            if let Some(o) = s.partition_owners.get(&p) {
+                owners.entry(p).or_insert_with(|| o.clone());
+            }
+        } else if k == "controller" && leader.is_none() {
+            leader = s.controller_leader.clone();
+        }
+    }
     if mismatch != s.config_mismatch && !mismatch.is_empty() {
         tracing::warn!(nodes = ?mismatch, "cluster members with another config hash: their frames are refused");
     }
@@ -1006,10 +1021,20 @@ async fn run_controller_lease(
             },
             None => match ctx.leases.create("controller", body).await {
                 Ok(r) => Ok(r),
-                Err(e) => Err((
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Still this node's own key (it stepped down on a late renewal and
+                    // nobody took it since): take it back by its revision rather than
+                    // leave the cluster without a leader until the key expires.
+                    match live_entry(&ctx.leases, "controller").await {
+                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => ctx
+                            .leases
+                            .update("controller", Bytes::from(ctx.node.clone()), en.revision)
+                            .await
+                            .map_err(|e| (true, e.to_string())),
+                        _ => Err((true, e.to_string())),
+                    }
+                }
+                Err(e) => Err((false, e.to_string())),
             },
         };
         let now = system_now_ms();
