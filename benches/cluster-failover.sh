@@ -11,7 +11,8 @@
 # partitions. Loopback only; every process is this script's and is killed by its PID.
 #
 # Usage: benches/cluster-failover.sh [KILLS]     (default 10)
-# Environment: BIN (default target/release; built if missing).
+# Environment: KEEP=1 keeps the work directory (configs, logs); BIN (default
+#   target/release; built if missing).
 set -u
 KILLS=${1:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,7 @@ WORK=$(mktemp -d /tmp/fg-failover.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
-    rm -rf "$WORK"
+    if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 command -v nats-server >/dev/null || { echo "nats-server not installed"; exit 1; }

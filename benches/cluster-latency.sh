@@ -18,7 +18,8 @@
 #    flowguard_flow_records_total.
 #
 # Usage: benches/cluster-latency.sh [TRIALS] [RATE]     (defaults 20, 300000)
-# Environment: BIN (default target/release; built if missing), SHARED.
+# Environment: KEEP=1 keeps the work directory (configs, logs); BIN (default
+#   target/release; built if missing), SHARED.
 set -u
 TRIALS=${1:-20}
 RATE=${2:-300000}
@@ -30,7 +31,7 @@ WORK=$(mktemp -d /tmp/fg-latency.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
-    rm -rf "$WORK"
+    if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT INT TERM
 command -v nats-server >/dev/null || { echo "nats-server not installed"; exit 1; }
@@ -64,13 +65,15 @@ start S standalone 0
 start A '["collector"]' 0
 start B '["collector"]' 1
 start C '["detector", "controller"]' 1
+formed=""
 for _ in $(seq 300); do
     curl -s "http://${API[C]}/api/v1/cluster" | python3 -c '
 import json, sys
 j = json.load(sys.stdin)
-sys.exit(0 if len(j.get("members", [])) == 3 and len(j.get("partition_owners", {})) == 64 and j.get("controller_leader") else 1)' 2>/dev/null && break
+sys.exit(0 if len(j.get("members", [])) == 3 and len(j.get("partition_owners", {})) == 64 and j.get("controller_leader") else 1)' 2>/dev/null && { formed=1; break; }
     sleep 0.2
 done
+[ -n "$formed" ] || { echo "cluster did not form in 60 s: $(curl -s "http://${API[C]}/api/v1/cluster" | head -c 600)"; exit 1; }
 
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)"
 echo "flowguard $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"

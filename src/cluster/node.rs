@@ -473,6 +473,10 @@ async fn read_leases(ctx: &Ctx) {
             Err(_) => return,
         }
     }
+    // A listing taken while keys are written can name a key twice (seen: a member listed
+    // twice in the API's members).
+    names.sort();
+    names.dedup();
     // Members first: their liveness is what the other roles act on.
     names.sort_by_key(|k| !k.starts_with("member."));
     let mut members_done = false;
