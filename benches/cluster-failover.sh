@@ -19,16 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 PARTS=64
 WORK=$(mktemp -d /tmp/fg-failover.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
-    if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT INT TERM
-command -v nats-server >/dev/null || { echo "nats-server not installed"; exit 1; }
-[ -x "$BIN/flowguard" ] && [ -x "$BIN/mitigator-sim" ] || (cd "$ROOT" && cargo build --release --bins) || exit 1
+. "$ROOT/benches/cluster-lib.sh" || exit 1
 
-. "$ROOT/benches/cluster-lib.sh"
 now_ms() { date +%s%3N; }
 metric() { curl -s --max-time 1 "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 

@@ -28,17 +28,9 @@ SHARED=${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd)}
 BIN=${BIN:-$ROOT/target/release}
 HZ=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/fg-latency.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
-    if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT INT TERM
-command -v nats-server >/dev/null || { echo "nats-server not installed"; exit 1; }
-[ -x "$BIN/flowguard" ] && [ -x "$BIN/mitigator-sim" ] || (cd "$ROOT" && cargo build --release --bins) || exit 1
+. "$ROOT/benches/cluster-lib.sh" || exit 1
 gcc -O2 -o "$WORK/flowsend" "$SHARED/tools/flowsend.c" || exit 1
 
-. "$ROOT/benches/cluster-lib.sh"
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 records() { curl -s "http://$1/metrics" | awk '/^flowguard_flow_records_total/ {s+=$NF} END {printf "%d", s}'; }
 

@@ -1,7 +1,16 @@
 # Sourced by the cluster bench scripts: loopback helpers, a three-server NATS JetStream
-# cluster and a mitigator-sim. Needs $WORK, $BIN and a PIDS array (every process started
-# here is added to it, for the caller's cleanup by PID). `start_nats CPU` and `start_sim
-# CPU` pin with taskset to CPU (any CPU when empty); they set URLS and SIM.
+# cluster and a mitigator-sim. Needs $ROOT, $BIN and $WORK. Sets PIDS (every process the
+# script starts goes in it) and a trap that kills them by PID on exit and removes $WORK
+# (KEEP=1 keeps it); builds the binaries if missing. `start_nats CPU` and `start_sim CPU`
+# pin with taskset to CPU (any CPU when empty); they set URLS and SIM.
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+    if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT INT TERM
+command -v nats-server >/dev/null || { echo "nats-server not installed"; return 1; }
+[ -x "$BIN/flowguard" ] && [ -x "$BIN/mitigator-sim" ] || (cd "$ROOT" && cargo build --release --bins) || return 1
 free_tcp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 free_udp() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 pinned() { local cpu=$1; shift; if [ -n "$cpu" ]; then taskset -c "$cpu" "$@"; else "$@"; fi; }
