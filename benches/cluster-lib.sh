@@ -13,7 +13,10 @@ command -v nats-server >/dev/null || { echo "nats-server not installed"; return 
 [ -x "$BIN/flowguard" ] && [ -x "$BIN/mitigator-sim" ] || (cd "$ROOT" && cargo build --release --bins) || return 1
 free_tcp() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 free_udp() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-pinned() { local cpu=$1; shift; if [ -n "$cpu" ]; then taskset -c "$cpu" "$@"; else "$@"; fi; }
+# Run as `pinned CPU cmd... &`: the exec makes the background job's $! the command's own
+# PID (a plain function call would leave the command a child of a subshell, which the
+# cleanup's kill by PID would not reach).
+pinned() { local cpu=$1; shift; if [ -n "$cpu" ]; then exec taskset -c "$cpu" "$@"; else exec "$@"; fi; }
 
 start_nats() {
     local cpu=${1:-} i j routes
