@@ -481,8 +481,9 @@ async fn read_leases(ctx: &Ctx) {
     names.sort_by_key(|k| !k.starts_with("member."));
     let mut members_done = false;
     let mut members_failed = false;
-    // Lease keys whose read failed: the view keeps what it last read for them (an API
-    // that reported no controller leader for one unanswered read misled a CI run).
+    // Lease keys whose read failed: the view keeps what it last read for them rather than
+    // report no owner (a CI run saw a leading node's API name no leader; an unanswered
+    // read of the key is one way that happens).
     let mut unread = Vec::new();
     let publish = |members: &[Member], failed: bool| {
         if failed {
@@ -1016,10 +1017,9 @@ async fn run_controller_lease(
                 Ok(r) => Ok(r),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     // This node's own renewal whose reply was lost, or another's lease.
-                    match live_entry(&ctx.leases, "controller").await {
-                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => Ok(en.revision),
-                        _ => Err((true, e.to_string())),
-                    }
+                    own_controller_key(&ctx)
+                        .await
+                        .ok_or_else(|| (true, e.to_string()))
                 }
                 Err(e) => Err((false, e.to_string())),
             },
@@ -1029,13 +1029,13 @@ async fn run_controller_lease(
                     // Still this node's own key (it stepped down on a late renewal and
                     // nobody took it since): take it back by its revision rather than
                     // leave the cluster without a leader until the key expires.
-                    match live_entry(&ctx.leases, "controller").await {
-                        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => ctx
+                    match own_controller_key(&ctx).await {
+                        Some(rev) => ctx
                             .leases
-                            .update("controller", Bytes::from(ctx.node.clone()), en.revision)
+                            .update("controller", Bytes::from(ctx.node.clone()), rev)
                             .await
                             .map_err(|e| (true, e.to_string())),
-                        _ => Err((true, e.to_string())),
+                        None => Err((true, e.to_string())),
                     }
                 }
                 Err(e) => Err((false, e.to_string())),
@@ -1098,6 +1098,14 @@ async fn run_controller_lease(
     }
     if rev.is_some() {
         let _ = ctx.leases.delete("controller").await;
+    }
+}
+
+/// The revision of the controller lease key if it names this node.
+async fn own_controller_key(ctx: &Ctx) -> Option<u64> {
+    match live_entry(&ctx.leases, "controller").await {
+        Ok(Some(en)) if en.value.as_ref() == ctx.node.as_bytes() => Some(en.revision),
+        _ => None,
     }
 }
 
