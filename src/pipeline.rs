@@ -108,7 +108,11 @@ impl Pipeline {
     /// detector's partitions; group totals count when `owned` accepts the group's key).
     /// Attacks on hosts no longer owned are dropped without an event: their new owner
     /// adopts them.
-    pub fn tick_owned(&self, now_ms: i64, owned: impl Fn(&HostKey) -> bool) -> Vec<AttackEvent> {
+    pub fn tick_owned(
+        &self,
+        now_ms: i64,
+        owned: impl Fn(&HostKey) -> bool + Sync,
+    ) -> Vec<AttackEvent> {
         let timer = self
             .aggregate
             .metrics()

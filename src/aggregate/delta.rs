@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use super::index::{prefetch_all, SlotIndex};
 use super::rate::{add_classed, place, Cells, Class, Compact, Counters, Decay, Dither, FIELDS};
 use super::table::{HostKey, Pending};
 use crate::decode::FlowRecord;
@@ -29,20 +30,31 @@ pub struct HostDelta {
     pub counters: Counters,
 }
 
-/// One second's deltas: entries in first-seen order behind an open-addressing index
-/// (linear probing on the low bits of the host table's key hash, which the router has
-/// computed for every record already), so a batch can prefetch the index slots of the
-/// records ahead of it, as the host table does.
+/// One second's deltas: entries in first-seen order behind the host table's own index
+/// ([`SlotIndex`]: linear probing on the low bits of the key hash the router has computed
+/// for every record already, tags in the bits entry numbers leave free), so a batch can
+/// prefetch the index buckets and entries of the records ahead of it, as the host table
+/// does.
 ///
 /// Why not a `HashMap<(second, host), Counters>` (what this was): at 300 k records/s to
 /// 10 000 hosts its `get_mut` took 51–54 % of a collector thread (perf, cpu-clock): a
 /// cache miss per record into 150-byte buckets with nothing to hide it, and a collector
 /// then cost 0.41–0.54 µs per record against a standalone node's 0.20.
-#[derive(Default)]
 struct SecondMap {
-    /// 0 = empty, else the entry's index + 1.
-    index: Vec<u32>,
+    /// Entry numbers (positions in `entries`).
+    index: SlotIndex,
     entries: Vec<Entry>,
+}
+
+impl SecondMap {
+    /// A map for at most `cap` entries (the accumulator's cap: entry numbers below it,
+    /// the bits above them tags).
+    fn new(cap: usize) -> SecondMap {
+        SecondMap {
+            index: SlotIndex::for_values(cap),
+            entries: Vec::new(),
+        }
+    }
 }
 
 /// Two cache lines, aligned: the batch prefetches both for the records 8 ahead. One
@@ -67,83 +79,49 @@ impl Entry {
 }
 
 impl SecondMap {
-    const MIN_INDEX: usize = 1024;
-
-    fn mask(&self) -> usize {
-        self.index.len() - 1
-    }
-
-    #[inline]
-    fn slot(&self, hash: u64) -> Option<&u32> {
-        self.index
-            .get(hash as usize & self.index.len().wrapping_sub(1))
-    }
-
     #[inline]
     fn prefetch_index(&self, hash: u64) {
-        if let Some(b) = self.slot(hash) {
-            super::index::prefetch(b);
-        }
+        self.index.prefetch(hash);
     }
 
-    /// The entry the first index slot of `hash` names (prefetched by then), if any.
+    /// The entry the home bucket of `hash` names (prefetched by then), if any.
     #[inline]
     fn prefetch_entry(&self, hash: u64) {
         if let Some(e) = self
-            .slot(hash)
-            .and_then(|n| self.entries.get((*n as usize).wrapping_sub(1)))
+            .index
+            .home(hash)
+            .and_then(|n| self.entries.get(n as usize))
         {
-            super::index::prefetch_all(e);
+            prefetch_all(e);
         }
     }
 
     /// The cells of `key`, inserted (zero) if new and `room`; None when new and no room.
     #[inline]
     fn entry(&mut self, key: &HostKey, hash: u64, group: u16, room: bool) -> Option<&mut Compact> {
-        // Load at most one half: linear probes stay short.
-        if (self.entries.len() + 1) * 2 > self.index.len() {
-            self.grow();
-        }
-        let mask = self.mask();
-        let mut i = hash as usize & mask;
-        loop {
-            match self.index[i] {
-                0 => {
-                    if !room {
-                        return None;
-                    }
-                    self.entries.push(Entry {
-                        hash,
-                        key: *key,
-                        group,
-                        cells: Compact::default(),
-                    });
-                    self.index[i] = self.entries.len() as u32;
-                    return self.entries.last_mut().map(|e| &mut e.cells);
-                }
-                n => {
-                    let at = (n - 1) as usize;
-                    if self.entries[at].hash == hash && self.entries[at].key == *key {
-                        return Some(&mut self.entries[at].cells);
-                    }
-                }
+        let entries = &self.entries;
+        let found = self.index.find(hash, |n| {
+            let e = &entries[n as usize];
+            e.hash == hash && e.key == *key
+        });
+        let at = match found {
+            Some(n) => n as usize,
+            None if !room => return None,
+            None => {
+                let n = self.entries.len();
+                self.entries.push(Entry {
+                    hash,
+                    key: *key,
+                    group,
+                    cells: Compact::default(),
+                });
+                let entries = &self.entries;
+                self.index
+                    .insert(hash, n as u32, |v| entries[v as usize].hash);
+                n
             }
-            i = (i + 1) & mask;
-        }
-    }
-
-    fn grow(&mut self) {
-        let n = (self.index.len() * 2).max(Self::MIN_INDEX);
-        self.index.clear();
-        self.index.resize(n, 0);
-        let mask = n - 1;
-        for (at, e) in self.entries.iter().enumerate() {
-            let mut i = e.hash as usize & mask;
-            while self.index[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.index[i] = at as u32 + 1;
-        }
+        };
+        Some(&mut self.entries[at].cells)
     }
 
     fn len(&self) -> usize {
@@ -153,7 +131,7 @@ impl SecondMap {
     /// Empties it, keeping both allocations.
     fn clear(&mut self) {
         self.entries.clear();
-        self.index.iter_mut().for_each(|b| *b = 0);
+        self.index.clear();
     }
 }
 
@@ -197,13 +175,17 @@ impl DeltaAccumulator {
         self.len == 0
     }
 
-    /// Adds record `r` of host-direction `key` (hostgroup `group`) arriving at `now_ms`.
+    /// Adds record `r` of host-direction `key` (hostgroup `group`) arriving at `now_ms`,
+    /// hashing the key itself: for the tests; ingest goes through [`Self::add_all`] with
+    /// the router's hash.
+    #[cfg(test)]
     pub fn add(&mut self, key: HostKey, group: u16, r: &FlowRecord, now_ms: i64) {
         let hash = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(key);
         self.add_hashed(&key, hash, group, r, now_ms);
     }
 
-    /// [`Self::add`] with the key's hash (any hash, as long as it is the same for a key).
+    /// Adds record `r` of `key` under the key's hash (any hash, as long as it is the same
+    /// for a key).
     #[inline]
     fn add_hashed(&mut self, key: &HostKey, hash: u64, group: u16, r: &FlowRecord, now_ms: i64) {
         let (sec, weight) = place(r, now_ms, self.max_spread_ms, &self.decay);
@@ -216,11 +198,11 @@ impl DeltaAccumulator {
             )
         };
         let room = self.len < self.cap;
-        let spare = &mut self.spare;
+        let (spare, cap) = (&mut self.spare, self.cap);
         let m = self
             .held
             .entry(sec)
-            .or_insert_with(|| spare.pop().unwrap_or_default());
+            .or_insert_with(|| spare.pop().unwrap_or_else(|| SecondMap::new(cap)));
         let before = m.len();
         match m.entry(key, hash, group, room) {
             Some(c) => add_classed(c, Class::of(r), p, b, u64::from(r.flows)),
@@ -341,7 +323,7 @@ mod tests {
 
     #[test]
     fn the_second_map_finds_every_key_through_growth_and_colliding_hashes() {
-        let mut m = SecondMap::default();
+        let mut m = SecondMap::new(10_000);
         let k = |i: u32| HostKey {
             ip: std::net::IpAddr::from(i.to_be_bytes()),
             dir: Direction::Incoming,

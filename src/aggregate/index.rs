@@ -100,6 +100,12 @@ impl SlotIndex {
         self.len == 0
     }
 
+    /// Removes every entry, keeping the buckets' allocation.
+    pub fn clear(&mut self) {
+        self.buckets.fill(EMPTY);
+        self.len = 0;
+    }
+
     /// Buckets allocated (for memory accounting in tests).
     pub fn buckets(&self) -> usize {
         self.buckets.len()

@@ -73,6 +73,12 @@ pub trait SecondSink {
     /// The host-directions the detect stage wants read whether or not they had traffic
     /// (those under attack), each with the index of the shard it lives in.
     fn asked(&self) -> &[(usize, HostKey)];
+    /// Whether [`Self::changed`] is to see `c`: asked of every changed host, from the
+    /// threads that read the shards (so only `&self`), before `changed` of those it
+    /// wants. What it refuses must be what `changed` would ignore.
+    fn wants(&self, _c: &HostChange) -> bool {
+        true
+    }
     /// A host-direction written during the second that ended (whitelisted hosts are not
     /// shown: they never start an attack).
     fn changed(&mut self, c: &HostChange);

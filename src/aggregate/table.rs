@@ -788,6 +788,11 @@ impl Shard {
         self.ring_pos = (self.ring_pos + 1) % RING_LEN;
     }
 
+    /// How many host-directions are listed as written since the last drain.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Calls `f` for every host written since the last call, read at `now_sec`, then
     /// forgets them.
     pub fn drain_dirty(&mut self, now_sec: u32, mut f: impl FnMut(&HostKey, &HostEntry)) {

@@ -92,6 +92,28 @@ impl TopRanks {
         self.offer_keyed(k, r, true);
     }
 
+    /// Adds the ranks of another part of the same pass (another shard's hosts: no host
+    /// is in both).
+    pub(crate) fn merge(&mut self, other: TopRanks) {
+        for d in 0..2 {
+            for (v, o) in [
+                (&mut self.pps[d], &other.pps[d]),
+                (&mut self.bps[d], &other.bps[d]),
+            ] {
+                v.extend_from_slice(o);
+                if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
+                    v.sort_unstable_by(|a, b| b.cmp(a));
+                    v.truncate(crate::metrics::TOP_HOST_RANKS);
+                }
+            }
+        }
+        for (mine, theirs) in self.keyed.iter_mut().zip(other.keyed) {
+            for (x, k, r) in theirs.v {
+                mine.offer(x, &k, &r, true);
+            }
+        }
+    }
+
     /// Offers `k` to the lists with addresses only; `cut`: whether the lists may be cut
     /// to size now (not while hosts already offered are offered again).
     pub(crate) fn offer_keyed(&mut self, k: &HostKey, r: &Rates, cut: bool) {

@@ -311,6 +311,14 @@ impl<F: Fn(&HostKey) -> bool> SecondSink for Pass<'_, '_, F> {
         &self.asked
     }
 
+    /// Over a threshold, or under attack: what [`Self::changed`] observes.
+    #[inline]
+    fn wants(&self, c: &HostChange) -> bool {
+        let det = &self.l.det;
+        det.thresholds(c.group, c.direction)
+            .is_some_and(|t| det.is_active(&c.key()) || exceeded(t, &c.rates).is_some())
+    }
+
     #[inline]
     fn changed(&mut self, c: &HostChange) {
         let det = &self.l.det;
