@@ -621,21 +621,7 @@ mod tests {
     fn a_parallel_second_shows_what_the_sink_wants_and_ranks_all_shards() {
         let mut cfg = Config::from_toml_str("[networks]\nprotected = [\"10.0.0.0/8\"]\n").unwrap();
         cfg.aggregate.shards = 4;
-        let protected = cfg.protected_prefixes().unwrap();
-        let layout = GroupLayout {
-            prefixes: vec![Vec::new()],
-            default_group: 0,
-            summed: vec![false],
-            names: vec!["default".into()],
-        };
-        let a = Aggregate::new(
-            &cfg,
-            &protected,
-            &[],
-            layout,
-            Arc::new(Metrics::new()),
-            None,
-        );
+        let a = one_group(&cfg, false);
         let n = 2 * PARALLEL_SECOND_MIN_DIRTY as u32;
         let dst = |i: u32| std::net::Ipv4Addr::from(0x0A00_0000 | i).to_string();
         let recs: Vec<FlowRecord> = (0..n)
@@ -685,6 +671,24 @@ mod tests {
         assert_eq!(a.metrics.tracked_hosts.get(), i64::from(n));
     }
 
+    /// The stage for `cfg`'s networks with the one default hostgroup, `summed` or not.
+    fn one_group(cfg: &Config, summed: bool) -> Aggregate {
+        let layout = GroupLayout {
+            prefixes: vec![Vec::new()],
+            default_group: 0,
+            summed: vec![summed],
+            names: vec!["default".into()],
+        };
+        Aggregate::new(
+            cfg,
+            &cfg.protected_prefixes().unwrap(),
+            &cfg.whitelist_prefixes().unwrap(),
+            layout,
+            Arc::new(Metrics::new()),
+            None,
+        )
+    }
+
     fn udp(src: &str, dst: &str) -> FlowRecord {
         FlowRecord {
             src: src.parse().unwrap(),
@@ -710,22 +714,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let protected = cfg.protected_prefixes().unwrap();
-        let whitelist = cfg.whitelist_prefixes().unwrap();
-        let layout = GroupLayout {
-            prefixes: vec![Vec::new()],
-            default_group: 0,
-            summed: vec![true],
-            names: vec!["default".into()],
-        };
-        let a = Aggregate::new(
-            &cfg,
-            &protected,
-            &whitelist,
-            layout,
-            Arc::new(Metrics::new()),
-            None,
-        );
+        let a = one_group(&cfg, true);
         let sink: &dyn RecordSink = &a;
         let mut s = sink.scratch();
         let t0 = 1_800_000_000_000i64;
