@@ -5,8 +5,8 @@
 //! Data flows one way, and the folders are the stages in that order:
 //!
 //! - [`collectors`]: UDP sockets (batched receive), exporter allow-list; I/O only. They
-//!   hand records to the aggregate stage's [`aggregate::RecordSink`] (still by its
-//!   concrete type, `aggregate::Aggregate`: the one import against the flow left).
+//!   hand records to any [`aggregate::RecordSink`] (the service gives them the aggregate
+//!   stage); they import nothing else of a later stage.
 //! - [`decode`]: NetFlow v5/v9/IPFIX and sFlow v5 datagrams → [`decode::FlowRecord`]s, with
 //!   per-exporter template and sampling state. No I/O: bytes and `now` in, records out
 //!   (the only clock read is the idle-scope bookkeeping of the NetFlow decoder).

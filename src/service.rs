@@ -204,6 +204,7 @@ impl Service {
             threads.push(crate::collectors::spawn(
                 b,
                 pipeline.aggregate.clone(),
+                pipeline.aggregate.metrics().clone(),
                 stop_collectors.clone(),
             )?);
         }

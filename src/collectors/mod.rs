@@ -31,12 +31,12 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::aggregate::{Aggregate, RecordSink};
+use crate::aggregate::RecordSink;
 use crate::clock::system_now_ms;
 use crate::config::{CollectorConfig, CollectorProtocol};
 use crate::decode::netflow::{NetflowLimits, MAX_SOURCES};
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
-use crate::metrics::MAX_EXPORTER_SERIES;
+use crate::metrics::{Metrics, MAX_EXPORTER_SERIES};
 
 pub mod tally;
 use tally::DecodeTally;
@@ -166,15 +166,17 @@ fn socket_drops(_sock: &UdpSocket) -> Option<u32> {
     None
 }
 
-/// Starts the receive threads of a bound collector; the handle returned ends when all of
-/// them have stopped.
-pub fn spawn(
+/// Starts the receive threads of a bound collector, handing what they decode to `sink`
+/// (the aggregate stage, or anything else that takes records) and counting into
+/// `metrics`; the handle returned ends when all of them have stopped.
+pub fn spawn<S: RecordSink + 'static>(
     b: Bound,
-    pipeline: Arc<Aggregate>,
+    sink: Arc<S>,
+    metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let label = b.label.clone();
-    let workers = start(b, pipeline, stop)?;
+    let workers = start(b, sink, metrics, stop)?;
     std::thread::Builder::new()
         .name(format!("collect-{label}"))
         .spawn(move || {
@@ -186,9 +188,10 @@ pub fn spawn(
 
 /// Starts one receive thread per socket of `b`; each one's handle returns the datagrams
 /// it received.
-fn start(
+fn start<S: RecordSink + 'static>(
     b: Bound,
-    pipeline: Arc<Aggregate>,
+    sink: Arc<S>,
+    metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<u64>>> {
     let Bound {
@@ -208,11 +211,11 @@ fn start(
             socket,
             local,
         };
-        let (p, st) = (pipeline.clone(), stop.clone());
+        let (p, m, st) = (sink.clone(), metrics.clone(), stop.clone());
         out.push(
             std::thread::Builder::new()
                 .name(format!("collect-{i}-{}", shared.label))
-                .spawn(move || receive_loop(w, p, st))?,
+                .spawn(move || receive_loop(w, p, m, st))?,
         );
     }
     Ok(out)
@@ -346,8 +349,12 @@ enum Decoder {
     Sflow(SflowDecoder),
 }
 
-fn receive_loop(w: Worker, pipeline: Arc<Aggregate>, stop: Arc<AtomicBool>) -> u64 {
-    let metrics = pipeline.metrics().clone();
+fn receive_loop<S: RecordSink>(
+    w: Worker,
+    sink: Arc<S>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let cfg = &*w.cfg;
     let label = w.shared.label.as_str();
     let ov = cfg.sampling();
@@ -369,7 +376,7 @@ fn receive_loop(w: Worker, pipeline: Arc<Aggregate>, stop: Arc<AtomicBool>) -> u
     let allowed: Vec<IpNet> = cfg.allowed_exporters.clone();
     let mut rx = BatchReceiver::new();
     let mut records: Vec<FlowRecord> = Vec::with_capacity(BATCH * 32);
-    let mut scratch = pipeline.scratch();
+    let mut scratch = sink.scratch();
     // This thread's cache of the collector's exporter series: only exporters that have
     // one (at most MAX_EXPORTER_SERIES), so the shared map is locked on a miss only.
     let mut labelled: HashMap<IpAddr, Arc<ExporterSeries>, ahash::RandomState> = HashMap::default();
@@ -474,7 +481,7 @@ fn receive_loop(w: Worker, pipeline: Arc<Aggregate>, stop: Arc<AtomicBool>) -> u
         }
         tally.flush(&metrics, label);
         if !records.is_empty() {
-            pipeline.ingest(&records, now_ms, &mut scratch);
+            sink.ingest(&records, now_ms, &mut scratch);
         }
         if now_ms - last_prune >= PRUNE_EVERY_MS {
             last_prune = now_ms;
@@ -740,8 +747,8 @@ mod tests {
 #[cfg(all(test, target_os = "linux"))]
 mod thread_tests {
     use super::*;
+    use crate::aggregate::Aggregate;
     use crate::config::Config;
-    use crate::metrics::Metrics;
     use crate::pipeline::Pipeline;
     use std::time::Instant;
 
@@ -905,7 +912,7 @@ mod thread_tests {
         let (to, label) = (b.local, b.label.clone());
         assert_eq!(b.sockets.len(), 2);
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = start(b, p.clone(), stop.clone()).unwrap();
+        let workers = start(b, p.clone(), p.metrics().clone(), stop.clone()).unwrap();
         // Bounded: 32 exporters × 20 datagrams × 30 records (v5), then 32 × (1 template
         // + 20 data datagrams × 10 records) (v9), all to our own loopback port.
         let exporters: Vec<UdpSocket> = (0..32)
