@@ -79,15 +79,21 @@ fn order(a: &(u64, HostKey, Rates), b: &(u64, HostKey, Rates)) -> std::cmp::Orde
     rank(&(a.0, a.1), &(b.0, b.1))
 }
 
+/// Keeps an address-free rank list at the ranks published once it holds four times as
+/// many values: O(1) amortised per value, O(ranks) memory.
+fn cut_ranks(v: &mut Vec<u64>) {
+    if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.truncate(crate::metrics::TOP_HOST_RANKS);
+    }
+}
+
 impl TopRanks {
     pub(crate) fn offer(&mut self, k: &HostKey, r: &Rates) {
         let d = k.dir as usize;
         for (v, x) in [(&mut self.pps[d], r.pps), (&mut self.bps[d], r.bps)] {
             v.push(x);
-            if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
-                v.sort_unstable_by(|a, b| b.cmp(a));
-                v.truncate(crate::metrics::TOP_HOST_RANKS);
-            }
+            cut_ranks(v);
         }
         self.offer_keyed(k, r, true);
     }
@@ -101,10 +107,7 @@ impl TopRanks {
                 (&mut self.bps[d], &other.bps[d]),
             ] {
                 v.extend_from_slice(o);
-                if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
-                    v.sort_unstable_by(|a, b| b.cmp(a));
-                    v.truncate(crate::metrics::TOP_HOST_RANKS);
-                }
+                cut_ranks(v);
             }
         }
         for (mine, theirs) in self.keyed.iter_mut().zip(other.keyed) {
