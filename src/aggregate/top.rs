@@ -80,7 +80,7 @@ fn order(a: &(u64, HostKey, Rates), b: &(u64, HostKey, Rates)) -> std::cmp::Orde
 }
 
 /// Keeps an address-free rank list at the ranks published once it holds four times as
-/// many values: O(1) amortised per value, O(ranks) memory.
+/// many values: O(log ranks) amortised per value, O(ranks) memory.
 fn cut_ranks(v: &mut Vec<u64>) {
     if v.len() > 4 * crate::metrics::TOP_HOST_RANKS {
         v.sort_unstable_by(|a, b| b.cmp(a));
