@@ -1,6 +1,6 @@
 //! Decode throughput per format: records/s through flowguard's decoders, on datagrams
-//! built by the load generator's encoder (30-60 records per NetFlow datagram, 12 samples
-//! per sFlow datagram, 10 000 destination hosts).
+//! built by the load generator's encoder (30 records per v5 datagram, 45 per v9 or IPFIX
+//! datagram, 12 samples per sFlow datagram, 10 000 destination hosts).
 
 #[path = "common/decode_input.rs"]
 mod decode_input;

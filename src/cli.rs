@@ -89,7 +89,7 @@ pub enum HookCommand {
     /// FastNetMon notify script: reads the report on stdin, sends ban/unban to the running
     /// service (POST /api/v1/events/fastnetmon with [api] token), or spools it under
     /// [state] dir/spool when the service is unreachable. Exit 0: delivered, spooled or
-    /// ignored; 2: usage; 3: rejected by the service; 4: cannot spool.
+    /// ignored; 2: usage; 3: rejected by the service; 4: cannot spool; 5: no configuration.
     Fastnetmon(crate::hooks::cli::HookArgs),
 }
 

@@ -191,10 +191,10 @@ pub struct NetworksConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AggregateConfig {
-    /// Averaging time of the rates: each is an exponentially weighted moving average of
-    /// per-second counts with weight 1/`window_seconds` for the newest second (FastNetMon's
+    /// Averaging time W of the rates: each is an exponentially weighted moving average of
+    /// per-second counts with weight 2/(W+1) for the newest second (FastNetMon's
     /// `average_calculation_time`). A steady rate reads exactly; a 1-second burst of N
-    /// reads N/`window_seconds`.
+    /// reads 2N/(W+1) at first.
     pub window_seconds: u32,
     /// Hard cap on tracked host-directions (about 100 bytes each). At the cap a new host
     /// replaces the least busy of a small sample (never a host under attack); both
@@ -207,7 +207,7 @@ pub struct AggregateConfig {
     /// 0 (the default): a NetFlow record counts whole in the second it arrives, as
     /// FastNetMon counts it. Above 0: its packets are spread over its first..last span (at
     /// most this many seconds) ending at arrival, which damps one long download reported
-    /// at its end but reads steadily exported traffic low (see README, Aggregation).
+    /// at its end but reads steadily exported traffic low (see README, Counters and rates).
     pub max_flow_spread_seconds: u32,
     /// Keep lifetime totals per host-direction (shown by the hosts API): 128 bytes more
     /// per host-direction on top of ~90, so off by default.

@@ -3,7 +3,7 @@
 //! Stages receive an `Arc<Metrics>` from the service builder instead of reaching for a
 //! global registry, so tests can build a fresh one and read it back. Label values are
 //! small fixed sets (collector name, protocol version, error kind, direction, attack type,
-//! MITIGATOR op/outcome); exporter labels are bounded by `max_exporter_series`, and
+//! MITIGATOR op/outcome); exporter labels are bounded by [`MAX_EXPORTER_SERIES`], and
 //! per-host series exist only for hosts under attack (removed when the attack ends).
 
 use prometheus::{

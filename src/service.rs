@@ -2,17 +2,20 @@
 //!
 //! Threads and tasks (see README "Threads and cores"):
 //! - one OS thread per collector socket: recvmmsg → decode → apply to the sharded host
-//!   table (the hot path; no channels, no per-record allocation);
-//! - a tokio task, the ticker: the once-per-second detection pass, aligned to wall-clock
-//!   seconds, which sends attack events on a bounded channel to mitigation;
+//!   table, or on a cluster collector to the per-second deltas (the hot path; no
+//!   channels, no per-record allocation);
+//! - a tokio task, the ticker: once per second of the service's [`Clock`], aligned to
+//!   whole seconds, it runs the detection pass on a blocking thread (a pass that overruns
+//!   skips the seconds it missed) and sends attack events on a bounded channel to
+//!   mitigation;
 //! - the mitigation task (MITIGATOR client), the external-event task (FastNetMon hook),
 //!   and the HTTP API, on a small tokio runtime.
 //!
 //! Shutdown (SIGINT/SIGTERM or [`Service::shutdown`]) is staged, each stage with its own
 //! cancellation token and task tracker, all within [`SHUTDOWN_DEADLINE`]:
 //! 1. collectors stop (within their 200 ms receive timeout) and are joined;
-//! 2. the ticker and the hook consumer stop, then one last detection pass runs and its
-//!    events are queued to mitigation;
+//! 2. the ticker and the hook consumer stop, then (not in cluster mode) one last
+//!    detection pass runs and its events are queued to mitigation;
 //! 3. mitigation takes every event still queued into its planner, persists the state
 //!    file (what is in flight and queued is in it, and is reconciled at the next start)
 //!    and stops its backends' lanes; a step in flight is abandoned, not finished;
@@ -30,14 +33,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::system_now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{AttackEvent, EventKind};
 use crate::pipeline::Pipeline;
 
-/// Capacity of the detect → mitigate queue.
-pub const EVENT_QUEUE: usize = 4096;
 /// Capacity of the hook endpoint → detect queue (full → 503, the hook spools).
 pub const HOOK_QUEUE: usize = 1024;
 /// How long a staged shutdown may take in all; a stage still running when it is over is
@@ -73,6 +74,8 @@ pub struct Service {
     pub collector_addrs: Vec<SocketAddr>,
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
+    /// Where every shell of this service reads "now".
+    pub clock: Clock,
     shutdown: CancellationToken,
     stop_collectors: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -86,6 +89,14 @@ pub struct Service {
     /// run per closed second and per owned partition (a pass over everything here
     /// would report partitions other detectors own).
     last_pass: bool,
+}
+
+/// The second boundary of the pass after the one at `last_ms`, given that it finished at
+/// `now_ms`: the next boundary, or, when the pass ran past it, the first boundary not yet
+/// past (a slow pass skips the seconds it overran instead of running back to back; a
+/// boundary reached exactly is not past, so it runs at once).
+fn next_pass(last_ms: i64, now_ms: i64) -> i64 {
+    (last_ms + 1000).max((now_ms + 999).div_euclid(1000) * 1000)
 }
 
 /// Forwards detection events to mitigation. Start, end and updates that change an
@@ -130,9 +141,15 @@ async fn forward(events: Vec<AttackEvent>, tx: &mpsc::Sender<AttackEvent>, m: &M
 }
 
 impl Service {
-    /// Binds every socket and starts every component. Must be called inside a tokio
-    /// runtime.
+    /// Binds every socket and starts every component on the wall clock. Must be called
+    /// inside a tokio runtime.
     pub async fn start(cfg: Config) -> anyhow::Result<Service> {
+        Service::start_with(cfg, Clock::system()).await
+    }
+
+    /// [`Service::start`] with every shell reading `clock` (tests: [`Clock::tokio`],
+    /// so paused time drives the ticker, the collectors' arrival times and mitigation).
+    pub async fn start_with(cfg: Config, clock: Clock) -> anyhow::Result<Service> {
         let metrics = Arc::new(Metrics::new());
         metrics.pretouch(
             &cfg.collectors
@@ -172,7 +189,7 @@ impl Service {
         let api_addr = listener.local_addr()?;
 
         // detect → mitigate
-        let (ev_tx, ev_rx) = mpsc::channel::<AttackEvent>(EVENT_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel::<AttackEvent>(crate::mitigate::EVENT_QUEUE);
         // In cluster mode the events go to the cluster's event stream and only the
         // elected controller runs mitigation.
         let (mitigation, cluster_router) = if cfg.cluster.is_some() {
@@ -183,6 +200,7 @@ impl Service {
                 ev_rx,
                 mitigate.stop.clone(),
                 &mitigate.tasks,
+                clock.clone(),
             )
             .await?;
             let v = view.clone();
@@ -194,7 +212,7 @@ impl Service {
             (Some(mv), Some(crate::cluster::node::router(view)))
         } else {
             (
-                start_mitigation(&cfg, metrics.clone(), ev_rx, &mitigate)?,
+                start_mitigation(&cfg, metrics.clone(), ev_rx, &mitigate, clock.clone())?,
                 None,
             )
         };
@@ -205,6 +223,7 @@ impl Service {
                 b,
                 pipeline.aggregate.clone(),
                 pipeline.aggregate.metrics().clone(),
+                clock.clone(),
                 stop_collectors.clone(),
             )?);
         }
@@ -212,19 +231,24 @@ impl Service {
         // The ticker: one detection pass per wall-clock second (a cluster detector runs
         // its passes as seconds close instead).
         if cfg.cluster.is_none() {
-            let (p, tx, m, stop) = (
+            let (p, tx, m, stop, clock) = (
                 pipeline.clone(),
                 ev_tx.clone(),
                 metrics.clone(),
                 detect.stop.clone(),
+                clock.clone(),
             );
             detect.tasks.spawn(async move {
+                let mut next = (clock.now_ms() / 1000 + 1) * 1000;
                 loop {
-                    let now = system_now_ms();
-                    let next = (now / 1000 + 1) * 1000;
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis((next - now).max(1) as u64)) => {}
+                    let now = clock.now_ms();
+                    if now < next {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
+                        }
+                    } else if stop.is_cancelled() {
+                        break;
                     }
                     let p2 = p.clone();
                     let events = match tokio::task::spawn_blocking(move || p2.tick(next)).await {
@@ -235,6 +259,7 @@ impl Service {
                         }
                     };
                     forward(events, &tx, &m).await;
+                    next = next_pass(next, clock.now_ms());
                 }
             });
         }
@@ -246,6 +271,7 @@ impl Service {
             metrics.clone(),
             ev_tx.clone(),
             &detect,
+            clock.clone(),
         )
         .await?;
 
@@ -254,7 +280,8 @@ impl Service {
             metrics: metrics.clone(),
             mitigation,
             mitigator_dry_run: cfg.mitigator.is_dry_run(),
-            started_ms: system_now_ms(),
+            started_ms: clock.now_ms(),
+            clock: clock.clone(),
         });
         let mut app = crate::api::router(state).merge(hook_router);
         if let Some(r) = cluster_router {
@@ -275,6 +302,7 @@ impl Service {
             collector_addrs,
             pipeline,
             metrics,
+            clock,
             shutdown,
             stop_collectors,
             threads,
@@ -309,7 +337,7 @@ impl Service {
         if !self.detect.stop(deadline).await {
             tracing::warn!("shutdown: detection did not stop in time");
         }
-        let (p, now) = (self.pipeline.clone(), system_now_ms());
+        let (p, now) = (self.pipeline.clone(), self.clock.now_ms());
         let last = self
             .last_pass
             .then(|| tokio::task::spawn_blocking(move || p.tick((now / 1000 + 1) * 1000)));
@@ -342,11 +370,13 @@ fn start_mitigation(
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<AttackEvent>,
     stage: &Stage,
+    clock: Clock,
 ) -> anyhow::Result<Option<MitigationView>> {
     let setup = crate::mitigate::Setup {
         mitigator: cfg.mitigator.clone(),
         bgp: cfg.bgp.clone(),
         protected: cfg.protected_prefixes()?,
+        clock,
     };
     let (handle, join) = crate::mitigate::spawn_with(
         setup,
@@ -374,6 +404,7 @@ async fn start_hooks(
     metrics: Arc<Metrics>,
     ev_tx: mpsc::Sender<AttackEvent>,
     stage: &Stage,
+    clock: Clock,
 ) -> anyhow::Result<axum::Router> {
     use crate::hooks::{spool, ExternalEvent, HookAction};
     let (tx, mut rx) = mpsc::channel::<ExternalEvent>(HOOK_QUEUE);
@@ -403,7 +434,7 @@ async fn start_hooks(
                     pps: ev.pps,
                     group: 0,
                 };
-                let events = pipeline.claim(system_now_ms(), claim);
+                let events = pipeline.claim(clock.now_ms(), claim);
                 forward(events, &ev_tx, &m).await;
             }
         });
@@ -512,5 +543,118 @@ mod tests {
         forward(vec![update], &tx, &m).await;
         assert_eq!(drops("attack_events"), 1);
         assert_eq!(m.events_dropped.with_label_values(&["update"]).get(), 1);
+    }
+
+    #[test]
+    fn a_pass_that_overruns_a_second_skips_it() {
+        let b = 1_800_000_000_000;
+        assert_eq!(next_pass(b, b + 300), b + 1000);
+        assert_eq!(
+            next_pass(b, b + 1000),
+            b + 1000,
+            "a boundary reached is due now"
+        );
+        assert_eq!(next_pass(b, b + 1300), b + 2000);
+        assert_eq!(next_pass(b, b + 3999), b + 4000);
+    }
+
+    /// Waits, in real time, for work done on other threads (the collector, a pass on a
+    /// blocking thread) while tokio's paused clock stands still: yielding keeps this
+    /// task ready, so the runtime is never idle and never advances time on its own.
+    async fn settle(what: &str, mut done: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The whole service on paused time (`Clock::tokio`): the collector stamps records
+    /// with the paused "now", the ticker's pass runs when the test moves time to the next
+    /// second, and the attack ends `ban_time_seconds` after its rates fell under the
+    /// threshold: 25 seconds of the service's time, none of them waited for.
+    #[tokio::test(start_paused = true)]
+    async fn on_paused_time_an_attack_starts_at_the_next_pass_and_ends_after_its_ban_time() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = Config::from_toml_str(&format!(
+            r#"
+            [api]
+            listen = "127.0.0.1:0"
+            [[collector]]
+            name = "nf"
+            protocol = "netflow"
+            listen = "127.0.0.1:0"
+            threads = 1
+            [networks]
+            protected = ["127.0.0.16/28"]
+            [[hostgroup]]
+            name = "default"
+            threshold_pps = 1000
+            ban_time_seconds = 10
+            [state]
+            dir = "{}"
+            "#,
+            state.path().display()
+        ))
+        .unwrap();
+        // 0.2 s into a second: the ticker's first pass is due 0.8 s later.
+        let base = 1_800_000_000_200;
+        let svc = Service::start_with(cfg, Clock::tokio(base)).await.unwrap();
+        let passes = || svc.metrics.detection_pass_seconds.get_sample_count();
+        let attacks = || svc.pipeline.detection.attacks();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // 10 datagrams × 30 records × 100 packets to one host, all in second `base`.
+        for seq in 0..10 {
+            let d = crate::collectors::thread_tests::v5([127, 0, 0, 20], 30, 100, seq * 30);
+            tx.send_to(&d, svc.collector_addrs[0]).unwrap();
+        }
+        let records = || {
+            svc.metrics
+                .flow_records
+                .with_label_values(&["nf", "v5"])
+                .get()
+        };
+        settle("300 records", || records() == 300).await;
+        assert_eq!(svc.clock.now_ms(), base, "time moved by itself");
+        assert_eq!((passes(), attacks().len()), (0, 0));
+
+        tokio::time::advance(Duration::from_millis(800)).await;
+        settle("the first pass", || passes() == 1).await;
+        let a = attacks().pop().expect("an attack at the first pass");
+        assert_eq!(a.ip.to_string(), "127.0.0.20");
+        assert_eq!(
+            a.start_ms, 1_800_000_001_000,
+            "started at the pass's second"
+        );
+        assert_eq!(a.end_ms, None);
+
+        // One pass per second from here; nothing more arrives, so the average falls
+        // under 1000 pps within the 5 s window, and 10 s after that the attack ends.
+        let mut ended = None;
+        for n in 2..=25 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle(&format!("pass {n} (at {})", svc.clock.now_ms()), || {
+                passes() >= n
+            })
+            .await;
+            assert_eq!(passes(), n);
+            if let Some(end) = attacks()[0].end_ms {
+                ended = Some((n, end, attacks()[0].last_over_ms));
+                break;
+            }
+        }
+        let (n, end, last_over) = ended.expect("the attack ended within 25 s");
+        assert_eq!(
+            end - last_over,
+            10_000,
+            "ended ban_time after the last second over"
+        );
+        assert!(n > 10, "ended after {n} passes");
+        assert_eq!(svc.clock.now_ms(), base + 800 + (n as i64 - 1) * 1000);
+        svc.shutdown().await;
     }
 }

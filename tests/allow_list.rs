@@ -3,11 +3,14 @@
 //! clobber) template state; the allowed exporter's records are decoded and counted.
 //!
 //! Sends from two loopback addresses (127.0.0.2 allowed, 127.0.0.3 not) to a service
-//! started in-process with `Service::start`.
+//! started in-process with `Service::start_with` on paused tokio time (`Clock::tokio`):
+//! the collectors publish their gauges as the service's clock moves, and the test moves
+//! it, so a gauge that must not change is read after a publish that would have changed it.
 
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use flowguard::clock::Clock;
 use flowguard::config::Config;
 use flowguard::service::Service;
 
@@ -29,6 +32,8 @@ name = "{LABEL}"
 protocol = "netflow"
 listen = "127.0.0.1:0"
 allowed_exporters = ["{ALLOWED}/32"]
+# One thread: a publish of its gauges then covers every datagram it took before.
+threads = 1
 
 [networks]
 protected = ["127.0.0.16/28"]
@@ -62,7 +67,11 @@ fn v9(seq: u32, flowset: &[u8]) -> Vec<u8> {
 
 /// Template 256 with `fields` as (type, length).
 fn template(fields: &[(u16, u16)]) -> Vec<u8> {
-    let mut body = vec![1, 0];
+    template_id(256, fields)
+}
+
+fn template_id(id: u16, fields: &[(u16, u16)]) -> Vec<u8> {
+    let mut body = id.to_be_bytes().to_vec();
     body.extend_from_slice(&(fields.len() as u16).to_be_bytes());
     for (t, l) in fields {
         body.extend_from_slice(&t.to_be_bytes());
@@ -93,18 +102,27 @@ fn data(pkts: u32) -> Vec<u8> {
     v
 }
 
-async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+/// Waits (real time, at most `secs`) for the collector thread; the service's paused
+/// clock moves on by `step` each round (zero: it stands still), as a publish of the
+/// collector's gauges needs.
+async fn wait_until(what: &str, secs: u64, step: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::advance(step).await;
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+const STILL: Duration = Duration::ZERO;
+const PUBLISH: Duration = Duration::from_millis(100);
+
+#[tokio::test(start_paused = true)]
 async fn only_allowed_exporters_reach_the_parser() {
     let (cfg, _state) = config();
-    let svc = Service::start(cfg).await.unwrap();
+    let svc = Service::start_with(cfg, Clock::tokio(1_800_000_000_000))
+        .await
+        .unwrap();
     let m = svc.metrics.clone();
     let to = svc.collector_addrs[0];
     let allowed = UdpSocket::bind((ALLOWED, 0)).unwrap();
@@ -122,38 +140,37 @@ async fn only_allowed_exporters_reach_the_parser() {
     // The spoofer first: template + data.
     spoofed.send_to(&v9(1, &template(&LAYOUT)), to).unwrap();
     spoofed.send_to(&v9(2, &data(1000)), to).unwrap();
-    wait_until("2 not_allowed drops", 5, || dropped() == 2).await;
-    // Gauges are refreshed once a second: after that, they must still show no state.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        (exporters(), templates()),
-        (0, 0),
-        "spoofed datagrams made state"
-    );
+    wait_until("2 not_allowed drops", 5, STILL, || dropped() == 2).await;
     assert_eq!(
         (datagrams(), decoded()),
         (0, 0),
         "spoofed datagrams were parsed"
     );
 
-    // The real exporter.
+    // The real exporter. Its template shows in the first publish after it, which covers
+    // the spoofer's datagrams too: state they made would show in the same gauges.
     allowed.send_to(&v9(1, &template(&LAYOUT)), to).unwrap();
     allowed.send_to(&v9(2, &data(7)), to).unwrap();
-    wait_until("the allowed exporter's record", 5, || decoded() == 1).await;
-    wait_until("template state for one exporter", 5, || {
-        exporters() == 1 && templates() == 1
+    wait_until("the allowed exporter's record", 5, STILL, || decoded() == 1).await;
+    wait_until("a publish with its template", 5, PUBLISH, || {
+        templates() >= 1
     })
     .await;
+    assert_eq!(
+        (exporters(), templates()),
+        (1, 1),
+        "spoofed datagrams made state"
+    );
 
     // The spoofer redefines template 256 with the fields swapped around, then sends data
     // that would land on another host if it were decoded with that layout.
     let evil = [(12, 4), (8, 4), (11, 2), (4, 1), (1, 4), (2, 4)];
     spoofed.send_to(&v9(3, &template(&evil)), to).unwrap();
     spoofed.send_to(&v9(4, &data(1_000_000)), to).unwrap();
-    wait_until("4 not_allowed drops", 5, || dropped() == 4).await;
+    wait_until("4 not_allowed drops", 5, STILL, || dropped() == 4).await;
     // The real exporter's next record still decodes with its own layout.
     allowed.send_to(&v9(3, &data(5)), to).unwrap();
-    wait_until("the second record", 5, || decoded() == 2).await;
+    wait_until("the second record", 5, STILL, || decoded() == 2).await;
     assert_eq!(
         datagrams(),
         3,
@@ -162,7 +179,7 @@ async fn only_allowed_exporters_reach_the_parser() {
     let host = svc
         .pipeline
         .aggregate
-        .host(IpAddr::from(TARGET), flowguard::clock::system_now_ms())
+        .host(IpAddr::from(TARGET), svc.clock.now_ms())
         .expect("target host tracked");
     let totals = || host.directions.iter().filter_map(|d| d.totals);
     let total: u64 = totals().map(|t| t.packets).sum();
@@ -172,7 +189,15 @@ async fn only_allowed_exporters_reach_the_parser() {
         (12, 1200),
         "only the real records were counted"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!((exporters(), templates()), (1, 1));
+    // A second template of the real exporter: the publish that shows it also covers the
+    // spoofer's redefinition, which must have added nothing.
+    allowed
+        .send_to(&v9(4, &template_id(257, &LAYOUT)), to)
+        .unwrap();
+    wait_until("a publish with template 257", 5, PUBLISH, || {
+        templates() >= 2
+    })
+    .await;
+    assert_eq!((exporters(), templates()), (1, 2));
     svc.shutdown().await;
 }

@@ -3,9 +3,10 @@
 //! Prefixes are inserted into one hash map per distinct prefix length ([`PrefixMap`]),
 //! then compiled into a sorted list of disjoint address ranges ([`RangeMap`]): every
 //! prefix start and end is a range boundary, so the longest match is the same for every
-//! address of a range. A lookup is one binary search over those boundaries (two entries
-//! per prefix at most), with no hashing: it runs once or twice per flow record, and the
-//! per-length hash probes it replaced were a fifth of the collector's CPU.
+//! address of a range. A lookup counts the boundaries at or below the address (two per
+//! prefix at most; straight through up to `LINEAR_MAX` ranges, by binary search
+//! beyond), with no hashing: it runs once or twice per flow record, and the per-length
+//! hash probes it replaced were a fifth of the collector's CPU.
 //! The protected networks and the hostgroups compile into one map, so a record's
 //! destination costs one search for both "protected?" and "which group?".
 

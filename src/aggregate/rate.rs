@@ -6,7 +6,7 @@
 //! Why an average and not a ring of 1-second buckets: a host table must hold a million
 //! host-directions (a random-destination flood over a /8 creates them), and 16 counters
 //! × (W+1) buckets is ~1 KB per host-direction. The average needs one set of 16 sums
-//! ([`Ewma`], 78 bytes) and is what FastNetMon computes too (`average_calculation_time`).
+//! ([`Ewma`], 76 bytes) and is what FastNetMon computes too (`average_calculation_time`).
 //!
 //! NetFlow records span first..last switched. By default a record counts whole in the
 //! second it arrives; with a spread bound, [`place`] weighs its packets over the seconds it
@@ -14,8 +14,9 @@
 
 use crate::decode::{FlowRecord, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
-/// Traffic counters; in a bucket they are one second's worth, in totals all since the
-/// host was first seen. Packets and bytes are sampling-scaled.
+/// Traffic counters: one second's worth in a [`HostDelta`](super::HostDelta), rate × window
+/// in a host's sums, all since the host was first seen in totals. Packets and bytes are
+/// sampling-scaled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub packets: u64,
@@ -358,8 +359,8 @@ impl Decay {
 /// reads a steady rate exactly whatever the exporter's timeouts. The export delay (`end_age_ms`: an
 /// exporter's inactive/active timeouts) is deliberately not subtracted: with an average
 /// that decays from the moment traffic happened, a flood whose records arrive 3 s late
-/// would read at d³ of its rate, about half, and be missed. Counting records on arrival
-/// is also what FastNetMon does. Flows count once, in the arrival second.
+/// would read at d³ of its rate, about 30 % (W = 5), and be missed. Counting records on
+/// arrival is also what FastNetMon does. Flows count once, in the arrival second.
 pub fn place(r: &FlowRecord, now_ms: i64, max_spread_ms: u32, decay: &Decay) -> (u32, f64) {
     let end = now_ms.max(0);
     let dur = i64::from(r.duration_ms.min(max_spread_ms));
@@ -437,9 +438,10 @@ pub trait Cells: Copy + Default {
     fn scale_q32(&mut self, q: u64);
 }
 
-/// Packets and flows in u32 cells, bytes in 40-bit cells (u32 + u8): 74 bytes. With the
-/// default 5-second window a cell saturates at 858 M packets/s or 1.7 Tbit/s for one
-/// host-direction (the sum is the rate times the window length).
+/// Packets and flows in u32 cells, bytes in 40-bit cells (u32 + u8): 70 bytes (72 with
+/// padding). With the default 5-second window a cell saturates at 1.4 G packets/s or
+/// 2.9 Tbit/s for one host-direction (the stored decaying sum of a steady rate is the rate
+/// times (W+1)/2).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Compact {
     narrow: [u32; 10],

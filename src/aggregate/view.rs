@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::rate::{Counters, Rates};
 use crate::model::Direction;
 
-/// One host-direction in `--totals` output and the hosts API.
+/// One host-direction's lifetime totals, a line of `replay --totals` output.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostTotals {
     pub ip: IpAddr,

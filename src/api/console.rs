@@ -9,8 +9,8 @@
 //!
 //! Rates that the metrics only hold as counters (records/s, detection pass time) and the
 //! top hosts' sparklines need a past: a sampler task takes one [`Sample`] per second into a
-//! bounded ring ([`HISTORY`] entries). It reads the metric families and the host table's
-//! top list, each a short copy, so it never holds a lock ingest needs for long.
+//! bounded ring ([`HISTORY`] entries). It reads the metric families and the last detection
+//! pass's top lists (an `Arc` clone), so it takes no lock ingest needs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -29,7 +29,6 @@ use serde_json::{json, Value};
 
 use super::ApiState;
 use crate::aggregate::TopBy;
-use crate::clock::system_now_ms;
 use crate::metrics::Metrics;
 use crate::model::Direction;
 
@@ -45,8 +44,8 @@ pub const TOP_HOSTS: usize = 10;
 pub const RECENT_ATTACKS: usize = 50;
 /// Sampling period.
 const PERIOD: Duration = Duration::from_secs(1);
-/// The top list (a walk over every shard) is sampled only while someone has read the
-/// summary this recently: nobody watching, no extra reader on the host table.
+/// The top list is sampled only while someone has read the summary this recently
+/// (nobody watching, no copy taken).
 const WATCH_MS: i64 = 300_000;
 
 /// MITIGATOR request outcomes that mean "could not talk to it" (as opposed to "it
@@ -292,7 +291,7 @@ impl History {
 
     /// Takes one sample now. Called by the sampler once a second.
     fn sample(&self, s: &ApiState) {
-        let now = system_now_ms();
+        let now = s.clock.now_ms();
         let watched = self.watched(now);
         // The detection pass's top list: a copy of a few entries, no shard lock.
         let top = if watched {
@@ -578,7 +577,7 @@ fn health_json(c: &Console) -> Value {
     // Calls made since the last sample count now: the page must not say "unknown" next
     // to switches it already shows as acknowledged.
     let (ok, unreachable, failed) = mitigator_calls(&c.api.metrics);
-    let now = system_now_ms();
+    let now = c.api.clock.now_ms();
     if ok > s.mitigator_ok {
         reach.last_ok_ms = Some(now);
     }
@@ -649,7 +648,8 @@ async fn health(State(c): State<Console>) -> Json<Value> {
 
 async fn summary(State(c): State<Console>) -> Json<Value> {
     super::count(&c.api, "summary", axum::http::StatusCode::OK);
-    if c.history.watch(system_now_ms()) {
+    let now = c.api.clock.now_ms();
+    if c.history.watch(now) {
         let (api, hist) = (c.api.clone(), c.history.clone());
         let _ = tokio::task::spawn_blocking(move || hist.sample(&api)).await;
     }
@@ -659,9 +659,9 @@ async fn summary(State(c): State<Console>) -> Json<Value> {
     let (top, span) = c.history.top();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "now": crate::clock::rfc3339(system_now_ms()),
-        "now_ms": system_now_ms(),
-        "uptime_seconds": (system_now_ms() - s.started_ms) / 1000,
+        "now": crate::clock::rfc3339(now),
+        "now_ms": now,
+        "uptime_seconds": (now - s.started_ms) / 1000,
         "attacks": {
             "active": active.iter().map(|a| super::attack_json(s, a)).collect::<Vec<_>>(),
             "recent": recent.iter().take(RECENT_ATTACKS).map(|a| super::attack_json(s, a)).collect::<Vec<_>>(),

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | `{"status":"ok", ...}` |
-//! | `GET /api/v1/hosts/{ip}` | totals and rates per direction; 404 if untracked |
+//! | `GET /api/v1/hosts/{ip}` | rates per direction (lifetime totals with `[aggregate] host_totals`); 404 if untracked |
 //! | `GET /api/v1/hosts?top=N&by=pps\|bps\|flows` | the busiest host-directions as of the last detection pass (N ≤ 1000) |
 //! | `GET /api/v1/attacks` | `{"active":[...],"recent":[...]}` with mitigation state |
 //! | `GET /api/v1/attacks/{id}` | one attack; 404 if unknown |
@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::aggregate::TopBy;
-use crate::clock::{rfc3339, system_now_ms};
+use crate::clock::{rfc3339, Clock};
 use crate::detect::Attack;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -49,6 +49,8 @@ pub struct ApiState {
     /// MITIGATOR calls are logged, not made (the console says so instead of "unreachable").
     pub mitigator_dry_run: bool,
     pub started_ms: i64,
+    /// The service's clock: "now" for uptime, rates as of now, the console's samples.
+    pub clock: Clock,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -99,7 +101,7 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
     count(&s, "healthz", StatusCode::OK);
     Json(json!({
         "status": "ok",
-        "uptime_seconds": (system_now_ms() - s.started_ms) / 1000,
+        "uptime_seconds": (s.clock.now_ms() - s.started_ms) / 1000,
         "tracked_hosts": s.metrics.tracked_hosts.get(),
         "attacks_active": s.pipeline.detection.active_attacks(),
     }))
@@ -122,7 +124,7 @@ async fn host(State(s): State<Arc<ApiState>>, Path(ip): Path<String>) -> Respons
         )
             .into_response();
     };
-    match s.pipeline.aggregate.host(ip, system_now_ms()) {
+    match s.pipeline.aggregate.host(ip, s.clock.now_ms()) {
         Some(v) => {
             count(&s, "host", StatusCode::OK);
             Json(v).into_response()
@@ -194,7 +196,7 @@ async fn attack(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Respo
 fn other_direction(s: &ApiState, a: &Attack) -> crate::aggregate::Rates {
     s.pipeline
         .aggregate
-        .host(a.ip, system_now_ms())
+        .host(a.ip, s.clock.now_ms())
         .and_then(|h| {
             h.directions
                 .into_iter()

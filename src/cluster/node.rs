@@ -28,7 +28,7 @@ use super::lease::{self, Lifecycle, Member, SecondBook};
 
 use super::{ClusterConfig, Role};
 use crate::aggregate::{HostDelta, HostKey};
-use crate::clock::system_now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mitigate::state::{PersistedState, StateStore};
@@ -190,6 +190,7 @@ struct Ctx {
     state_unwritable: std::sync::atomic::AtomicBool,
     /// Attack events on their way to the stream, in order (see [`run_outbox`]).
     outbox: mpsc::Sender<AttackEvent>,
+    clock: Clock,
 }
 
 /// Attack events a node holds while the stream does not take them (NATS down).
@@ -234,6 +235,7 @@ pub async fn start(
     events: mpsc::Receiver<AttackEvent>,
     shutdown: CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
+    clock: Clock,
 ) -> anyhow::Result<Arc<ClusterView>> {
     let Some(c) = cfg.cluster.clone() else {
         anyhow::bail!("no [cluster] section");
@@ -294,7 +296,8 @@ pub async fn start(
         state,
         metrics,
         view: view.clone(),
-        members: Mutex::new((Vec::new(), system_now_ms())),
+        members: Mutex::new((Vec::new(), clock.now_ms())),
+        clock: clock.clone(),
     });
     // Membership first, so the first frames of this node are not from an unknown node.
     heartbeat_once(&ctx).await;
@@ -333,6 +336,7 @@ pub async fn start(
         mitigator: cfg.mitigator.clone(),
         bgp: cfg.bgp.clone(),
         protected: cfg.protected_prefixes()?,
+        clock,
     };
     tasks.spawn(run_controller_lease(
         ctx.clone(),
@@ -425,7 +429,7 @@ async fn heartbeat_once(ctx: &Ctx) {
 /// Writes this node's membership (on its own timer: a slow read of the bucket must not
 /// delay it past the TTL).
 async fn put_heartbeat(ctx: &Ctx) {
-    let now = system_now_ms();
+    let now = ctx.clock.now_ms();
     let me = Member {
         node_id: ctx.node.clone(),
         roles: ctx
@@ -458,7 +462,7 @@ async fn put_heartbeat(ctx: &Ctx) {
 /// A read that fails (the listing, or any member's entry) leaves the members as they were
 /// with the time of their read, so liveness is judged as of then ([`lease::judged_at`]).
 async fn read_leases(ctx: &Ctx) {
-    let started = system_now_ms();
+    let started = ctx.clock.now_ms();
     let Ok(mut keys) = ctx.leases.keys().await else {
         return;
     };
@@ -489,7 +493,7 @@ async fn read_leases(ctx: &Ctx) {
         if failed {
             return;
         }
-        let now = system_now_ms();
+        let now = ctx.clock.now_ms();
         let live: Vec<Member> = lease::live(members, now, ctx.ttl_ms()).cloned().collect();
         *ctx.members.lock() = (live, started);
     };
@@ -672,14 +676,14 @@ async fn run_local_events(
 async fn run_collector(ctx: Arc<Ctx>, pipeline: Arc<Pipeline>, stop: CancellationToken) {
     let mut next_sec: Option<u32> = None;
     loop {
-        let now = system_now_ms();
+        let now = ctx.clock.now_ms();
         // A little after the boundary: the last records of the second are in.
         let at = (now / 1000 + 1) * 1000 + 20;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis((at - now).max(1) as u64)) => {}
         }
-        let cur = (system_now_ms() / 1000) as u32;
+        let cur = (ctx.clock.now_ms() / 1000) as u32;
         let deltas = pipeline.drain_deltas(cur);
         let mut by_sec: BTreeMap<u32, Vec<HostDelta>> = BTreeMap::new();
         for d in deltas {
@@ -792,7 +796,7 @@ async fn run_detector(
             _ = stop.cancelled() => break,
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
-                let now = system_now_ms();
+                let now = ctx.clock.now_ms();
                 let live = lease::merged_collectors(
                     ctx.live_with(Role::Collector, now),
                     &heard,
@@ -815,7 +819,7 @@ async fn run_detector(
             }
             _ = t.tick() => {}
         }
-        let now = system_now_ms();
+        let now = ctx.clock.now_ms();
         heard.retain(|_, (_, last)| now - *last < ctx.ttl_ms());
         let live: BTreeSet<String> = lease::merged_collectors(
             ctx.live_with(Role::Collector, now),
@@ -881,7 +885,7 @@ async fn run_partition_leases(
             _ = stop.cancelled() => break,
             _ = t.tick() => {}
         }
-        let now = system_now_ms();
+        let now = ctx.clock.now_ms();
         let detectors = ctx.live_with(Role::Detector, now);
         let names: Vec<&str> = detectors.iter().map(|m| m.node_id.as_str()).collect();
         let mut gained = Vec::new();
@@ -890,7 +894,7 @@ async fn run_partition_leases(
             let key = format!("part.{p}");
             let mine = lease::rendezvous(p, &names) == Some(ctx.node.as_str());
             let body = Bytes::from(ctx.node.clone());
-            let sent = system_now_ms();
+            let sent = ctx.clock.now_ms();
             match (mine, held.get(&p).copied()) {
                 // Renewed every interval, not every tick.
                 (true, Some((_, renewed))) if sent - renewed < interval_ms => {}
@@ -900,7 +904,7 @@ async fn run_partition_leases(
                     }
                     Err(e) => {
                         let refused = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                        if lease::keep_partition(refused, renewed, system_now_ms(), hold_ms) {
+                        if lease::keep_partition(refused, renewed, ctx.clock.now_ms(), hold_ms) {
                             tracing::debug!(partition = p, error = %e, "partition lease renewal unanswered; kept");
                             continue;
                         }
@@ -1006,7 +1010,7 @@ async fn run_controller_lease(
             || leading.is_none()
             || !renewed
                 .lock()
-                .is_some_and(|r| system_now_ms() - r < interval_ms);
+                .is_some_and(|r| ctx.clock.now_ms() - r < interval_ms);
         if !due {
             continue;
         }
@@ -1041,7 +1045,7 @@ async fn run_controller_lease(
                 Err(e) => Err((false, e.to_string())),
             },
         };
-        let now = system_now_ms();
+        let now = ctx.clock.now_ms();
         match r {
             Ok(new_rev) => {
                 if unreachable {
@@ -1169,7 +1173,7 @@ fn write_barrier(
     Arc::new(move |snap: PersistedState| {
         let (ctx, cell, renewed, stop) = (ctx.clone(), cell.clone(), renewed.clone(), stop.clone());
         Box::pin(async move {
-            let fresh = || lease::lease_fresh(*renewed.lock(), system_now_ms(), ctx.ttl_ms());
+            let fresh = || lease::lease_fresh(*renewed.lock(), ctx.clock.now_ms(), ctx.ttl_ms());
             if !fresh() {
                 return Err("controller lease not fresh: fenced, MITIGATOR left as it is".into());
             }
@@ -1245,7 +1249,7 @@ async fn lead_inner(
             }
         }
     }
-    let (tx, rx) = mpsc::channel::<AttackEvent>(crate::service::EVENT_QUEUE);
+    let (tx, rx) = mpsc::channel::<AttackEvent>(crate::mitigate::EVENT_QUEUE);
     let (handle, join) = crate::mitigate::spawn_guarded(
         setup,
         dir,
@@ -1275,7 +1279,7 @@ async fn lead_inner(
         .iter()
         .filter(|a| !live_ids.contains(&a.id))
     {
-        tx.send(end_of(&a.id, a.ip)).await.ok();
+        tx.send(end_of(&a.id, a.ip, ctx.clock.now_ms())).await.ok();
     }
     tracing::info!(
         renewed = live_ids.len(),
@@ -1349,7 +1353,7 @@ async fn lead_inner(
             }
         }
         if let Some(ev) = out.take() {
-            if !lease::lease_fresh(*renewed.lock(), system_now_ms(), ctx.ttl_ms()) {
+            if !lease::lease_fresh(*renewed.lock(), ctx.clock.now_ms(), ctx.ttl_ms()) {
                 // Fenced: the state says what should happen; this term (once the lease is
                 // fresh) or the next leader (from the state) applies it.
                 out = Some(ev);
@@ -1367,7 +1371,7 @@ async fn lead_inner(
     Ok(())
 }
 
-fn end_of(id: &str, ip: std::net::IpAddr) -> AttackEvent {
+fn end_of(id: &str, ip: std::net::IpAddr, now_ms: i64) -> AttackEvent {
     AttackEvent {
         event: EventKind::End,
         id: id.to_string(),
@@ -1375,7 +1379,7 @@ fn end_of(id: &str, ip: std::net::IpAddr) -> AttackEvent {
         direction: Direction::Incoming,
         attack_type: crate::model::AttackType::Unknown,
         protocol: crate::model::Protocol::Unknown,
-        time_ms: system_now_ms(),
+        time_ms: now_ms,
         pps: 0,
         bps: 0,
         flows_per_second: 0,

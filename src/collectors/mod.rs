@@ -1,4 +1,5 @@
-//! Collectors: UDP sockets that receive exported datagrams. I/O only.
+//! Collectors: UDP sockets that receive exported datagrams, and the receive threads that
+//! decode them (each thread owns its decoders) and hand the records on.
 //!
 //! A `[[collector]]` runs `threads` receive threads (default: one per core), each with its
 //! own socket bound to the collector's address with `SO_REUSEPORT`. The kernel picks the
@@ -8,12 +9,14 @@
 //! [`BATCH`] datagrams per system call) into a large `SO_RCVBUF`; the kernel's count of
 //! datagrams it dropped because a socket queue was full is read with `SO_MEMINFO`. Each
 //! thread decodes its batch and hands the records to the aggregate stage (a
-//! [`RecordSink`]) with one lock per shard per batch: no channel send and no heap allocation per record on this path.
+//! [`RecordSink`]) with one lock per shard per batch (per shard and delta accumulator on a
+//! cluster collector): no channel send and no heap allocation per record on this path.
 //!
-//! What the threads of one collector share ([`Shared`]) is touched per new exporter or
-//! once a second, never per record: the per-exporter series (prometheus counters, atomic)
-//! are created once under a lock and then cached by each thread, and the per-thread gauges
-//! (socket drops, exporter scopes, templates) are summed once a second.
+//! What the threads of one collector share ([`Shared`]) is touched per datagram of an
+//! exporter without a series of its own, per new exporter, and every `DROPS_EVERY_MS`,
+//! never per record: the per-exporter series (prometheus counters, atomic) are created
+//! once under a lock and then cached by each thread, and the per-thread gauges (socket
+//! drops, exporter scopes, templates) are summed every `DROPS_EVERY_MS` (250 ms).
 //!
 //! The exporter allow-list is checked before any parsing, so spoofed datagrams cannot
 //! touch real exporters' template state; refused datagrams are counted by reason.
@@ -32,7 +35,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::aggregate::RecordSink;
-use crate::clock::system_now_ms;
+use crate::clock::Clock;
 use crate::config::{CollectorConfig, CollectorProtocol};
 use crate::decode::netflow::{NetflowLimits, MAX_SOURCES};
 use crate::decode::{FlowRecord, NetflowDecoder, SflowDecoder, Version};
@@ -168,15 +171,17 @@ fn socket_drops(_sock: &UdpSocket) -> Option<u32> {
 
 /// Starts the receive threads of a bound collector, handing what they decode to `sink`
 /// (the aggregate stage, or anything else that takes records) and counting into
-/// `metrics`; the handle returned ends when all of them have stopped.
+/// `metrics`; records are stamped with `clock`'s "now" as they arrive. The handle
+/// returned ends when all of them have stopped.
 pub fn spawn<S: RecordSink + 'static>(
     b: Bound,
     sink: Arc<S>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let label = b.label.clone();
-    let workers = start(b, sink, metrics, stop)?;
+    let workers = start(b, sink, metrics, clock, stop)?;
     std::thread::Builder::new()
         .name(format!("collect-{label}"))
         .spawn(move || {
@@ -192,6 +197,7 @@ fn start<S: RecordSink + 'static>(
     b: Bound,
     sink: Arc<S>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<u64>>> {
     let Bound {
@@ -210,6 +216,7 @@ fn start<S: RecordSink + 'static>(
             shared: shared.clone(),
             socket,
             local,
+            clock: clock.clone(),
         };
         let (p, m, st) = (sink.clone(), metrics.clone(), stop.clone());
         out.push(
@@ -246,7 +253,7 @@ impl ExporterSeries {
     }
 }
 
-/// One thread's share of the per-collector gauges, written once a second.
+/// One thread's share of the per-collector gauges, written every `DROPS_EVERY_MS`.
 #[derive(Default)]
 struct ThreadGauges {
     drops: u32,
@@ -255,8 +262,8 @@ struct ThreadGauges {
     templates_by_exporter: HashMap<IpAddr, usize>,
 }
 
-/// What the threads of one collector share. Locked per new exporter and once a second
-/// per thread, never per record.
+/// What the threads of one collector share. Locked per new exporter, per datagram of an
+/// exporter that has no series, and every `DROPS_EVERY_MS` per thread; never per record.
 struct Shared {
     label: String,
     /// Exporters with their own series. One is given a series by its first well-formed
@@ -341,6 +348,7 @@ struct Worker {
     shared: Arc<Shared>,
     socket: UdpSocket,
     local: SocketAddr,
+    clock: Clock,
 }
 
 enum Decoder {
@@ -378,7 +386,10 @@ fn receive_loop<S: RecordSink>(
     let mut records: Vec<FlowRecord> = Vec::with_capacity(BATCH * 32);
     let mut scratch = sink.scratch();
     // This thread's cache of the collector's exporter series: only exporters that have
-    // one (at most MAX_EXPORTER_SERIES), so the shared map is locked on a miss only.
+    // one (at most MAX_EXPORTER_SERIES). A miss locks the shared map, and an exporter that
+    // gets no series (over the cap, or no well-formed datagram yet) misses every time:
+    // once per datagram, not per record. Caching the refusal would need a bound of its
+    // own against spoofed sources; not done.
     let mut labelled: HashMap<IpAddr, Arc<ExporterSeries>, ahash::RandomState> = HashMap::default();
     let netflow = matches!(cfg.protocol, CollectorProtocol::Netflow);
     let mut tally = DecodeTally::default();
@@ -392,7 +403,7 @@ fn receive_loop<S: RecordSink>(
         .unwrap_or(0) as u64;
     let (mut sec_dgrams, mut sec_bytes) = (0u64, 0u64);
     let mut coalesce = coalesce_for(rcvbuf, 0, 0);
-    let mut last_prune = system_now_ms();
+    let mut last_prune = w.clock.now_ms();
     tracing::info!(collector = %label, listen = %w.local, thread = w.index, "collector listening");
     while !stop.load(Ordering::Relaxed) {
         let n = match rx.recv(&w.socket) {
@@ -414,7 +425,7 @@ fn receive_loop<S: RecordSink>(
             }
         };
         received += n as u64;
-        let now_ms = system_now_ms();
+        let now_ms = w.clock.now_ms();
         records.clear();
         for i in 0..n {
             let (from, payload, truncated) = rx.get(i);
@@ -544,7 +555,9 @@ pub fn receive_only(sock: &UdpSocket, stop: &AtomicBool) -> SinkCounts {
     let mut rx = BatchReceiver::new();
     let rcvbuf = socket2::SockRef::from(sock).recv_buffer_size().unwrap_or(0) as u64;
     let mut c = SinkCounts::default();
-    let (mut sec_dgrams, mut sec_bytes, mut last) = (0u64, 0u64, system_now_ms());
+    // A bench path with no service: the wall clock, as a collector's in production.
+    let clock = Clock::system();
+    let (mut sec_dgrams, mut sec_bytes, mut last) = (0u64, 0u64, clock.now_ms());
     let mut coalesce = coalesce_for(rcvbuf, 0, 0);
     while !stop.load(Ordering::Relaxed) {
         let n = rx.recv(sock).unwrap_or(0);
@@ -558,7 +571,7 @@ pub fn receive_only(sock: &UdpSocket, stop: &AtomicBool) -> SinkCounts {
             sec_dgrams += 1;
             sec_bytes += len;
         }
-        let now = system_now_ms();
+        let now = clock.now_ms();
         if now - last >= 1000 {
             last = now;
             coalesce = coalesce_for(rcvbuf, sec_dgrams, sec_bytes);
@@ -745,7 +758,7 @@ mod tests {
 
 /// Several receive threads on one port, through the real sockets on loopback.
 #[cfg(all(test, target_os = "linux"))]
-mod thread_tests {
+pub(crate) mod thread_tests {
     use super::*;
     use crate::aggregate::Aggregate;
     use crate::config::Config;
@@ -760,7 +773,7 @@ mod thread_tests {
     }
 
     /// A NetFlow v5 datagram of `n` UDP records to `dst`, `packets` each.
-    fn v5(dst: [u8; 4], n: u16, packets: u32, seq: u32) -> Vec<u8> {
+    pub(crate) fn v5(dst: [u8; 4], n: u16, packets: u32, seq: u32) -> Vec<u8> {
         let mut v = Vec::new();
         p16(&mut v, 5);
         p16(&mut v, n);
@@ -912,7 +925,14 @@ mod thread_tests {
         let (to, label) = (b.local, b.label.clone());
         assert_eq!(b.sockets.len(), 2);
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = start(b, p.clone(), p.metrics().clone(), stop.clone()).unwrap();
+        let workers = start(
+            b,
+            p.clone(),
+            p.metrics().clone(),
+            Clock::system(),
+            stop.clone(),
+        )
+        .unwrap();
         // Bounded: 32 exporters × 20 datagrams × 30 records (v5), then 32 × (1 template
         // + 20 data datagrams × 10 records) (v9), all to our own loopback port.
         let exporters: Vec<UdpSocket> = (0..32)

@@ -304,7 +304,7 @@ impl FastTemplates {
     }
 
     /// One template record at `body[*p..]` with `count` fields; moves `p` past it.
-    /// Returns the template (None = refused) and whether the walk may go on.
+    /// Returns the template and whether the walk may go on.
     /// Err = refused (over the limits, or no field with a length); Ok(None) = valid but
     /// not compiled here. A zero-length field among others is legal and reads nothing.
     #[allow(clippy::result_unit_err)]

@@ -140,7 +140,7 @@ pub const MAX_SOURCES: usize = 1_024;
 
 /// Bounds on the template state one decoder keeps. Worst-case memory is about
 /// `max_sources` × 4 caches × `templates_per_source` × `max_fields` × 24 bytes (IPFIX
-/// fields; v9 fields take less): with the defaults, 1 024 × 4 × 64 × 128 × 24 B ≈ 800 MiB
+/// fields; v9 fields take less): with the defaults, 1 024 × 4 × 64 × 128 × 24 B = 768 MiB
 /// if a spoofer fills every slot, which is why collectors facing untrusted networks
 /// should set `allowed_exporters`. Real exporters use a handful of templates of 10-80
 /// fields: one exporter scope costs a few hundred KiB at most
@@ -391,7 +391,10 @@ impl NetflowDecoder {
         m
     }
 
-    /// Sampling rate in force for an exporter address (any scope), for metrics.
+    /// The sampling rate for an exporter address: its override, else the largest
+    /// scope-wide rate options data announced (any scope), else 1. Rates carried in records
+    /// or v5 headers, per-sampler rates and the fallback are not looked at; the exporter
+    /// metric takes each datagram's [`DecodeOutcome::sampling_rate`] instead.
     pub fn sampling_rate_of(&self, exporter: IpAddr) -> u32 {
         if let Some(r) = self.overrides.for_exporter(exporter) {
             return r;
@@ -554,8 +557,8 @@ impl NetflowDecoder {
     }
 
     fn scope_mut(&mut self, key: ScopeKey) -> &mut ScopeState {
-        // Bounded like the parser's sources: beyond the cap the oldest learned entries are
-        // dropped (they are re-learned from the next options record).
+        // Bounded like the parser's sources: beyond the cap an arbitrary learned entry is
+        // dropped (`make_room`; it is re-learned from the next options record).
         // A real exporter re-announces its options within its refresh interval.
         make_room(&mut self.scopes, &key, self.limits.max_sources);
         self.scopes.entry(key).or_default()

@@ -19,7 +19,7 @@ use serde_json::Value;
 use flowguard::config::Config;
 use flowguard::service::Service;
 
-/// Real softflowd NetFlow v9 export datagrams, 8.7 s of them.
+/// Real softflowd NetFlow v9 export datagrams, 8 s of them.
 const CAPTURE: &[u8] = include_bytes!("floods-nf9.pcap");
 
 /// Datagrams of the bundled capture: (seconds since the first, UDP payload).
@@ -226,7 +226,7 @@ async fn run_async(speed: f64) -> anyhow::Result<()> {
         {
             done_at = Some(Instant::now());
         }
-        // A second more for the last switch-offs to show, or give up after 90 s.
+        // Two seconds more for the last switch-offs to show, or give up after 90 s.
         if done_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2))
             || started.elapsed() > Duration::from_secs(90)
         {

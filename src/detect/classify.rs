@@ -8,10 +8,11 @@
 //! 4. UDP ≥ half → `udp_flood`;
 //! 5. otherwise `unknown`.
 //!
-//! The protocol is the one of the winning class (for fragments, the protocol most of
-//! them carry), or for `unknown` whichever of tcp/udp/icmp has the majority, else
-//! `unknown`. FastNetMon applies a similar majority rule with a 90 % share; half is
-//! used here so a flood mixed with legitimate traffic is still named.
+//! The protocol is the one of the winning class, or for `ip_fragmentation` and `unknown`
+//! whichever of tcp/udp/icmp carries at least half of all the packets, else `unknown`
+//! (the counters do not say which protocol the fragments carry). FastNetMon applies a
+//! similar majority rule with a 90 % share; half is used here so a flood mixed with
+//! legitimate traffic is still named.
 
 use crate::aggregate::{Counters, Rates};
 use crate::detect::config::Thresholds;
@@ -48,7 +49,7 @@ pub fn classify(c: &Counters) -> (AttackType, Protocol) {
 ///
 /// "Over" means strictly above, as in FastNetMon; 0 means off. A threshold that is not
 /// set costs one branch (a hostgroup sets a few of the 16): building all 16 (limit,
-/// value) pairs first, with their seven divisions to Mbit/s, was 9 % of the detection
+/// value) pairs first, with their six divisions to Mbit/s, was 9 % of the detection
 /// pass at 1 M hosts (perf).
 pub fn exceeded(t: &Thresholds, r: &Rates) -> Option<&'static str> {
     let over = |lim: Option<u64>, val: u64| matches!(lim, Some(l) if l > 0 && val > l);

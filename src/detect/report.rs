@@ -15,7 +15,8 @@ use crate::fnm_report::FnmReport;
 use crate::model::Direction;
 
 /// FastNetMon's `ban` report for `a`. Rates are those the attack started with;
-/// `other` is the host's traffic in the opposite direction at the same time.
+/// `other` is the host's traffic in the opposite direction as the caller read it (the
+/// API: its current rates, when the report is asked for).
 pub fn text(a: &Attack, other: &Rates) -> String {
     // An attack only an external detector saw has no vectors: its own type stands.
     let (attack_type, protocol) = a

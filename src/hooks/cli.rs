@@ -20,7 +20,9 @@
 //! - 2: usage or malformed input (arguments are not a notify call, the JSON cannot be
 //!   applied); nothing is delivered or spooled;
 //! - 3: the service refused the event as malformed or too large (spooling would not help);
-//! - 4: the event could not be delivered nor spooled (spool full or not writable).
+//! - 4: the event could not be delivered nor spooled (spool full or not writable);
+//! - 5: the configuration could not be loaded (nothing delivered or spooled; said on
+//!   stderr).
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

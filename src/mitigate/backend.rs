@@ -21,7 +21,7 @@ use super::client::{ClientError, MitigatorClient};
 use super::config::MitigatorConfig;
 use super::plan::{BackendKind, Decision, Op, Planner, Resource, Seen, Step};
 use super::state::{PersistedState, StateStore, StateWriter};
-use crate::clock::system_now_ms;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// A failed step: retried in the background unless `permanent` (the backend refused it
@@ -275,6 +275,7 @@ pub async fn run_lane<B: Backend>(
     b: B,
     lane: Arc<Lane>,
     shared: Arc<Shared>,
+    clock: Clock,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0u32;
@@ -294,7 +295,7 @@ pub async fn run_lane<B: Backend>(
             _ = shutdown.cancelled() => break,
             o = execute(&b, &step, &shared) => o,
         };
-        let now = system_now_ms();
+        let now = clock.now_ms();
         let attack = step.attack.as_deref().unwrap_or("-");
         match outcome {
             Outcome::Done => {

@@ -37,7 +37,7 @@ pub use bgp_config::BgpConfig;
 pub use config::MitigatorConfig;
 pub use plan::MitigationStatus;
 
-use crate::clock::system_now_ms;
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{AttackEvent, EventKind};
 use backend::{Lane, Shared};
@@ -87,6 +87,10 @@ impl MitigationHandle {
     }
 }
 
+/// Capacity of the queue of attack events into the mitigate stage (from detection, or in
+/// cluster mode from the event stream).
+pub const EVENT_QUEUE: usize = 4096;
+
 /// Everything the mitigate stage is configured with.
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
@@ -94,6 +98,8 @@ pub struct Setup {
     pub bgp: BgpConfig,
     /// `[networks] protected`: no route is ever announced outside these.
     pub protected: Vec<IpNet>,
+    /// Where the worker and its lanes read "now" (grace periods, retries, escalation).
+    pub clock: Clock,
 }
 
 /// Starts the mitigate worker with MITIGATOR only (no BGP action configured).
@@ -146,6 +152,7 @@ pub fn spawn_guarded(
         mitigator: cfg,
         bgp,
         protected,
+        clock,
     } = setup;
     let problems = config::validate(&cfg);
     if !problems.is_empty() {
@@ -160,7 +167,7 @@ pub fn spawn_guarded(
     // neither touches the state file nor needs a gobgpd.
     let bgp_dry = bgp.is_dry_run() || !bgp.enabled();
     let all_dry = mit_dry && bgp_dry;
-    let now = system_now_ms();
+    let now = clock.now_ms();
     let mut planner = Planner::new(all_dry, MAX_ENDED);
     planner.set_dry(BackendKind::Mitigator, mit_dry);
     planner.set_dry(BackendKind::Bgp, bgp_dry);
@@ -221,12 +228,14 @@ pub fn spawn_guarded(
             },
             lanes[BackendKind::Mitigator.index()].clone(),
             shared.clone(),
+            clock.clone(),
             shutdown.clone(),
         )),
         tokio::spawn(backend::run_lane(
             gobgp::Gobgp::new(bgp.clone(), metrics.clone()),
             lanes[BackendKind::Bgp.index()].clone(),
             shared.clone(),
+            clock.clone(),
             shutdown.clone(),
         )),
     ];
@@ -241,6 +250,7 @@ pub fn spawn_guarded(
         bgp_dry,
         protected,
         last_reassert_ms: now,
+        clock,
     };
     worker.dispatch(steps);
     // The restored state is saved first thing in the worker (off the runtime, like every
@@ -261,6 +271,7 @@ struct Worker {
     lanes: [Arc<Lane>; 2],
     lane_tasks: Vec<JoinHandle<()>>,
     last_reassert_ms: i64,
+    clock: Clock,
 }
 
 impl Worker {
@@ -299,7 +310,7 @@ impl Worker {
     }
 
     async fn on_tick(&mut self) {
-        let now = system_now_ms();
+        let now = self.clock.now_ms();
         let grace = (self.cfg.restore_grace_seconds as i64).saturating_mul(1000);
         let mut steps = {
             let mut p = self.planner.lock();
@@ -348,7 +359,7 @@ impl Worker {
     }
 
     async fn on_event(&mut self, ev: AttackEvent) {
-        let now = system_now_ms();
+        let now = self.clock.now_ms();
         let steps = match ev.event {
             EventKind::Start => {
                 let s = self.spec(&ev);
