@@ -248,9 +248,6 @@ const PROTO_CLASS: [u8; 256] = {
     t
 };
 
-/// The `protocol` label of each [`proto_index`].
-pub const PROTO_LABELS: [&str; 4] = ["tcp", "udp", "icmp", "other"];
-
 /// 0 tcp, 1 udp, 2 icmp (v4 or v6), 3 any other protocol.
 #[inline]
 pub fn proto_index(protocol: u8) -> usize {

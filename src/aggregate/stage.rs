@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use parking_lot::Mutex;
-use prometheus::IntCounter;
 
 use super::delta::{DeltaAccumulator, HostDelta};
 use super::networks::Networks;
-use super::rate::{proto_index, Counters, Rates, PROTO_LABELS};
+use super::rate::{proto_index, Counters, Rates};
 use super::seam::{Command, HostChange, RecordSink, Scratch, SecondSink};
 use super::table::{host_addr, HostKey, HostTable, Pending, Shard};
 use super::top::{TopBoard, TopBy, TopRanks};
@@ -63,9 +62,6 @@ pub struct Aggregate {
     /// `[detection] max_watched_hosts`, and the hosts whose sources are tracked now.
     max_watched: usize,
     watched: AtomicUsize,
-    /// `flowguard_traffic_{packets,bytes}_total` per [direction][tcp, udp, icmp, other],
-    /// looked up once: a label lookup hashes and locks, and ingest adds to them per batch.
-    traffic: [[(IntCounter, IntCounter); 4]; 2],
 }
 
 impl Aggregate {
@@ -96,17 +92,7 @@ impl Aggregate {
         if cfg.aggregate.host_totals {
             table.keep_totals(false);
         }
-        let traffic = std::array::from_fn(|d| {
-            std::array::from_fn(|p| {
-                let l = [Direction::ALL[d].as_str(), PROTO_LABELS[p]];
-                (
-                    metrics.traffic_packets.with_label_values(&l),
-                    metrics.traffic_bytes.with_label_values(&l),
-                )
-            })
-        });
         Aggregate {
-            traffic,
             networks,
             table,
             metrics,
@@ -563,11 +549,16 @@ impl RecordSink for Aggregate {
         if unprotected > 0 {
             self.metrics.records_unprotected.inc_by(unprotected);
         }
-        for (sums, counters) in traffic.iter().zip(&self.traffic) {
-            for (&(pk, by), (packets, bytes)) in sums.iter().zip(counters) {
+        for (d, dir) in Direction::ALL.iter().enumerate() {
+            for (p, name) in ["tcp", "udp", "icmp", "other"].iter().enumerate() {
+                let (pk, by) = traffic[d][p];
                 if pk > 0 || by > 0 {
-                    packets.inc_by(pk);
-                    bytes.inc_by(by);
+                    let l = [dir.as_str(), name];
+                    self.metrics
+                        .traffic_packets
+                        .with_label_values(&l)
+                        .inc_by(pk);
+                    self.metrics.traffic_bytes.with_label_values(&l).inc_by(by);
                 }
             }
         }
