@@ -20,18 +20,9 @@ RATE=${RATE:-1000000}
 SECS=${SECS:-10}
 WARM=${WARM:-6}
 TRIALS=${TRIALS:-2}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/bench-lib.sh
 
-free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
-
-counted() { curl -s "127.0.0.1:$API/metrics" | awk '/^flowguard_flow_records_total/ {s+=$2} END {printf "%d\n", s}'; }
 tracked() { curl -s "127.0.0.1:$API/metrics" | awk '/^flowguard_tracked_hosts / {print $2}'; }
-# Drops of the collector's sockets (last column of /proc/net/udp), by their port in hex:
-# summed, since `threads` (default: one per core) binds one socket per thread.
-sock_drops() { awk -v p=":$(printf '%04X' "$NF")" '$2 ~ p"$" {s+=$NF} END {print s+0}' /proc/net/udp; }
 
 trial() { # $1 = with|without
   API=$(free_port SOCK_STREAM); NF=$(free_port SOCK_DGRAM)

@@ -18,16 +18,9 @@ RATES=${RATES:-1000000 2000000 3000000 4000000}
 SECS=${SECS:-10}
 THREADS=${THREADS:-1 2}
 GEN_CPU=${GEN_CPU:-1}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/bench-lib.sh
 
-free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
-counted() { curl -s "127.0.0.1:$API/metrics" | awk '/^flowguard_flow_records_total/ {s+=$2} END {printf "%d\n", s}'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# Kernel drops of the collector's sockets (last column of /proc/net/udp), summed.
-sock_drops() { awk -v p=":$(printf '%04X' "$NF")" '$2 ~ p"$" {s+=$NF} END {print s+0}' /proc/net/udp; }
 
 echo "collector threads: rates $RATES, $SECS s per step, sender on CPU $GEN_CPU (8 exporters); $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
 hz=$(getconf CLK_TCK)

@@ -12,12 +12,7 @@ BIN=${BIN:-target/release}
 SECS=${SOAK_SECONDS:-600}
 CYCLE=40            # seconds per cycle: 20 s with an attack, 20 s without
 RATE=${SOAK_RATE:-200000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
+. benches/bench-lib.sh
 API=$(free_port SOCK_STREAM); NF=$(free_port SOCK_DGRAM); SF=$(free_port SOCK_DGRAM)
 
 "$BIN/mitigator-sim" --listen 127.0.0.1:0 --username soak --password soak >"$work/sim.out" 2>&1 & pids+=($!)

@@ -242,6 +242,11 @@ impl Service {
                 let mut next = (clock.now_ms() / 1000 + 1) * 1000;
                 loop {
                     let now = clock.now_ms();
+                    if next - now > 1000 {
+                        // The wall clock stepped back (NTP): follow it rather than
+                        // wait, with no pass, until it is back where it was.
+                        next = (now / 1000 + 1) * 1000;
+                    }
                     if now < next {
                         tokio::select! {
                             _ = stop.cancelled() => break,
